@@ -1,0 +1,53 @@
+"""ament_python / pip build of vilasr_ros (version read from package.xml)."""
+
+import xml.etree.ElementTree as ET
+from glob import glob
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+PACKAGE = "vilasr_ros"
+VERSION = ET.parse(HERE / "package.xml").getroot().findtext("version")
+
+EXTRAS = {
+    "transformers": ["torch>=2.4", "transformers>=4.57", "accelerate>=1.0"],
+    "openai": ["requests>=2.28"],
+    "vllm": ["vllm>=0.8"],
+    "sim": ["mujoco>=3.2"],
+    "train": ["trl>=0.24", "peft>=0.13", "datasets>=3.0", "tensorboard"],
+    "realsense": ["pyrealsense2>=2.55"],
+    "geometry": ["open3d>=0.18"],
+    "bags": ["rosbags>=0.10"],
+    "test": ["pytest>=8", "requests>=2.28", "fastapi", "uvicorn"],
+}
+EXTRAS["all-cpu"] = sorted({d for k in ("transformers", "openai", "bags", "test") for d in EXTRAS[k]})
+
+setup(
+    name=PACKAGE,
+    version=VERSION,
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"])
+    + ["vilasr_ros_training", "vilasr_ros_sim"],
+    # Subpackage folders map to their installed names (no dotted mappings: colcon --symlink-install).
+    package_dir={"vilasr_ros_training": "training", "vilasr_ros_sim": "sim"},
+    package_data={f"{PACKAGE}.resources": ["*.json"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+    ],
+    python_requires=">=3.10",
+    install_requires=["numpy>=1.24", "pillow>=10.0", "scipy>=1.10", "pyyaml>=6.0"],
+    extras_require=EXTRAS,
+    zip_safe=True,
+    maintainer="vilasr_ros developers",
+    maintainer_email="dev@vilasr-ros.local",
+    description="ViLaSR draw-to-reason spatial reasoning on ROS 2 robots",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "vilasr = vilasr_ros.cli:main",
+        ],
+    },
+)

@@ -1,0 +1,52 @@
+"""Shared fixtures: paths to ../shared, a tiny Qwen2.5-VL built offline, loopback-only ROS env."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VILASR_SHARED", REPO.parent / "shared"))
+SPEC = SHARED / "spec"
+VECTORS = SPEC / "vectors"
+RGBD = SHARED / "data" / "rgbd"
+
+# Tests never reach a hub: everything is built here or read from ../shared.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="vilasr_hf_home_"))
+
+
+def pytest_configure(config):
+    for name, text in (
+        ("ros", "starts rclpy nodes on loopback"),
+        ("sim", "renders MuJoCo scenes"),
+        ("slow", "takes more than ~20 s"),
+        ("gpu", "needs a CUDA device"),
+    ):
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"shared folder not found at {SHARED} (set VILASR_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random tiny Qwen2.5-VL saved like real weights (config, safetensors, tokenizer, processor)."""
+    from vilasr_ros.tiny_model import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir):
+    from vilasr_ros.engines.hf import TransformersEngine
+
+    return TransformersEngine(str(tiny_model_dir))

@@ -1,0 +1,159 @@
+"""The ``vilasr`` command line: ``vilasr ask`` runs the draw-to-reason loop offline.
+
+Examples::
+
+    vilasr ask --images room.png --question "Is the chair left of the table?" \\
+        --type multiple-choice --option "A. yes" --option "B. no" --engine transformers
+    vilasr ask --images frames/ --question "How many chairs?" --type numerical \\
+        --engine openai --base-url http://127.0.0.1:8000/v1 --out runs/q1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from vilasr_ros.errors import VilasrError
+
+logger = logging.getLogger("vilasr_ros.cli")
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def _collect_images(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise VilasrError(f"image not found: {path}")
+    if not files:
+        raise VilasrError(f"no images in {' '.join(paths)}")
+    return files
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """Engine flags shared by ``ask``, ``agent`` and ``eval``."""
+    from vilasr_ros.engines import ENGINE_NAMES
+
+    g = parser.add_argument_group("engine")
+    g.add_argument("--engine", default="transformers", choices=ENGINE_NAMES, help="model backend")
+    g.add_argument("--model", default=None, help="model folder or Hugging Face id (default AntResearchNLP/ViLaSR)")
+    g.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    g.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
+    g.add_argument("--responses", default=None, help="replay engine: JSON list of model turns")
+    g.add_argument("--temperature", type=float, default=None, help="0 for greedy (default 0.75)")
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--max-tokens", type=int, default=None, help="new tokens per turn (default 16384)")
+    g.add_argument("--max-pixels", type=int, default=None, help="smart_resize area cap (default 351232)")
+    g.add_argument("--max-turns", type=int, default=None, help="model calls per question (default 10)")
+
+
+def build_reasoner(args: argparse.Namespace):
+    """Engine + Reasoner from parsed engine flags."""
+    from vilasr_ros.engines import SamplingConfig, create_engine
+    from vilasr_ros.reasoner import Reasoner, ReasonerConfig
+
+    engine = create_engine(
+        args.engine,
+        model=args.model,
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        responses=args.responses,
+    )
+    defaults = SamplingConfig()
+    sampling = SamplingConfig(
+        temperature=defaults.temperature if args.temperature is None else args.temperature,
+        top_p=defaults.top_p if args.top_p is None else args.top_p,
+        max_tokens=defaults.max_tokens if args.max_tokens is None else args.max_tokens,
+    )
+    cfg = ReasonerConfig(sampling=sampling)
+    overrides = {k: v for k, v in (("max_pixels", args.max_pixels), ("max_turns", args.max_turns)) if v is not None}
+    if overrides:
+        cfg = ReasonerConfig(**{**vars(cfg), **overrides})
+    return Reasoner(engine, cfg)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    reasoner = build_reasoner(args)
+    frames = None
+    if args.source:
+        from vilasr_ros.sources import open_source, select_frames
+
+        with open_source(args.source) as source:
+            frames = select_frames(list(source), args.frames, args.selection)
+        images = [f.rgb for f in frames]
+        logger.info("selected %d frames from %s", len(frames), args.source)
+    elif args.images:
+        images = [Image.open(p) for p in _collect_images(args.images)]
+    else:
+        raise VilasrError("give --images FILE|DIR ... or --source SOURCE")
+    kind = args.kind or ("single" if len(images) == 1 else "video")
+    trace = reasoner.run(images, args.question, args.type, args.option or None, kind=kind)
+    if args.target:
+        if frames is None:
+            raise VilasrError("--target needs --source (depth and poses come from the frame source)")
+        from vilasr_ros.grounding import GroundingConfig, ground_trace
+
+        result = ground_trace(trace, frames, args.target, GroundingConfig(standoff_m=args.standoff))
+        trace.target = result.to_dict()
+    out = Path(args.out or f"runs/ask_{time.strftime('%Y%m%d_%H%M%S')}")
+    trace.save(out)
+    print(f"engine: {trace.engine.get('engine')} ({trace.engine.get('model', 'scripted')})")
+    print(f"answer: {trace.answer if trace.answer is not None else '(none)'}")
+    print(f"finish_reason: {trace.finish_reason}" + (f" ({trace.error})" if trace.error else ""))
+    if args.target:
+        print("target: " + json.dumps(trace.target))
+    print(f"turns: {len(trace.turns)}  images: {len(trace.images)}  time: {trace.total_s:.2f}s")
+    print(f"trace: {out / 'trace.json'}")
+    return 0 if trace.finish_reason not in ("error",) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vilasr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ask = sub.add_parser("ask", help="ask one spatial question about images or a frame source")
+    src = ask.add_argument_group("input")
+    src.add_argument("--images", nargs="+", help="image files or a folder (sorted by name)")
+    src.add_argument("--source", help="frame source: rgbd_folder:PATH, bag:PATH, realsense[:SERIAL|FILE.db3], sim:...")
+    src.add_argument("--frames", type=int, default=16, help="frames to select from --source (default 16)")
+    src.add_argument("--selection", default="uniform", choices=("uniform", "latest", "coverage"))
+    src.add_argument("--kind", choices=("single", "video", "multi_view"), help="prompt layout (default by count)")
+    ask.add_argument("--question", required=True)
+    ask.add_argument("--type", default="free-form", help="multiple-choice, numerical, regression, free-form")
+    ask.add_argument("--option", action="append", help="multiple-choice option, repeatable ('A. yes')")
+    ask.add_argument("--target", help="ground the last box with this label into a world-frame target")
+    ask.add_argument("--standoff", type=float, default=0.8, help="approach distance to the target in metres")
+    ask.add_argument("--out", help="trace folder (default runs/ask_<time>)")
+    add_engine_arguments(ask)
+    ask.set_defaults(func=cmd_ask)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (VilasrError, ValueError) as exc:
+        print(f"vilasr: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

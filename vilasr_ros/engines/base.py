@@ -1,0 +1,104 @@
+"""The engine interface: one model turn from a conversation so far.
+
+An engine receives both forms of the conversation: ``prompt`` (the exact Qwen2.5-VL chat text with
+one vision placeholder per image, what the reference tokenizes) with ``images`` (PIL, already
+resized), and ``messages`` (HF chat messages, for OpenAI-compatible servers). It returns the text of
+the assistant turn without the end token, and why generation stopped.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from vilasr_ros.protocol import prompts
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Decoding settings (spec §6 published defaults).
+
+    Attributes:
+        temperature: 0 means greedy.
+        top_p: Nucleus mass.
+        max_tokens: New tokens per turn.
+        seed: Optional sampling seed (engines that support one).
+    """
+
+    temperature: float = prompts()["sampling"]["temperature"]
+    top_p: float = prompts()["sampling"]["top_p"]
+    max_tokens: int = prompts()["sampling"]["max_tokens"]
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class GenerationRequest:
+    """One model call.
+
+    Attributes:
+        prompt: Chat text ending in ``<|im_start|>assistant\\n``.
+        images: RGB ``PIL.Image`` list, one per vision placeholder, in order.
+        messages: The same conversation as HF chat messages (images as ``image_index`` parts).
+        sampling: Decoding settings.
+    """
+
+    prompt: str
+    images: list
+    messages: list[dict[str, Any]]
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class GenerationResult:
+    """What one model call produced.
+
+    Attributes:
+        text: The assistant turn, without the end-of-turn token.
+        finish_reason: ``"stop"`` (end token) or ``"length"`` (token limit), as vLLM reports them.
+        prompt_tokens: Tokens prefilled (None when the engine cannot count).
+        completion_tokens: Tokens generated (None when unknown).
+        cached_tokens: Prompt tokens served from a cache (None when unknown).
+    """
+
+    text: str
+    finish_reason: str = "stop"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+
+
+class Engine(abc.ABC):
+    """A model that writes one assistant turn at a time."""
+
+    name: str = "engine"
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Write the next assistant turn.
+
+        Raises:
+            EngineError: Generation failed; ``EngineUnavailableError`` for unreachable servers.
+        """
+
+    def reset(self) -> None:
+        """Forget per-conversation state (caches, scripted positions). Called at each new query."""
+
+    def close(self) -> None:
+        """Release resources (GPU memory, sessions)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Settings worth recording in a trace (name, model id, ...)."""
+        return {"engine": self.name}

@@ -1,0 +1,74 @@
+"""The ``replay`` engine: scripted model turns (spec §7).
+
+For debugging, tests and re-running a saved trace. A replay file is a JSON list with one entry per
+model turn: a string (a turn that ended normally) or ``{"text": ..., "finish_reason": "stop" |
+"length"}``. A saved ``trace.json`` is accepted too (its turns are replayed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vilasr_ros.engines.base import Engine, GenerationRequest, GenerationResult
+from vilasr_ros.errors import EngineError, QueryError
+
+
+def load_responses(source: str | Path | list) -> list[dict[str, Any]]:
+    """Normalise a replay list (or a file holding one, or a ``trace.json``) to dicts.
+
+    Raises:
+        QueryError: The file is missing, not JSON, or entries are malformed.
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise QueryError(f"replay file not found: {path}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise QueryError(f"replay file {path} is not JSON: {exc}") from exc
+        if isinstance(data, dict) and "turns" in data:  # a saved trace
+            data = [{"text": t["text"], "finish_reason": t.get("finish_reason", "stop")} for t in data["turns"]]
+    else:
+        data = source
+    if not isinstance(data, list):
+        raise QueryError("a replay list must be a JSON list of strings or {text, finish_reason} objects")
+    out = []
+    for i, entry in enumerate(data):
+        if isinstance(entry, str):
+            out.append({"text": entry, "finish_reason": "stop"})
+        elif isinstance(entry, dict) and isinstance(entry.get("text"), str):
+            reason = entry.get("finish_reason", "stop")
+            if reason not in ("stop", "length"):
+                raise QueryError(f"replay entry {i}: finish_reason must be 'stop' or 'length', got {reason!r}")
+            out.append({"text": entry["text"], "finish_reason": reason})
+        else:
+            raise QueryError(f"replay entry {i} is neither a string nor an object with 'text': {entry!r}")
+    return out
+
+
+class ReplayEngine(Engine):
+    """Returns scripted turns in order; each new query starts from the first one again."""
+
+    name = "replay"
+
+    def __init__(self, responses: str | Path | list):
+        self.responses = load_responses(responses)
+        self._position = 0
+
+    def reset(self) -> None:
+        self._position = 0
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        if self._position >= len(self.responses):
+            raise EngineError(
+                f"the replay script has {len(self.responses)} turns and the loop asked for turn {self._position + 1}"
+            )
+        entry = self.responses[self._position]
+        self._position += 1
+        return GenerationResult(text=entry["text"], finish_reason=entry["finish_reason"])
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "turns": len(self.responses)}

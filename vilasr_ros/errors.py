@@ -1,0 +1,58 @@
+"""Error classes of the runtime core.
+
+Small classes subclassing builtins so callers can catch either the domain error or the builtin
+(the lerobot / rosbags habit). Every raise site chains the low-level cause with ``from``.
+"""
+
+from __future__ import annotations
+
+
+class VilasrError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ModelOutputError(VilasrError, ValueError):
+    """The model wrote something the protocol cannot act on (bad tool call, bad index, ...)."""
+
+
+class QueryError(VilasrError, ValueError):
+    """A question, problem type, option list or image list that cannot be asked."""
+
+
+class EngineError(VilasrError, RuntimeError):
+    """An engine failed while generating."""
+
+
+class EngineUnavailableError(EngineError, ConnectionError):
+    """A remote engine could not be reached (down, slow, refused) within the bounded retries."""
+
+
+class ModelNotFoundError(EngineError, FileNotFoundError):
+    """Model weights are neither at the given path nor in the local Hugging Face cache."""
+
+
+class MissingDependencyError(VilasrError, ImportError):
+    """An optional dependency (an ``extras_require`` group) is not installed."""
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency at the point of use.
+
+    Args:
+        module: Importable module name, e.g. ``"vllm"``.
+        extra: The ``pip install vilasr_ros[extra]`` group that provides it.
+
+    Returns:
+        The imported module.
+
+    Raises:
+        MissingDependencyError: The module is not installed (or fails to import).
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"'{module}' is required for this feature: pip install 'vilasr_ros[{extra}]' ({exc})"
+        ) from exc

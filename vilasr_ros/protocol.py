@@ -1,0 +1,479 @@
+"""The ViLaSR conversation protocol: prompts, image sizes, tool-call parsing, annotation state.
+
+Everything here reproduces the authors' reference (AntResearchNLP/ViLaSR commit 61669c0,
+``eval/infer.py`` and ``utils/edit_image.py``) as written down in ``shared/spec/VILASR_PROTOCOL.md``.
+The exact strings live in ``resources/vilasr_prompts.json`` (a copy of the spec's file; a test keeps
+them equal). Nothing in this module imports torch, transformers or rclpy.
+
+Coordinates: every ``bbox_2d`` ``[x1, y1, x2, y2]`` and ``start_point_2d``/``end_point_2d`` ``[x, y]``
+is in pixels of the *resized* image the model saw, origin top-left (spec §1).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import functools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from vilasr_ros.errors import ModelOutputError, QueryError
+
+IMAGE_FACTOR = 28
+"""Qwen2.5-VL patch (14) × spatial merge (2): resized sides are multiples of this (spec §1)."""
+MIN_PIXELS = 4 * 28 * 28
+"""Smallest resized area, as the reference's ``qwen_vl_utils.fetch_image``."""
+
+VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+EOS_TOKEN = "<|im_end|>"
+MAX_COORDINATE_PX = 100_000
+"""A coordinate beyond this (in absolute value) is hostile output, not a drawing (spec §4)."""
+
+PROBLEM_TYPES = ("multiple choice", "free-form", "regression", "numerical", "vci")
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+FINISH_TOOL_ERROR = "ToolError"
+FINISH_TOO_MANY_IMAGES = "TooManyImages"
+
+
+@functools.lru_cache(maxsize=1)
+def prompts() -> dict[str, Any]:
+    """The exact ViLaSR strings and defaults (``vilasr_prompts.json``), loaded once."""
+    text = resources.files("vilasr_ros.resources").joinpath("vilasr_prompts.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def normalize_problem_type(problem_type: str) -> str:
+    """Map user spellings (``multiple-choice``, ``Multiple Choice``) to the reference's keys.
+
+    Raises:
+        QueryError: Unknown problem type.
+    """
+    key = str(problem_type).strip().lower().replace("-", " ").replace("_", " ")
+    key = "free-form" if key == "free form" else key
+    if key not in PROBLEM_TYPES:
+        raise QueryError(f"unknown problem type {problem_type!r}; use one of {', '.join(PROBLEM_TYPES)}")
+    return key
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def resized_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """Size Qwen2.5-VL's ``smart_resize`` gives an image (spec §1).
+
+    Uses transformers' own ``smart_resize`` (the PIL-backend module, which needs no torchvision)
+    with the reference's factor 28 and min_pixels 3136.
+
+    Args:
+        width: Sensor image width in pixels.
+        height: Sensor image height in pixels.
+        max_pixels: Area cap, e.g. 351232 (evaluation) or 200704 (RL training).
+
+    Returns:
+        ``(resized_width, resized_height)``, multiples of 28.
+
+    Raises:
+        QueryError: Degenerate size or aspect ratio over 200.
+    """
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    if width < 1 or height < 1:
+        raise QueryError(f"image of size {width}x{height} cannot be shown to the model")
+    try:
+        h, w = smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=MIN_PIXELS, max_pixels=max_pixels)
+    except ValueError as exc:
+        raise QueryError(f"image of size {width}x{height}: {exc}") from exc
+    return int(w), int(h)
+
+
+def resize_for_model(image, max_pixels: int):
+    """Resize a PIL image the way the reference does before the model sees it (spec §1).
+
+    ``qwen_vl_utils.fetch_image``: convert to RGB (alpha over white), then ``Image.resize`` to the
+    ``smart_resize`` size with Pillow's default (bicubic) filter. An image already at its target
+    size is returned as an RGB copy, untouched.
+
+    Args:
+        image: ``PIL.Image.Image`` of any mode.
+        max_pixels: Area cap.
+
+    Returns:
+        RGB ``PIL.Image.Image`` whose sides are multiples of 28.
+    """
+    from PIL import Image
+
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.split()[3])
+        image = background
+    else:
+        image = image.convert("RGB")
+    size = resized_size(image.width, image.height, max_pixels)
+    if size == image.size:
+        return image.copy()
+    return image.resize(size)
+
+
+# ----------------------------------------------------------------------------- first turn
+
+
+def build_question_text(
+    question: str,
+    problem_type: str,
+    options: list[str] | None = None,
+    *,
+    n_frames: int = 1,
+    kind: str = "single",
+) -> str:
+    """The user text of the first turn, after the image(s) (spec §2).
+
+    Args:
+        question: The question as asked.
+        problem_type: One of :data:`PROBLEM_TYPES` (user spellings accepted).
+        options: Multiple-choice options such as ``["A. yes", "B. no"]``; used only for
+            multiple choice, as the reference does.
+        n_frames: Number of frames shown (video-style prompts name it).
+        kind: ``"single"`` (one image), ``"video"`` (k frames of a walkthrough, VSI-Bench style) or
+            ``"multi_view"`` (k views, SPAR/MMSI style: captions without the video preamble).
+
+    Returns:
+        ``question_template.format(question=...)``.
+
+    Raises:
+        QueryError: Empty question or unknown type/kind.
+    """
+    p = prompts()
+    ptype = normalize_problem_type(problem_type)
+    if not isinstance(question, str) or not question.strip():
+        raise QueryError("the question is empty")
+    opts = ""
+    if ptype == "multiple choice" and options:
+        opts = "\n" + "\n".join(str(o) for o in options)
+    suffix = p["answer_type_suffix"][ptype]
+    if kind == "single":
+        body = question + opts + p["single_image_question_suffix"] + suffix
+    elif kind == "video":
+        body = p["video_question_prefix"].format(n=n_frames) + question + opts + suffix
+    elif kind == "multi_view":
+        body = question + opts + suffix
+    else:
+        raise QueryError(f"unknown prompt kind {kind!r}; use single, video or multi_view")
+    return p["question_template"].format(question=body)
+
+
+def initial_messages(
+    image_sizes: list[tuple[int, int]],
+    question: str,
+    problem_type: str,
+    options: list[str] | None = None,
+    kind: str | None = None,
+) -> list[dict[str, Any]]:
+    """System and first user message in Hugging Face chat format (spec §2).
+
+    Images appear as ``{"type": "image", "image_index": k}`` (k = 0-based position in the model's
+    image list); :func:`render_chat` turns them into Qwen2.5-VL vision placeholders.
+
+    Args:
+        image_sizes: ``(width, height)`` of every *resized* input image, in order.
+        question: The question.
+        problem_type: Answer type.
+        options: Multiple-choice options.
+        kind: ``single``/``video``/``multi_view``; default ``single`` for one image, else ``video``.
+
+    Returns:
+        ``[system_message, user_message]``.
+
+    Raises:
+        QueryError: No images, or a bad question.
+    """
+    if not image_sizes:
+        raise QueryError("at least one image is needed")
+    kind = kind or ("single" if len(image_sizes) == 1 else "video")
+    if kind == "single" and len(image_sizes) != 1:
+        raise QueryError(f"kind 'single' takes one image, got {len(image_sizes)}")
+    p = prompts()
+    width, height = image_sizes[0]
+    system = {"role": "system", "content": p["system_prompt"].format(width=width, height=height)}
+    text = build_question_text(question, problem_type, options, n_frames=len(image_sizes), kind=kind)
+    if kind == "single":
+        content = [{"type": "image", "image_index": 0}, {"type": "text", "text": text}]
+    else:
+        content = []
+        for i in range(len(image_sizes)):
+            caption = p["per_image_caption"].format(i=i + 1, w=width, h=height)
+            content += [{"type": "image", "image_index": i}, {"type": "text", "text": caption}]
+        content.append({"type": "text", "text": text})
+    return [system, {"role": "user", "content": content}]
+
+
+def continuation_message(
+    new_images: list[tuple[int, tuple[int, int]]],
+    *,
+    final: bool,
+) -> dict[str, Any]:
+    """The user message that shows freshly drawn images (spec §3, reference ``multi_turn_generate``).
+
+    One image: ``[image, "\\n" + prompt + "\\n"]``. Several: each image followed by its caption,
+    the last by the intermediate/final prompt, then ``"\\n\\n"`` — exactly the reference's
+    ``intermediate_template`` once rendered by the Qwen2.5-VL chat template.
+
+    Args:
+        new_images: ``(image_index_0_based, (width, height))`` of each new image, in order.
+        final: Use ``final_prompt`` (turn budget or image budget reached) for the last image.
+
+    Returns:
+        A user message.
+    """
+    p = prompts()
+    last_template = p["final_prompt"] if final else p["intermediate_prompt"]
+    if len(new_images) == 1:
+        k, (w, h) = new_images[0]
+        text = last_template.format(current_image_idx=k + 1, width=w, height=h)
+        return {
+            "role": "user",
+            "content": [{"type": "image", "image_index": k}, {"type": "text", "text": "\n" + text + "\n"}],
+        }
+    content: list[dict[str, Any]] = []
+    for pos, (k, (w, h)) in enumerate(new_images):
+        content.append({"type": "image", "image_index": k})
+        if pos < len(new_images) - 1:
+            text = p["per_image_caption"].format(i=k + 1, w=w, h=h)
+        else:
+            text = last_template.format(current_image_idx=k + 1, width=w, height=h)
+        content.append({"type": "text", "text": text})
+    content.append({"type": "text", "text": "\n\n"})
+    return {"role": "user", "content": content}
+
+
+def render_chat(messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    """Render messages with the Qwen2.5-VL chat template (no ``add_vision_id``).
+
+    Same output as the template shipped with Qwen2.5-VL / ViLaSR (``chat_template.json``); a test
+    checks it against ``apply_chat_template`` of a tokenizer carrying that template.
+
+    Args:
+        messages: HF chat messages; content is a string or a list of ``image``/``text`` parts.
+        add_generation_prompt: Append ``<|im_start|>assistant\\n``.
+
+    Returns:
+        The chat text with one vision placeholder per image.
+    """
+    out = []
+    if messages and messages[0]["role"] != "system":
+        out.append("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+    for message in messages:
+        out.append(f"<|im_start|>{message['role']}\n")
+        content = message["content"]
+        if isinstance(content, str):
+            out.append(content)
+        else:
+            for part in content:
+                if part.get("type") == "image" or "image" in part or "image_url" in part:
+                    out.append(VISION_PLACEHOLDER)
+                elif "text" in part:
+                    out.append(part["text"])
+        out.append("<|im_end|>\n")
+    if add_generation_prompt:
+        out.append("<|im_start|>assistant\n")
+    return "".join(out)
+
+
+# ----------------------------------------------------------------------------- model output
+
+
+def _fenced_blocks(text: str) -> list[str]:
+    """Bodies of ```` ```json ```` blocks exactly as the reference's ``parse_json`` cuts them."""
+    lines = text.splitlines()
+    joined = "\n".join(lines)
+    starts = []
+    offset = 0
+    for line in lines:
+        starts.append(offset)
+        offset += len(line) + 1
+    blocks = []
+    for i, line in enumerate(lines):
+        if line.strip() != "```json":
+            continue
+        tail = joined[starts[i + 1] :] if i + 1 < len(lines) else ""
+        end = tail.find("```")
+        blocks.append(tail[:end] if end >= 0 else tail.split("</think>")[0].strip())
+    return blocks
+
+
+def _literal(block: str) -> Any:
+    try:
+        return ast.literal_eval(block)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, OverflowError):
+        return None
+
+
+def parse_tool_calls(text: str) -> tuple[list[dict], list[dict]]:
+    """Boxes and lines the model wrote in one turn (spec §3; reference ``parse_bbox_and_movement``).
+
+    A block opens at a line that is exactly ```` ```json ```` after stripping and runs to the next
+    ```` ``` ```` (or to ``</think>`` when none follows). Each block is read with
+    ``ast.literal_eval`` (never ``eval``); blocks that do not parse are skipped. Items with
+    ``bbox_2d`` and ``label`` are boxes; items with ``start_point_2d``, ``end_point_2d`` and
+    ``label`` are lines; everything else is ignored. Unlike the reference this never raises: a
+    block that is not a list/tuple, or items that are not dicts, are skipped.
+
+    Args:
+        text: One model turn.
+
+    Returns:
+        ``(boxes, lines)``: the dicts as the model wrote them, in order.
+
+    >>> parse_tool_calls("Action: Object Mapper\\n```json\\n[{'index': 1, 'bbox_2d': [1, 2, 3, 4], 'label': 'cup'}]\\n```")
+    ([{'index': 1, 'bbox_2d': [1, 2, 3, 4], 'label': 'cup'}], [])
+    """
+    boxes: list[dict] = []
+    lines: list[dict] = []
+    if not isinstance(text, str):
+        return boxes, lines
+    for block in _fenced_blocks(text):
+        value = _literal(block)
+        if not isinstance(value, (list, tuple)):
+            continue
+        for item in value:
+            if not isinstance(item, dict):
+                continue
+            if "bbox_2d" in item and "label" in item:
+                boxes.append(item)
+            elif "start_point_2d" in item and "end_point_2d" in item and "label" in item:
+                lines.append(item)
+    return boxes, lines
+
+
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def has_answer(text: str) -> bool:
+    """True when a turn holds both ``<answer>`` and ``</answer>`` (spec §4)."""
+    return "<answer>" in text and "</answer>" in text
+
+
+def extract_answer(text: str) -> str | None:
+    """The stripped content of the last ``<answer>…</answer>`` in ``text``, or None."""
+    found = _ANSWER_RE.findall(text or "")
+    return found[-1].strip() if found else None
+
+
+# ----------------------------------------------------------------------------- annotation state
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelOutputError(f"{what} is not a number: {value!r}")
+    if not math.isfinite(value) or abs(value) > MAX_COORDINATE_PX:
+        raise ModelOutputError(f"{what} is out of range: {value!r}")
+    return value
+
+
+def _check_item(item: dict, kind: str) -> None:
+    label = item.get("label")
+    if not isinstance(label, str):
+        raise ModelOutputError(f"{kind} label must be a string, got {label!r}")
+    if kind == "box":
+        coords = item["bbox_2d"]
+        if not isinstance(coords, (list, tuple)):
+            raise ModelOutputError(f"bbox_2d of {label!r} is not a list: {coords!r}")
+        if len(coords) == 4:  # the reference skips drawing other lengths, we do too
+            for c in coords:
+                _number(c, f"bbox_2d of {label!r}")
+    else:
+        for key in ("start_point_2d", "end_point_2d"):
+            point = item[key]
+            if not isinstance(point, (list, tuple)) or len(point) < 2:
+                raise ModelOutputError(f"{key} of {label!r} is not an [x, y] point: {point!r}")
+            for c in point[:2]:
+                _number(c, f"{key} of {label!r}")
+
+
+@dataclass
+class Edit:
+    """One new image made by a tool turn.
+
+    Attributes:
+        source_index: 0-based index of the image that was drawn on (a copy of it is the canvas).
+        new_index: 0-based index the new image gets in the model's image list.
+        boxes: The merged boxes drawn on it (dicts as the model wrote them).
+        lines: The merged lines drawn on it.
+    """
+
+    source_index: int
+    new_index: int
+    boxes: list[dict] = field(default_factory=list)
+    lines: list[dict] = field(default_factory=list)
+
+
+class AnnotationState:
+    """Per-image boxes and lines with the reference's label-keyed merge (spec §3).
+
+    Editing image i makes a new image whose state is i's state merged with the new items: a new
+    item replaces the old one with the same label (keeping its position in the list), other old
+    items stay, and the kind of item not mentioned (boxes or lines) is carried over from i.
+    """
+
+    def __init__(self, n_images: int):
+        self.boxes: dict[int, list[dict]] = {i: [] for i in range(n_images)}
+        self.lines: dict[int, list[dict]] = {i: [] for i in range(n_images)}
+
+    @staticmethod
+    def _merge(old: list[dict], new: list[dict]) -> list[dict]:
+        by_label: dict[str, dict] = {}
+        for item in new:
+            by_label[item["label"]] = item
+        merged = []
+        for item in old:
+            merged.append(by_label.pop(item["label"]) if item["label"] in by_label else item)
+        merged.extend(by_label.values())
+        return copy.deepcopy(merged)
+
+    def plan(self, boxes: list[dict], lines: list[dict], n_images: int) -> list[Edit]:
+        """Group a turn's items by target image and compute each new image's state.
+
+        Nothing is changed until :meth:`commit`; a turn that fails validation leaves the state as it
+        was.
+
+        Args:
+            boxes: Boxes from :func:`parse_tool_calls`.
+            lines: Lines from :func:`parse_tool_calls`.
+            n_images: Number of images the model has seen so far.
+
+        Returns:
+            One :class:`Edit` per edited image, in the reference's order (first mention among boxes,
+            then among lines).
+
+        Raises:
+            ModelOutputError: An index that is not an existing image's, a bad label or coordinates.
+        """
+        groups: dict[int, tuple[list[dict], list[dict]]] = {}
+        for kind, items in (("box", boxes), ("line", lines)):
+            for item in items:
+                index = item.get("index")
+                if isinstance(index, bool) or not isinstance(index, int):
+                    raise ModelOutputError(f"image index must be an integer, got {index!r}")
+                if not 1 <= index <= n_images:
+                    raise ModelOutputError(f"image index {index} does not exist (images 1..{n_images})")
+                _check_item(item, kind)
+                group = groups.setdefault(index - 1, ([], []))
+                group[0 if kind == "box" else 1].append(item)
+        edits = []
+        for pos, (source, (new_boxes, new_lines)) in enumerate(groups.items()):
+            edit = Edit(source_index=source, new_index=n_images + pos)
+            old_boxes, old_lines = self.boxes.get(source, []), self.lines.get(source, [])
+            edit.boxes = self._merge(old_boxes, new_boxes) if new_boxes else copy.deepcopy(old_boxes)
+            edit.lines = self._merge(old_lines, new_lines) if new_lines else copy.deepcopy(old_lines)
+            edits.append(edit)
+        return edits
+
+    def commit(self, edit: Edit) -> None:
+        """Record the state of an image that was drawn and appended."""
+        self.boxes[edit.new_index] = edit.boxes
+        self.lines[edit.new_index] = edit.lines

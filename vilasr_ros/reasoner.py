@@ -1,0 +1,246 @@
+"""The draw-to-reason loop (ViLaSR "interwoven thinking and visual drawing", arXiv 2506.09965 §3).
+
+One implementation serves the ROS agent, offline evaluation and training rollouts. Turn by turn:
+the engine writes ``<think>…</think> Action: …``; a tool turn's boxes/lines are merged per image,
+drawn on a copy of the referenced image, and the new image(s) go back to the model with the
+intermediate (or final) prompt; an answer, the token limit, a tool error or the budgets end it.
+Control flow, budgets and finish reasons follow the reference's ``multi_turn_generate``
+(spec §3–§4).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from vilasr_ros import protocol
+from vilasr_ros.drawing import draw_annotations
+from vilasr_ros.engines.base import Engine, GenerationRequest, SamplingConfig
+from vilasr_ros.errors import EngineError, ModelOutputError, QueryError
+from vilasr_ros.trace import Trace, TraceImage, Turn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReasonerConfig:
+    """Loop settings (defaults: the reference's evaluation settings, spec §1/§4/§6).
+
+    Attributes:
+        max_pixels: ``smart_resize`` area cap for input images (351232 eval, 200704 RL).
+        max_turns: Model calls per query (10; 20 for mazes). The call before the last gets the
+            final prompt.
+        max_images: Image budget (45) after which the final prompt is shown.
+        sampling: Decoding settings.
+    """
+
+    max_pixels: int = protocol.prompts()["image_max_pixels"]["eval_default"]
+    max_turns: int = protocol.prompts()["max_turns"]["default"]
+    max_images: int = protocol.prompts()["max_images"]
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self):
+        if self.max_pixels < protocol.MIN_PIXELS:
+            raise ValueError(f"max_pixels must be >= {protocol.MIN_PIXELS}, got {self.max_pixels}")
+        if self.max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
+        if self.max_images < 1:
+            raise ValueError(f"max_images must be >= 1, got {self.max_images}")
+
+
+def to_pil(image) -> Any:
+    """Accept a ``PIL.Image`` or an (H, W, 3) uint8 RGB array."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image
+    try:
+        import numpy as np
+
+        array = np.asarray(image)
+    except Exception as exc:  # noqa: BLE001 - any non-array input is a query error
+        raise QueryError(f"not an image: {type(image).__name__}") from exc
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise QueryError(f"images must be (H, W, 3) uint8 RGB arrays, got {array.shape} {array.dtype}")
+    return Image.fromarray(array, "RGB")
+
+
+class Reasoner:
+    """Runs the loop over an :class:`~vilasr_ros.engines.base.Engine`.
+
+    Args:
+        engine: The model.
+        config: Loop settings.
+    """
+
+    def __init__(self, engine: Engine, config: ReasonerConfig | None = None):
+        self.engine = engine
+        self.config = config or ReasonerConfig()
+
+    def run(
+        self,
+        images: list,
+        question: str,
+        problem_type: str = "free-form",
+        options: list[str] | None = None,
+        *,
+        kind: str | None = None,
+        cancel: threading.Event | None = None,
+        on_turn: Callable[[Trace, Turn], None] | None = None,
+    ) -> Trace:
+        """Answer one question about one image or k frames.
+
+        Args:
+            images: Input images (``PIL.Image`` or (H, W, 3) uint8 RGB arrays), in order.
+            question: The question.
+            problem_type: ``multiple choice``/``free-form``/``regression``/``numerical``/``vci``.
+            options: Multiple-choice options (``"A. ..."``).
+            kind: ``single``/``video``/``multi_view`` prompt layout (default by image count).
+            cancel: Set it to stop after the current turn (finish reason ``cancelled``).
+            on_turn: Called after every turn (progress reporting; exceptions are logged, not raised).
+
+        Returns:
+            The :class:`~vilasr_ros.trace.Trace`. Model misbehaviour never raises: it ends the
+            trace with ``ToolError``; engine failures end it with ``error`` set and
+            ``finish_reason="error"``.
+
+        Raises:
+            QueryError: The question or images cannot be asked (nothing was sent to the engine).
+        """
+        start = time.perf_counter()
+        cfg = self.config
+        ptype = protocol.normalize_problem_type(problem_type)
+        if not images:
+            raise QueryError("at least one image is needed")
+        pil = [protocol.resize_for_model(to_pil(img), cfg.max_pixels) for img in images]
+        kind = kind or ("single" if len(pil) == 1 else "video")
+        messages = protocol.initial_messages([im.size for im in pil], question, ptype, options, kind)
+        trace = Trace(
+            question=question,
+            problem_type=ptype,
+            options=list(options) if options else None,
+            kind=kind,
+            messages=messages,
+            engine=self.engine.describe(),
+            settings={
+                "max_pixels": cfg.max_pixels,
+                "max_turns": cfg.max_turns,
+                "max_images": cfg.max_images,
+                "sampling": vars(cfg.sampling).copy(),
+            },
+        )
+        trace.pil_images = pil
+        trace.images = [TraceImage(index=i + 1, size=im.size, source_frame=i) for i, im in enumerate(pil)]
+        state = protocol.AnnotationState(len(pil))
+        self.engine.reset()
+
+        for call in range(1, cfg.max_turns + 1):
+            if cancel is not None and cancel.is_set():
+                trace.finish_reason, trace.error = "cancelled", "cancelled before turn %d" % call
+                break
+            request = GenerationRequest(
+                prompt=protocol.render_chat(trace.messages, add_generation_prompt=True),
+                images=list(trace.pil_images),
+                messages=trace.messages,
+                sampling=cfg.sampling,
+            )
+            t0 = time.perf_counter()
+            try:
+                result = self.engine.generate(request)
+            except EngineError as exc:
+                trace.finish_reason, trace.error = "error", f"{type(exc).__name__}: {exc}"
+                logger.error("engine failed on turn %d: %s", call, exc)
+                break
+            t1 = time.perf_counter()
+            text = result.text if isinstance(result.text, str) else str(result.text)
+            turn = Turn(
+                text=text,
+                finish_reason=result.finish_reason,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                cached_tokens=result.cached_tokens,
+                engine_s=t1 - t0,
+            )
+            trace.turns.append(turn)
+            done = self._after_turn(trace, turn, state, call)
+            turn.host_s = time.perf_counter() - t1
+            if on_turn is not None:
+                try:
+                    on_turn(trace, turn)
+                except Exception:  # noqa: BLE001 - a progress callback must not kill the loop
+                    logger.exception("on_turn callback failed")
+            if done:
+                break
+
+        if trace.finish_reason in (protocol.FINISH_STOP, None) and trace.turns:
+            trace.answer = protocol.extract_answer(trace.turns[-1].text)
+        trace.total_s = time.perf_counter() - start
+        return trace
+
+    def _after_turn(self, trace: Trace, turn: Turn, state: protocol.AnnotationState, call: int) -> bool:
+        """Apply one turn; return True when the loop ends (sets ``trace.finish_reason``)."""
+        cfg = self.config
+        text = turn.text
+        if call == cfg.max_turns:  # the last call: whatever it wrote ends the loop
+            trace.finish_reason = turn.finish_reason
+            return True
+        if turn.finish_reason == protocol.FINISH_LENGTH:
+            trace.finish_reason = protocol.FINISH_LENGTH
+            return True
+        if turn.finish_reason == protocol.FINISH_STOP and protocol.has_answer(text):
+            trace.finish_reason = protocol.FINISH_STOP
+            return True
+
+        boxes, lines = protocol.parse_tool_calls(text)
+        turn.boxes, turn.lines = boxes, lines
+        n_images = len(trace.pil_images)
+        try:
+            if not boxes and not lines:
+                raise ModelOutputError("no box or line could be parsed from the tool call")
+            edits = state.plan(boxes, lines, n_images)
+            if n_images >= cfg.max_images + 1:
+                trace.finish_reason = protocol.FINISH_TOO_MANY_IMAGES
+                turn.error = trace.error = f"more than {cfg.max_images} images"
+                return True
+            drawn = [
+                draw_annotations(trace.pil_images[e.source_index], e.boxes, e.lines) for e in edits
+            ]
+        except (ModelOutputError, TypeError, ValueError, OverflowError) as exc:
+            trace.finish_reason = protocol.FINISH_TOOL_ERROR
+            turn.error = trace.error = f"tool call rejected: {exc}"
+            logger.info("turn %d ended the loop with ToolError: %s", call, exc)
+            return True
+
+        # Append the new images; the image budget switches to the final prompt and drops the rest
+        # (reference behaviour for several edits in one turn).
+        budget_final = call == cfg.max_turns - 1
+        shown: list[tuple[int, tuple[int, int]]] = []
+        final = budget_final
+        for edit, image in zip(edits, drawn):
+            source = trace.images[edit.source_index]
+            trace.pil_images.append(image)
+            trace.images.append(
+                TraceImage(
+                    index=edit.new_index + 1,
+                    size=image.size,
+                    source_frame=source.source_frame,
+                    drawn_from=edit.source_index + 1,
+                    turn=len(trace.turns) - 1,
+                    boxes=edit.boxes,
+                    lines=edit.lines,
+                )
+            )
+            state.commit(edit)
+            shown.append((edit.new_index, image.size))
+            turn.new_images.append(edit.new_index + 1)
+            if edit.new_index + 1 >= cfg.max_images:
+                final = True
+                break
+        trace.messages = trace.messages + [
+            {"role": "assistant", "content": text},
+            protocol.continuation_message(shown, final=final),
+        ]
+        return False
