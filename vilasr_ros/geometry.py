@@ -1,0 +1,164 @@
+"""Pixels to metres: model coordinates → sensor pixels → camera-frame points → world frame.
+
+Model coordinates are pixels of the resized image the model saw (spec §1); they map back to the
+sensor image by the per-axis scale. Deprojection is the pinhole model (x = (u−cx)·z/fx,
+y = (v−cy)·z/fy in the optical frame, REP-103: x right, y down, z forward); distorted pixels are
+first undistorted with OpenCV's ``undistortPoints``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vilasr_ros.errors import VilasrError, require
+from vilasr_ros.frames import CameraIntrinsics, Frame
+
+
+class GroundingError(VilasrError, ValueError):
+    """A box or line that cannot be turned into a 3D position (outside the image, no valid depth...)."""
+
+
+def model_to_sensor_box(bbox, model_size: tuple[int, int], sensor_size: tuple[int, int]) -> np.ndarray:
+    """``[x1, y1, x2, y2]`` in resized-image pixels → sensor pixels, ordered and clipped.
+
+    Args:
+        bbox: Box as the model wrote it (corners in any order).
+        model_size: (width, height) of the image the model saw.
+        sensor_size: (width, height) of the sensor image.
+
+    Returns:
+        float array ``[x1, y1, x2, y2]`` with x1 ≤ x2, y1 ≤ y2, inside the sensor image.
+
+    Raises:
+        GroundingError: Not 4 finite numbers, or the box lies entirely outside the image.
+    """
+    try:
+        b = np.asarray(bbox, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise GroundingError(f"box is not 4 numbers: {bbox!r}") from exc
+    if b.shape != (4,) or not np.isfinite(b).all():
+        raise GroundingError(f"box is not 4 finite numbers: {bbox!r}")
+    sx, sy = sensor_size[0] / model_size[0], sensor_size[1] / model_size[1]
+    x1, x2 = sorted((b[0] * sx, b[2] * sx))
+    y1, y2 = sorted((b[1] * sy, b[3] * sy))
+    w, h = sensor_size
+    if x2 < 0 or y2 < 0 or x1 > w - 1 or y1 > h - 1:
+        raise GroundingError(f"box {list(bbox)} lies outside the {model_size[0]}x{model_size[1]} image")
+    return np.array([max(x1, 0.0), max(y1, 0.0), min(x2, w - 1.0), min(y2, h - 1.0)])
+
+
+def model_to_sensor_point(point, model_size: tuple[int, int], sensor_size: tuple[int, int]) -> np.ndarray:
+    """``[x, y]`` in resized-image pixels → sensor pixels (not clipped)."""
+    p = np.asarray(point, dtype=np.float64)[:2]
+    return p * np.array([sensor_size[0] / model_size[0], sensor_size[1] / model_size[1]])
+
+
+def normalized_rays(uv: np.ndarray, intrinsics: CameraIntrinsics) -> np.ndarray:
+    """(N, 2) pixels → (N, 2) normalised image coordinates (x/z, y/z), undistorting when needed."""
+    uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+    if intrinsics.has_distortion:
+        cv2 = require("cv2", "geometry")
+        pts = cv2.undistortPoints(uv.reshape(-1, 1, 2), intrinsics.K, np.asarray(intrinsics.D, dtype=np.float64))
+        return pts.reshape(-1, 2)
+    return np.stack([(uv[:, 0] - intrinsics.cx) / intrinsics.fx, (uv[:, 1] - intrinsics.cy) / intrinsics.fy], axis=1)
+
+
+def deproject(uv: np.ndarray, depth_m: np.ndarray, intrinsics: CameraIntrinsics) -> np.ndarray:
+    """Pixels with depth → (N, 3) points in the camera optical frame (metres).
+
+    Args:
+        uv: (N, 2) pixel coordinates (u right, v down).
+        depth_m: (N,) depths along the optical axis (z), metres.
+        intrinsics: Camera intrinsics of the image the pixels are in.
+    """
+    xy = normalized_rays(uv, intrinsics)
+    z = np.asarray(depth_m, dtype=np.float64).reshape(-1)
+    return np.stack([xy[:, 0] * z, xy[:, 1] * z, z], axis=1)
+
+
+def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 4×4 transform to (N, 3) points."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    return points @ T[:3, :3].T + T[:3, 3]
+
+
+@dataclass
+class SurfaceEstimate:
+    """Where the visible surface inside a box is.
+
+    Attributes:
+        position_camera: (3,) metres, optical frame: the box centre ray at the surface depth.
+        depth_m: Median depth of the chosen depth cluster.
+        uncertainty_m: 1.4826·MAD of that cluster's depths (robust σ along the ray), metres.
+        valid_fraction: Share of box pixels with valid depth.
+        cluster_fraction: Share of valid pixels in the chosen (nearest substantial) cluster.
+    """
+
+    position_camera: np.ndarray
+    depth_m: float
+    uncertainty_m: float
+    valid_fraction: float
+    cluster_fraction: float
+
+
+def surface_in_box(
+    frame: Frame,
+    box_px: np.ndarray,
+    *,
+    min_depth_m: float = 0.1,
+    max_depth_m: float = 10.0,
+    gap_m: float = 0.15,
+    min_cluster_fraction: float = 0.25,
+) -> SurfaceEstimate:
+    """Robust position of the object in a sensor-pixel box.
+
+    Background leaking into the box (a wall behind a chair) is separated by depth clustering:
+    valid depths are sorted and split where consecutive values jump by more than
+    ``max(gap_m, 5% of depth)``; the nearest cluster holding at least ``min_cluster_fraction`` of
+    the valid pixels is the object. Its median depth places the box centre's ray.
+
+    Raises:
+        GroundingError: No depth image, or no valid depth in the box.
+    """
+    if frame.depth_m is None:
+        raise GroundingError("the frame has no depth image")
+    x1, y1, x2, y2 = np.round(box_px).astype(int)
+    patch = frame.depth_m[y1 : y2 + 1, x1 : x2 + 1]
+    values = patch[np.isfinite(patch) & (patch > min_depth_m) & (patch < max_depth_m)]
+    if values.size == 0:
+        raise GroundingError(f"no valid depth inside box {box_px.round(1).tolist()} (all zero, NaN or out of range)")
+    d = np.sort(values.astype(np.float64))
+    cuts = np.nonzero(np.diff(d) > np.maximum(gap_m, 0.05 * d[:-1]))[0] + 1
+    clusters = np.split(d, cuts)
+    chosen = next((c for c in clusters if c.size >= min_cluster_fraction * d.size), max(clusters, key=len))
+    depth = float(np.median(chosen))
+    centre = np.array([[(box_px[0] + box_px[2]) / 2.0, (box_px[1] + box_px[3]) / 2.0]])
+    position = deproject(centre, np.array([depth]), frame.intrinsics)[0]
+    mad = float(np.median(np.abs(chosen - depth)))
+    return SurfaceEstimate(position, depth, 1.4826 * mad, values.size / patch.size, chosen.size / d.size)
+
+
+def yaw_quaternion(yaw: float) -> tuple[float, float, float, float]:
+    """Quaternion (x, y, z, w) of a rotation by ``yaw`` radians about +z (REP-103 up)."""
+    return (0.0, 0.0, float(np.sin(yaw / 2.0)), float(np.cos(yaw / 2.0)))
+
+
+def approach_pose(
+    target_world: np.ndarray, camera_world: np.ndarray, standoff_m: float, floor_z_m: float = 0.0
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """A pose on the floor plane ``standoff_m`` before the target, facing it.
+
+    The approach direction is the camera→target direction projected on the floor (world z up,
+    REP-103); the pose lies on the plane z = ``floor_z_m``.
+
+    Returns:
+        (position (3,), quaternion x y z w).
+    """
+    direction = np.asarray(target_world, float)[:2] - np.asarray(camera_world, float)[:2]
+    norm = np.linalg.norm(direction)
+    direction = direction / norm if norm > 1e-9 else np.array([1.0, 0.0])
+    xy = np.asarray(target_world, float)[:2] - standoff_m * direction
+    yaw = float(np.arctan2(direction[1], direction[0]))
+    return np.array([xy[0], xy[1], floor_z_m]), yaw_quaternion(yaw)
