@@ -178,3 +178,24 @@ def test_buffer_is_thread_safe_under_concurrent_add_and_select():
     for t in threads:
         t.join(timeout=30)
     assert not errors and len(buf) == 50
+
+
+def test_byte_bound_holds_under_a_30hz_vga_stream():
+    """Shortened version of benchmarks/frame_buffer.py: 20 s of moving 640x480 RGB-D."""
+    intr = CameraIntrinsics(640, 480, 525.0, 525.0, 319.5, 239.5)
+    rgb, depth = np.zeros((480, 640, 3), np.uint8), np.ones((480, 640), np.float32)
+    buf = FrameBuffer(BufferConfig(max_bytes=32 * 2**20, max_interval_s=1.0))
+    peak = 0
+    for i in range(600):
+        T = np.eye(4)
+        T[0, 3] = 0.5 * i / 30
+        buf.add(Frame(rgb.copy(), depth.copy(), intr, T, stamp_s=i / 30))
+        peak = max(peak, buf.nbytes)
+    assert peak <= 32 * 2**20 and len(buf) == 32 * 2**20 // (640 * 480 * 7)
+    assert buf.accepted > len(buf)  # old keyframes were evicted, the newest kept
+    assert buf.snapshot()[-1].stamp_s == pytest.approx(599 / 30, abs=0.2)
+
+
+def test_realsense_is_refused_with_a_clear_message():
+    with pytest.raises(QueryError, match="realsense source is not built yet"):
+        open_source("realsense")
