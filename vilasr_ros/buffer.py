@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vilasr_ros.errors import VilasrError
-from vilasr_ros.frames import Frame
+from vilasr_ros.frames import Frame, FrameError
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,6 @@ class FrameBuffer:
         if not isinstance(frame, Frame):
             raise TypeError(f"expected a Frame, got {type(frame).__name__}")
         if frame.nbytes > self.config.max_bytes:
-            from vilasr_ros.frames import FrameError
-
             raise FrameError(f"a frame of {frame.nbytes} bytes exceeds the buffer's max_bytes {self.config.max_bytes}")
         with self._lock:
             self.received += 1
