@@ -3,7 +3,7 @@
 - ``rgbd_folder:PATH`` — the layout of ``shared/data/rgbd/README.md`` (Open3D test data, TUM);
 - ``bag:PATH`` — a ROS 2 bag (sqlite3 or mcap) read with ``rosbags``;
 - ``realsense`` / ``realsense:SERIAL`` / ``realsense:FILE.db3`` — Intel RealSense via ``pyrealsense2``
-  (not built yet: refused with a clear message; use a bag recorded by realsense-ros);
+  (aligned depth, device intrinsics and depth scale);
 - ``sim:...`` — a simulated MuJoCo scene (``vilasr_ros_sim``).
 
 Every source is an iterable context manager of :class:`~vilasr_ros.frames.Frame`.
@@ -35,10 +35,9 @@ def open_source(spec: str, **options) -> FrameSource:
 
         return BagSource(arg, **options)
     if kind == "realsense":
-        raise QueryError(
-            "the realsense source is not built yet (issue 3: pyrealsense2 live/.db3 reading); record a ROS 2 bag "
-            "with realsense-ros and use bag:PATH meanwhile"
-        )
+        from vilasr_ros.sources.realsense import RealSenseSource
+
+        return RealSenseSource(arg, **options)
     if kind == "sim":
         try:
             from vilasr_ros_sim.source import SimSource
