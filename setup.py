@@ -20,8 +20,11 @@ EXTRAS = {
     "geometry": ["open3d>=0.18"],
     "bags": ["rosbags>=0.10"],
     "test": ["pytest>=8", "requests>=2.28", "fastapi", "uvicorn"],
+    # ROS 2 Jazzy from PyPI wheels (machines without /opt/ros); with apt/colcon ROS, skip this extra.
+    "ros": [f"ros-jazzy-{p}" for p in ("rclpy", "rmw-fastrtps-cpp", "std-msgs", "std-srvs", "sensor-msgs",
+                                       "geometry-msgs", "nav-msgs", "visualization-msgs")],
 }
-EXTRAS["all-cpu"] = sorted({d for k in ("transformers", "openai", "bags", "test") for d in EXTRAS[k]})
+EXTRAS["all-cpu"] = sorted({d for k in ("transformers", "openai", "bags", "ros", "realsense", "test") for d in EXTRAS[k]})
 
 setup(
     name=PACKAGE,
@@ -48,6 +51,8 @@ setup(
     entry_points={
         "console_scripts": [
             "vilasr = vilasr_ros.cli:main",
+            "camera_node = vilasr_ros.ros.camera_node:main",
+            "vilasr_agent = vilasr_ros.ros.agent_node:main",
         ],
     },
 )

@@ -19,6 +19,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="vilasr_hf_home_"))
 
+# DDS stays on loopback for every rclpy process of this run (this one and the nodes it starts, which
+# inherit the environment): loopback discovery, a domain id unique to the run, a temp log dir and the
+# shipped Fast DDS profile (large shared-memory segment). Set before anything imports rclpy.
+from vilasr_ros.ros.env import loopback_environment  # noqa: E402  (no rclpy import)
+
+ROS_ENV = loopback_environment(domain_id=int(os.environ.get("VILASR_TEST_DOMAIN_ID", 1 + os.getpid() % 100)),
+                               log_dir=tempfile.mkdtemp(prefix="vilasr_roslog_"))
+os.environ.update(ROS_ENV)
+
 
 def pytest_configure(config):
     for name, text in (

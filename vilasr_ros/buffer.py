@@ -115,6 +115,7 @@ class FrameBuffer:
         self._frames: deque[Frame] = deque()
         self._bytes = 0
         self._latest: Frame | None = None
+        self._latest_stamp: float | None = None
         self.received = 0
         self.accepted = 0
 
@@ -127,18 +128,31 @@ class FrameBuffer:
         with self._lock:
             return self._bytes
 
-    def _is_keyframe(self, frame: Frame, last: Frame | None) -> bool:
+    def _is_keyframe(self, stamp_s: float, T: np.ndarray | None, last: Frame | None) -> bool:
         cfg = self.config
         if last is None:
             return True
-        if frame.stamp_s - last.stamp_s >= cfg.max_interval_s:
+        if stamp_s - last.stamp_s >= cfg.max_interval_s:
             return True
-        if frame.T_world_camera is None or last.T_world_camera is None:
+        if T is None or last.T_world_camera is None:
             return False
-        moved = np.linalg.norm(frame.T_world_camera[:3, 3] - last.T_world_camera[:3, 3])
+        moved = np.linalg.norm(T[:3, 3] - last.T_world_camera[:3, 3])
         if moved > cfg.min_translation_m:
             return True
-        return _rotation_deg(last.T_world_camera[:3, :3], frame.T_world_camera[:3, :3]) > cfg.min_rotation_deg
+        return _rotation_deg(last.T_world_camera[:3, :3], T[:3, :3]) > cfg.min_rotation_deg
+
+    def wants(self, stamp_s: float, T_world_camera: np.ndarray | None) -> bool:
+        """Would a frame with this stamp and pose be kept as a keyframe? Lets a caller skip decoding
+        frames that :meth:`add` would drop (then report them with :meth:`note`)."""
+        with self._lock:
+            last = self._frames[-1] if self._frames else None
+        return self._is_keyframe(stamp_s, T_world_camera, last)
+
+    def note(self, stamp_s: float) -> None:
+        """Count a frame that was received but not decoded: it keeps :meth:`latest` fresh."""
+        with self._lock:
+            self.received += 1
+            self._latest_stamp = max(self._latest_stamp or stamp_s, stamp_s)
 
     def add(self, frame: Frame) -> bool:
         """Offer a frame; returns True when it was kept as a keyframe.
@@ -155,8 +169,9 @@ class FrameBuffer:
         with self._lock:
             self.received += 1
             self._latest = frame
+            self._latest_stamp = max(self._latest_stamp or frame.stamp_s, frame.stamp_s)
             last = self._frames[-1] if self._frames else None
-            if not self._is_keyframe(frame, last):
+            if not self._is_keyframe(frame.stamp_s, frame.T_world_camera, last):
                 return False
             self._frames.append(frame)
             self._bytes += frame.nbytes
@@ -166,18 +181,19 @@ class FrameBuffer:
             return True
 
     def latest(self, max_age_s: float | None = None) -> Frame:
-        """The newest frame received (keyframe or not).
+        """The newest frame added (keyframe or not).
 
         Raises:
             EmptyBufferError: Nothing received.
-            StaleBufferError: The newest frame is older than ``max_age_s`` (by its stamp).
+            StaleBufferError: The newest frame received — added, or only :meth:`note` d — is older
+                than ``max_age_s`` (by its stamp).
         """
         with self._lock:
-            frame = self._latest
+            frame, newest = self._latest, self._latest_stamp
         if frame is None:
-            raise EmptyBufferError("no frame received yet")
+            raise EmptyBufferError("the frame buffer is empty: no frame received yet (is the camera publishing?)")
         if max_age_s is not None:
-            age = self._clock() - frame.stamp_s
+            age = self._clock() - newest
             if age > max_age_s:
                 raise StaleBufferError(f"newest frame is {age:.2f} s old (max {max_age_s:.2f} s)")
         return frame
@@ -212,3 +228,4 @@ class FrameBuffer:
             self._frames.clear()
             self._bytes = 0
             self._latest = None
+            self._latest_stamp = None

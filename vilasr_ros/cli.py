@@ -118,6 +118,32 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0 if trace.finish_reason not in ("error",) else 1
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    if args.localhost or args.domain_id is not None:
+        from vilasr_ros.ros.env import apply_loopback_environment
+
+        apply_loopback_environment(args.domain_id)  # before rclpy is imported
+    from vilasr_ros.errors import require
+
+    require("rclpy", "ros (pip: ros-jazzy-rclpy and the ros-jazzy-*-msgs wheels, or source /opt/ros/jazzy)")
+    from vilasr_ros.ros.launcher import pick_engine, run_agent
+
+    engine, extra, sentence = pick_engine(args.engine, args.model)
+    print(sentence)
+    agent = {"engine": engine, **extra}
+    for key, value in (("model", args.model), ("base_url", args.base_url), ("responses", args.responses),
+                       ("trace_root", args.trace_root)):
+        if value is not None:
+            agent[key] = value
+    if args.max_age is not None:
+        agent["max_age_s"] = args.max_age
+    camera = {"source": args.source} if args.source is not None else {}
+    if args.query is not None:
+        camera.setdefault("loop", True)
+    return run_agent(args.config, camera=camera, agent=agent, query=args.query, wait_frames=args.wait_frames,
+                     timeout_s=args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vilasr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -138,6 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--out", help="trace folder (default runs/ask_<time>)")
     add_engine_arguments(ask)
     ask.set_defaults(func=cmd_ask)
+
+    ag = sub.add_parser("agent", help="run camera_node + vilasr_agent in one process (no ros2 CLI needed)",
+                        description="Both ROS 2 nodes from config/agent.yaml in one process. With --query: wait "
+                        "for frames, ask over the ~/query topic, print the answer and target pose, exit.")
+    ag.add_argument("--config", help="ROS 2 parameter file (default: the shipped config/agent.yaml)")
+    ag.add_argument("--source", help="camera_node source (rgbd_folder:PATH, bag:PATH, realsense[:...], sim:...); "
+                    "empty string: no camera node, frames come from other processes")
+    ag.add_argument("--engine", default="auto", choices=("auto", "replay", "transformers", "openai", "vllm"),
+                    help="auto: ViLaSR weights if present locally, else the scripted replay demo (says so)")
+    ag.add_argument("--model", help="model folder or Hugging Face id")
+    ag.add_argument("--base-url", help="openai engine: OpenAI-compatible server URL")
+    ag.add_argument("--responses", help="replay engine: JSON list of model turns")
+    ag.add_argument("--trace-root", help="folder for per-query traces")
+    ag.add_argument("--max-age", type=float, help="refuse queries when the newest frame is older (s; 0: never)")
+    ag.add_argument("--query", help='query JSON, e.g. \'{"question": "Go to the chair", "target": "chair"}\'')
+    ag.add_argument("--wait-frames", type=int, default=16, help="keyframes to buffer before sending --query")
+    ag.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for frames and the answer")
+    ag.add_argument("--localhost", action="store_true",
+                    help="keep DDS on this machine: loopback discovery, the shipped Fast DDS profile, temp log dir")
+    ag.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID (implies --localhost)")
+    ag.set_defaults(func=cmd_agent)
     return parser
 
 

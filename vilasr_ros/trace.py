@@ -142,7 +142,7 @@ class Trace:
         directory = Path(directory)
         (directory / "images").mkdir(parents=True, exist_ok=True)
         for k, image in enumerate(self.pil_images):
-            image.save(directory / "images" / f"image_{k}.png")
+            image.save(directory / "images" / f"image_{k}.png", compress_level=1)  # lossless; 4x faster than 6
         path = directory / "trace.json"
         path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
         return path

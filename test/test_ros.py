@@ -1,0 +1,288 @@
+"""The ROS 2 agent end to end: real nodes in separate processes on loopback, a test client on topics.
+
+The DDS environment (loopback discovery, a run-unique domain id, temp log dir, the shipped Fast DDS
+profile) is set by conftest.py before rclpy is imported; the node processes inherit it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from visualization_msgs.msg import MarkerArray  # noqa: E402
+
+from conftest import REPO, RGBD  # noqa: E402
+from vilasr_ros.grounding import ground_trace  # noqa: E402
+from vilasr_ros.ros.launcher import demo_responses  # noqa: E402
+from vilasr_ros.sources import open_source  # noqa: E402
+from vilasr_ros.trace import Trace  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+O3D = RGBD / "open3d_testdata_rgbd"
+CONFIG = REPO / "config" / "agent.yaml"
+# The colour optical frame 0.2 m ahead and 0.5 m above base_link, turned 30° about z: the camera node
+# publishes T_world_base, the agent must recover T_world_camera exactly.
+EXTRINSIC = "[0.2,0.0,0.5,0.0,0.0,0.2588190451,0.9659258263]"
+RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def start(module: str, params: list[str], log: Path, extra: list[str] = ()) -> subprocess.Popen:
+    args = [sys.executable, "-m", module, "--ros-args", *extra]
+    for p in params:
+        args += ["-p", p]
+    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def stop(*procs: subprocess.Popen) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+class Client:
+    """A test node spinning in a background thread that records what the agent publishes."""
+
+    def __init__(self, name: str, agent: str = "vilasr_agent"):
+        self.node = rclpy.create_node(name)
+        self.answers: list[dict] = []
+        self.poses: list[PoseStamped] = []
+        self.images: list[Image] = []
+        self.markers: list[MarkerArray] = []
+        self.progress: list[dict] = []
+        self.colour = 0
+        n = self.node
+        n.create_subscription(String, f"/{agent}/answer", lambda m: self.answers.append(json.loads(m.data)), RELIABLE)
+        n.create_subscription(String, f"/{agent}/progress", lambda m: self.progress.append(json.loads(m.data)), RELIABLE)
+        n.create_subscription(PoseStamped, f"/{agent}/target_pose", self.poses.append, RELIABLE)
+        n.create_subscription(Image, f"/{agent}/annotated_image", self.images.append, RELIABLE)
+        n.create_subscription(MarkerArray, f"/{agent}/markers", self.markers.append, RELIABLE)
+        n.create_subscription(Image, "/camera/camera/color/image_raw", self._count, qos_profile_sensor_data)
+        self.query_pub = n.create_publisher(String, f"/{agent}/query", RELIABLE)
+        self.clear = n.create_client(Trigger, f"/{agent}/clear_buffer")
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(n)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _count(self, msg):
+        self.colour += 1
+
+    def wait(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def ask(self, payload, timeout: float = 60.0) -> dict:
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        qid = payload.get("id") if isinstance(payload, dict) else None
+        before = len(self.answers)
+        self.query_pub.publish(String(data=text))
+        if qid is None:
+            self.wait(lambda: len(self.answers) > before, timeout, "an answer")
+            return self.answers[-1]
+        self.wait(lambda: any(a["id"] == qid for a in self.answers), timeout, f"answer {qid}")
+        return next(a for a in self.answers if a["id"] == qid)
+
+    def close(self):
+        self.executor.shutdown()
+        self.thread.join(timeout=10)
+        self.node.destroy_node()
+
+
+@pytest.fixture(scope="module")
+def ros_context():
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def replay_system(ros_context, shared_dir, tmp_path_factory):
+    """camera_node streaming the Open3D sample once (5 frames) + vilasr_agent with the replay engine."""
+    tmp = tmp_path_factory.mktemp("ros_replay")
+    client = Client("test_client_replay")
+    camera = start("vilasr_ros.ros.camera_node", [
+        f"source:=rgbd_folder:{O3D}", "loop:=false", "rate_hz:=10.0", "wait_for_subscribers:=2",
+        f"T_base_camera:={EXTRINSIC}", "base_frame_id:=base_link"], tmp / "camera.log")
+    agent = start("vilasr_ros.ros.agent_node", [
+        "engine:=replay", f"responses:={demo_responses()}", f"trace_root:={tmp / 'traces'}",
+        "buffer.min_translation_m:=0.0", "max_age_s:=0.0", f"T_base_camera:={EXTRINSIC}", "max_queued_queries:=4"],
+        tmp / "agent.log", ["--params-file", str(CONFIG)])
+    try:
+        client.wait(lambda: client.colour >= 5, 60, "the camera's 5 frames")
+        client.wait(lambda: client.query_pub.get_subscription_count() >= 1, 30, "the agent's ~/query")
+        time.sleep(1.0)  # the agent received the same 5 frames; let its callbacks finish
+        yield client, tmp
+    finally:
+        stop(camera, agent)
+        client.close()
+        for log in ("camera.log", "agent.log"):
+            print(f"--- {log}\n" + (tmp / log).read_text()[-3000:])
+
+
+def test_query_on_a_topic_comes_back_as_answer_pose_and_images(replay_system):
+    client, tmp = replay_system
+    answer = client.ask({"id": "kb", "question": "Where is the keyboard? Go to it.", "target": "keyboard"})
+    assert answer["error"] is None and answer["finish_reason"] == "stop" and answer["engine"] == "replay"
+    assert answer["answer"] == "on the desk, lower centre of the image"
+    assert [f["index"] for f in answer["frames"]] == [0, 1, 2, 3, 4]  # every frame arrived, none dropped
+
+    # The same box grounded by the core on the frames read straight from the folder.
+    with open_source(f"rgbd_folder:{O3D}") as source:
+        frames = list(source)
+    client.wait(lambda: Path(answer["trace_dir"], "trace.json").is_file(), 30, "the saved trace")
+    expected = ground_trace(Trace.load(answer["trace_dir"]), frames, "keyboard")
+    assert expected.ok
+    np.testing.assert_allclose(answer["target"]["position_world"], expected.position_world, atol=1e-3)
+    np.testing.assert_allclose(answer["target_pose"]["position"], expected.approach_position, atol=1e-3)
+    assert answer["target_pose"]["frame_id"] == "map"
+
+    client.wait(lambda: client.poses and client.markers, 10, "PoseStamped and markers")
+    pose = client.poses[-1]
+    assert pose.header.frame_id == "map"
+    np.testing.assert_allclose([pose.pose.position.x, pose.pose.position.y, pose.pose.position.z],
+                               expected.approach_position, atol=1e-3)
+    np.testing.assert_allclose([pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z,
+                                pose.pose.orientation.w], expected.approach_orientation, atol=1e-5)
+    assert client.images, "the drawn image was not published"
+    assert (client.images[0].width, client.images[0].height) == tuple(Trace.load(answer["trace_dir"]).images[0].size)
+    assert client.images[0].encoding == "rgb8"
+    assert [p["turn"] for p in client.progress if p["id"] == "kb"] == [1, 2]
+
+
+def test_bad_queries_each_get_an_error_with_their_id_and_the_node_keeps_serving(replay_system):
+    client, _ = replay_system
+    assert "not JSON" in client.ask("this is not json")["error"]
+    assert "question" in client.ask({"id": "nq"})["error"]
+    assert "unknown problem type" in client.ask({"id": "ty", "question": "?", "type": "essay"})["error"]
+    assert "bytes" in client.ask({"id": "big", "question": "x" * 10_000})["error"]
+
+    n = len(client.answers)
+    for i in range(100):
+        client.query_pub.publish(String(data=json.dumps({"id": f"burst{i}", "question": "Where is the keyboard?"})))
+    client.wait(lambda: len({a["id"] for a in client.answers[n:]}) >= 100, 120, "100 burst answers")
+    burst = {a["id"]: a for a in client.answers[n:]}
+    assert set(burst) == {f"burst{i}" for i in range(100)}
+    served = [a for a in burst.values() if a["error"] is None]
+    rejected = [a for a in burst.values() if a["finish_reason"] == "rejected"]
+    assert served and rejected and len(served) + len(rejected) == 100
+    assert all("queue full" in a["error"] for a in rejected)
+
+    assert client.ask({"id": "after", "question": "Still there?"})["error"] is None  # keeps serving
+
+    assert client.clear.wait_for_service(timeout_sec=10)
+    future = client.clear.call_async(Trigger.Request())
+    client.wait(future.done, 10, "clear_buffer")
+    assert future.result().success
+    empty = client.ask({"id": "empty", "question": "Where is the keyboard?"})
+    assert empty["id"] == "empty" and "buffer is empty" in empty["error"]
+
+
+def test_agent_with_the_tiny_transformers_model(ros_context, tiny_model_dir, shared_dir, tmp_path):
+    """The real model-loading path under ROS: the answer is garbage, the path is real."""
+    client = Client("test_client_tiny", agent="tiny_agent")  # its own node name: the replay agent may still run
+    camera = start("vilasr_ros.ros.camera_node", [f"source:=rgbd_folder:{O3D}", "rate_hz:=10.0",
+                                                  "wait_for_subscribers:=2"], tmp_path / "camera.log")
+    agent = start("vilasr_ros.ros.agent_node", [
+        "engine:=transformers", f"model:={tiny_model_dir}", "device:=cpu", f"trace_root:={tmp_path / 'traces'}",
+        "max_tokens:=12", "max_turns:=2", "max_pixels:=50176", "frames:=2", "max_age_s:=0.0",
+        "buffer.min_translation_m:=0.0"],
+        tmp_path / "agent.log", ["--params-file", str(CONFIG), "-r", "__node:=tiny_agent"])
+    try:
+        client.wait(lambda: client.query_pub.get_subscription_count() >= 1, 120, "the agent")
+        seen = client.colour
+        client.wait(lambda: client.colour >= seen + 5, 60, "camera frames after the agent started")
+        answer = client.ask({"id": "tiny", "question": "Where is the keyboard?", "target": "keyboard"}, timeout=300)
+        assert answer["id"] == "tiny" and answer["engine"] == "transformers"
+        assert answer["finish_reason"] in ("stop", "length", "ToolError")
+        assert len(answer["frames"]) == 2
+        client.wait(lambda: Path(answer["trace_dir"], "trace.json").is_file(), 60, "the trace")
+        trace = Trace.load(answer["trace_dir"])
+        assert trace.engine["engine"] == "transformers" and trace.turns and len(trace.images) >= 2
+    finally:
+        stop(camera, agent)
+        client.close()
+        print((tmp_path / "agent.log").read_text()[-3000:])
+
+
+def test_parameters_are_validated_on_change(ros_context, tmp_path):
+    from rclpy.parameter import Parameter
+
+    from vilasr_ros.engines import create_engine
+    from vilasr_ros.reasoner import Reasoner
+    from vilasr_ros.ros.agent_node import VilasrAgentNode
+
+    node = VilasrAgentNode(reasoner=Reasoner(create_engine("replay", responses=str(demo_responses()))),
+                           parameter_overrides=[Parameter("trace_root", value=str(tmp_path))])
+    try:
+        ok = lambda *ps: [r.successful for r in node.set_parameters(list(ps))]  # noqa: E731
+        assert ok(Parameter("frames", value=8), Parameter("standoff_m", value=1.2)) == [True, True]
+        assert node.agent.config.frames == 8 and node.agent.config.grounding.standoff_m == 1.2
+        assert ok(Parameter("frames", value=0)) == [False]  # outside 1..64
+        assert ok(Parameter("selection", value="random")) == [False]
+        assert ok(Parameter("engine", value="openai")) == [False]  # read-only: restart to change
+        assert node.agent.config.frames == 8 and node.agent.config.selection == "uniform"
+    finally:
+        node.destroy_node()
+
+
+def test_conversions_round_trip_images_and_intrinsics():
+    from vilasr_ros.frames import CameraIntrinsics
+    from vilasr_ros.ros.conversions import (
+        camera_info_msg, camera_info_to_intrinsics, color_msg, decode_color_msg, decode_depth_msg, depth_msg,
+        s_to_stamp)
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    depth = (rng.integers(0, 5000, (48, 64)) / 1000.0).astype(np.float32)
+    stamp = s_to_stamp(12.5)
+    assert np.array_equal(decode_color_msg(color_msg(rgb, stamp, "cam")), rgb)
+    assert np.array_equal(decode_depth_msg(depth_msg(depth, stamp, "cam", "16UC1")), depth)
+    assert np.array_equal(decode_depth_msg(depth_msg(depth, stamp, "cam", "32FC1")), depth)
+    intr = CameraIntrinsics(64, 48, 50.0, 51.0, 31.5, 23.5, "plumb_bob", (0.1, -0.2, 0.0, 0.0, 0.01))
+    assert camera_info_to_intrinsics(camera_info_msg(intr, stamp, "cam")) == intr
+
+
+def test_vilasr_agent_command_runs_the_main_job(ros_context, shared_dir, tmp_path):
+    """README's main job: both nodes in one process, one query, answer + pose printed, trace saved."""
+    out = subprocess.run(
+        [sys.executable, "-m", "vilasr_ros.cli", "agent", "--localhost", "--source", f"rgbd_folder:{O3D}",
+         "--trace-root", str(tmp_path), "--wait-frames", "3", "--timeout", "120", "--query",
+         '{"id": "readme", "question": "Where is the keyboard? Go to it.", "target": "keyboard"}'],
+        capture_output=True, text=True, timeout=240, cwd=REPO,
+        env={**os.environ, "HF_HOME": str(tmp_path / "no_weights")})
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("engine: replay") and "SCRIPTED" in lines[0]  # says plainly who answered
+    assert "answer: on the desk, lower centre of the image" in lines
+    pose = next(line for line in lines if line.startswith("target_pose (map): position ["))
+    trace_dir = Path(next(line for line in lines if line.startswith("trace: ")).split(" ", 1)[1])
+    assert (trace_dir / "trace.json").is_file() and (trace_dir / "images" / "image_3.png").is_file()
+    assert json.loads((trace_dir / "trace.json").read_text())["target"]["ok"] is True, pose

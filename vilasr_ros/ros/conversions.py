@@ -1,0 +1,201 @@
+"""numpy / core types ↔ ROS 2 messages (rclpy message classes).
+
+Images follow ``sensor_msgs/Image`` conventions (REP-118: depth ``16UC1`` millimetres or ``32FC1``
+metres, 0 or NaN = no reading); ``CameraInfo`` carries the colour intrinsics with ``k``, ``p`` and
+``d`` as the realsense-ros wrapper fills them. Poses: ``T_world_base`` in ``nav_msgs/Odometry``
+(``header.frame_id`` = world, ``child_frame_id`` = base), and the camera from it as
+``T_world_camera = T_world_base @ T_base_camera`` (REP-105 frames; optical frame per REP-103).
+
+Byte arrays are handed to rclpy as ``array.array('B')``: the generated setters copy those with one
+``memcpy`` instead of checking every element.
+"""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion, Vector3
+from nav_msgs.msg import Odometry, Path
+from scipy.spatial.transform import Rotation
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import ColorRGBA
+from visualization_msgs.msg import Marker, MarkerArray
+
+from vilasr_ros.frames import CameraIntrinsics
+from vilasr_ros.sources.bag import IMAGE, decode_color, decode_depth
+
+__all__ = [
+    "camera_info_msg", "camera_info_to_intrinsics", "color_msg", "decode_color_msg", "decode_depth_msg",
+    "depth_msg", "markers_msg", "matrix_to_pose", "odometry_msg", "path_msg", "pose_stamped", "pose_to_matrix",
+    "stamp_to_s", "s_to_stamp", "transform_from_xyz_quat",
+]
+
+
+def s_to_stamp(t: float) -> Time:
+    """Seconds → ``builtin_interfaces/Time``."""
+    sec = int(np.floor(t))
+    return Time(sec=sec, nanosec=min(int(round((t - sec) * 1e9)), 999_999_999))
+
+
+def stamp_to_s(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def _bytes(arr: np.ndarray) -> array.array:
+    out = array.array("B")
+    out.frombytes(np.ascontiguousarray(arr).tobytes())
+    return out
+
+
+def color_msg(rgb: np.ndarray, stamp: Time, frame_id: str) -> Image:
+    """(H, W, 3) uint8 RGB → ``Image`` ``rgb8``."""
+    h, w = rgb.shape[:2]
+    msg = Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3)
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    msg.data = _bytes(rgb)
+    return msg
+
+
+def depth_msg(depth_m: np.ndarray, stamp: Time, frame_id: str, encoding: str = "16UC1") -> Image:
+    """(H, W) float32 metres → ``Image`` ``16UC1`` (mm, 0 = none) or ``32FC1`` (m, NaN kept).
+
+    Raises:
+        ValueError: Another encoding.
+    """
+    h, w = depth_m.shape
+    if encoding == "16UC1":
+        data = np.clip(np.round(np.nan_to_num(depth_m, nan=0.0) * 1000.0), 0, 65535).astype("<u2")
+        step = w * 2
+    elif encoding == "32FC1":
+        data, step = depth_m.astype("<f4"), w * 4
+    else:
+        raise ValueError(f"depth encoding must be 16UC1 or 32FC1, got {encoding!r}")
+    msg = Image(height=h, width=w, encoding=encoding, is_bigendian=0, step=step)
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    msg.data = _bytes(data)
+    return msg
+
+
+def decode_color_msg(msg: Image) -> np.ndarray:
+    """``Image`` (rgb8/bgr8/rgba8/bgra8/mono8) → (H, W, 3) uint8 RGB. Raises SourceError."""
+    return decode_color(msg, IMAGE)
+
+
+def decode_depth_msg(msg: Image) -> np.ndarray:
+    """``Image`` 16UC1 (mm) / 32FC1 (m) → (H, W) float32 metres. Raises SourceError."""
+    return decode_depth(msg, IMAGE)
+
+
+def camera_info_msg(intr: CameraIntrinsics, stamp: Time, frame_id: str) -> CameraInfo:
+    P = np.zeros((3, 4))
+    P[:3, :3] = intr.K
+    msg = CameraInfo(height=intr.height, width=intr.width, distortion_model=intr.distortion_model,
+                     d=list(intr.D) or [0.0] * 5, k=intr.K.reshape(-1).tolist(),
+                     r=np.eye(3).reshape(-1).tolist(), p=P.reshape(-1).tolist())
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    return msg
+
+
+def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
+    """Raises FrameError for a zero/invalid ``k`` (an uncalibrated camera)."""
+    return CameraIntrinsics.from_K(list(msg.k), msg.width, msg.height, D=tuple(msg.d),
+                                   distortion_model=msg.distortion_model or "plumb_bob")
+
+
+def transform_from_xyz_quat(values: Sequence[float]) -> np.ndarray:
+    """``[x, y, z, qx, qy, qz, qw]`` (metres, unit quaternion) → 4×4.
+
+    Raises:
+        ValueError: Not 7 finite numbers, or a zero quaternion.
+    """
+    v = np.asarray(values, dtype=float)
+    if v.shape != (7,) or not np.isfinite(v).all() or np.linalg.norm(v[3:]) < 1e-9:
+        raise ValueError(f"expected [x, y, z, qx, qy, qz, qw] with a non-zero quaternion, got {list(values)}")
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_quat(v[3:] / np.linalg.norm(v[3:])).as_matrix()
+    T[:3, 3] = v[:3]
+    return T
+
+
+def matrix_to_pose(T: np.ndarray) -> Pose:
+    q = Rotation.from_matrix(T[:3, :3]).as_quat()
+    return Pose(position=Point(x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
+                orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
+
+
+def pose_to_matrix(pose: Pose) -> np.ndarray:
+    p, q = pose.position, pose.orientation
+    return transform_from_xyz_quat([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
+
+
+def odometry_msg(T_world_base: np.ndarray, stamp: Time, world_frame_id: str, child_frame_id: str) -> Odometry:
+    msg = Odometry(child_frame_id=child_frame_id)
+    msg.header.stamp, msg.header.frame_id = stamp, world_frame_id
+    msg.pose.pose = matrix_to_pose(T_world_base)
+    return msg
+
+
+def pose_stamped(position: Sequence[float], orientation: Sequence[float], frame_id: str, stamp: Time) -> PoseStamped:
+    """Position (m) and quaternion ``(x, y, z, w)`` → ``PoseStamped``."""
+    msg = PoseStamped()
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    msg.pose.position = Point(x=float(position[0]), y=float(position[1]), z=float(position[2]))
+    msg.pose.orientation = Quaternion(x=float(orientation[0]), y=float(orientation[1]),
+                                      z=float(orientation[2]), w=float(orientation[3]))
+    return msg
+
+
+def path_msg(waypoints: Sequence[Sequence[float]], frame_id: str, stamp: Time) -> Path:
+    """World-frame waypoints → ``nav_msgs/Path``; each pose faces the next waypoint (yaw about z)."""
+    msg = Path()
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    pts = np.asarray(waypoints, dtype=float).reshape(-1, 3)
+    for i, p in enumerate(pts):
+        a, b = (i, i + 1) if i + 1 < len(pts) else (max(i - 1, 0), i)  # the last pose keeps the last heading
+        d = pts[b] - pts[a]
+        yaw = float(np.arctan2(d[1], d[0])) if np.linalg.norm(d[:2]) > 1e-9 else 0.0
+        q = (0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2))
+        msg.poses.append(pose_stamped(p, q, frame_id, stamp))
+    return msg
+
+
+def markers_msg(result: dict, stamp: Time, namespace: str = "vilasr") -> MarkerArray:
+    """RViz markers for a grounding result (``GroundingResult.to_dict()``): the object (sphere,
+    radius = uncertainty, min 5 cm), its label, the approach pose (arrow) and Path Tracer
+    waypoints (line strip). Empty when the result has no world position."""
+    out = MarkerArray()
+    if not result or result.get("position_world") is None:
+        return out
+    frame_id = result["frame_id"]
+
+    def marker(mid: int, mtype: int, rgba) -> Marker:
+        m = Marker(ns=namespace, id=mid, type=mtype, action=Marker.ADD)
+        m.header.stamp, m.header.frame_id = stamp, frame_id
+        m.color = ColorRGBA(r=rgba[0], g=rgba[1], b=rgba[2], a=rgba[3])
+        m.pose.orientation.w = 1.0
+        return m
+
+    pos = result["position_world"]
+    sphere = marker(0, Marker.SPHERE, (1.0, 0.3, 0.1, 0.8))
+    sphere.pose.position = Point(x=pos[0], y=pos[1], z=pos[2])
+    r = max(2 * float(result.get("uncertainty_m") or 0.0), 0.1)
+    sphere.scale = Vector3(x=r, y=r, z=r)
+    text = marker(1, Marker.TEXT_VIEW_FACING, (1.0, 1.0, 1.0, 1.0))
+    text.pose.position = Point(x=pos[0], y=pos[1], z=pos[2] + 0.3)
+    text.scale.z = 0.15
+    text.text = str(result.get("label") or result.get("target"))
+    out.markers += [sphere, text]
+    if result.get("approach_position") is not None:
+        arrow = marker(2, Marker.ARROW, (0.1, 0.9, 0.2, 0.9))
+        arrow.pose = pose_stamped(result["approach_position"], result["approach_orientation"], frame_id, stamp).pose
+        arrow.scale = Vector3(x=0.4, y=0.06, z=0.06)
+        out.markers.append(arrow)
+    if len(result.get("waypoints") or []) >= 2:
+        strip = marker(3, Marker.LINE_STRIP, (0.2, 0.5, 1.0, 0.9))
+        strip.scale.x = 0.03
+        strip.points = [Point(x=p[0], y=p[1], z=p[2]) for p in result["waypoints"]]
+        out.markers.append(strip)
+    return out

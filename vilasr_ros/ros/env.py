@@ -1,0 +1,68 @@
+"""The DDS environment for one machine: loopback discovery, a test-unique domain, a log folder and
+the Fast DDS profile shipped in ``config/fastdds_loopback.xml`` (large shared-memory segment, UDP
+on 127.0.0.1 only). No rclpy import here: this must run before rclpy is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+PROFILE_NAME = "fastdds_loopback.xml"
+
+
+def fastdds_profile() -> Path:
+    """Path of the shipped Fast DDS profile (source tree or installed ``share/vilasr_ros/config``).
+
+    Raises:
+        FileNotFoundError: Neither location has it.
+    """
+    here = Path(__file__).resolve().parents[2] / "config" / PROFILE_NAME
+    if here.is_file():
+        return here
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        installed = Path(get_package_share_directory("vilasr_ros")) / "config" / PROFILE_NAME
+        if installed.is_file():
+            return installed
+    except Exception:  # ament index absent or package not registered
+        pass
+    import sys
+
+    installed = Path(sys.prefix) / "share" / "vilasr_ros" / "config" / PROFILE_NAME
+    if installed.is_file():
+        return installed
+    raise FileNotFoundError(f"{PROFILE_NAME} not found in the source tree or share/vilasr_ros/config")
+
+
+def loopback_environment(domain_id: int | None = None, log_dir: str | None = None) -> dict[str, str]:
+    """Environment variables that keep ROS 2 on this machine.
+
+    Args:
+        domain_id: ``ROS_DOMAIN_ID`` (0..101); None keeps the current one (or 0).
+        log_dir: ``ROS_LOG_DIR``; None makes a temporary folder.
+
+    Returns:
+        The variables (not applied): ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, ``ROS_DOMAIN_ID``,
+        ``ROS_LOG_DIR``, ``RMW_IMPLEMENTATION=rmw_fastrtps_cpp`` and the profile in both
+        ``FASTRTPS_DEFAULT_PROFILES_FILE`` (what Fast DDS 2.x in Jazzy reads) and
+        ``FASTDDS_DEFAULT_PROFILES_FILE`` (Fast DDS 3).
+    """
+    profile = str(fastdds_profile())
+    return {
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_DOMAIN_ID": str(domain_id if domain_id is not None else os.environ.get("ROS_DOMAIN_ID", "0")),
+        "ROS_LOG_DIR": log_dir or tempfile.mkdtemp(prefix="vilasr_roslog_"),
+        "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
+        "FASTRTPS_DEFAULT_PROFILES_FILE": profile,
+        "FASTDDS_DEFAULT_PROFILES_FILE": profile,
+    }
+
+
+def apply_loopback_environment(domain_id: int | None = None, log_dir: str | None = None) -> dict[str, str]:
+    """Set :func:`loopback_environment` in ``os.environ`` (call before importing rclpy)."""
+    env = loopback_environment(domain_id, log_dir)
+    os.environ.update(env)
+    return env

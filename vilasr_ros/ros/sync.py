@@ -1,0 +1,174 @@
+"""Pairing colour, depth, CameraInfo and odometry messages into :class:`~vilasr_ros.frames.Frame` s.
+
+No rclpy import: the agent node feeds it decoded-on-demand messages, tests feed it plain objects.
+Pairing is by header stamp (the approximate-time policy of ``message_filters``, which is not in
+the pip-installed ROS): a colour image is matched with the depth image nearest in stamp within
+``tolerance_s``; colour waits up to ``wait_s`` for its depth, then is dropped (counted in
+``unpaired``). The pose is the odometry nearest in stamp within ``pose_tolerance_s`` composed with
+the camera extrinsic: ``T_world_camera = T_world_base @ T_base_camera``. Once odometry has been
+seen, a colour image also waits (up to ``wait_s``) for an odometry message at or after its stamp,
+and the pose is interpolated between the two odometry messages around it (linear position,
+slerp rotation); otherwise the nearest within ``pose_tolerance_s``; without one the frame has no
+pose (``without_pose`` counts them).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from vilasr_ros.frames import CameraIntrinsics, Frame
+
+
+@dataclass
+class SyncStats:
+    colour: int = 0
+    depth: int = 0
+    frames: int = 0
+    unpaired: int = 0
+    without_pose: int = 0
+    no_camera_info: int = 0
+    decode_errors: int = 0
+    skipped: int = 0
+
+
+class FrameAssembler:
+    """Args:
+        decode_color: ``msg -> (H, W, 3) uint8``; ``decode_depth``: ``msg -> (H, W) float32 m``.
+        T_base_camera: 4×4 pose of the colour optical frame in the odometry child frame.
+        tolerance_s: Max colour/depth stamp difference.
+        pose_tolerance_s: Max colour/odometry stamp difference.
+        wait_s: How long (in stamps) colour waits for depth before it is dropped.
+        expect_depth: When False, colour frames are emitted at once without depth.
+        world_frame_id: Overrides the odometry's ``header.frame_id``.
+        source_id: ``Frame.source_id`` of the frames made.
+        keep: ``(stamp_s, T_world_camera) -> bool``; frames it refuses are not decoded (the keyframe
+            policy, :meth:`FrameBuffer.wants`) and are passed to ``on_skip(stamp_s)`` instead.
+
+    Not thread-safe: call from one callback group.
+    """
+
+    def __init__(self, decode_color: Callable[[Any], np.ndarray], decode_depth: Callable[[Any], np.ndarray], *,
+                 T_base_camera: np.ndarray | None = None, tolerance_s: float = 0.02, pose_tolerance_s: float = 0.1,
+                 wait_s: float = 0.2, expect_depth: bool = True, world_frame_id: str | None = None,
+                 source_id: str = "ros", keep: Callable[[float, np.ndarray | None], bool] | None = None,
+                 on_skip: Callable[[float], None] | None = None):
+        self.keep, self.on_skip = keep, on_skip
+        self.decode_color, self.decode_depth = decode_color, decode_depth
+        self.T_base_camera = np.eye(4) if T_base_camera is None else np.asarray(T_base_camera, dtype=float)
+        self.tolerance_s, self.pose_tolerance_s, self.wait_s = tolerance_s, pose_tolerance_s, wait_s
+        self.expect_depth = expect_depth
+        self.world_frame_id = world_frame_id
+        self.source_id = source_id
+        self.intrinsics: CameraIntrinsics | None = None
+        self._colour: deque[tuple[float, Any]] = deque(maxlen=8)
+        self._depth: deque[tuple[float, Any]] = deque(maxlen=8)
+        self._poses: deque[tuple[float, np.ndarray, str]] = deque(maxlen=400)
+        self.stats = SyncStats()
+        self._index = 0
+
+    def reset(self) -> None:
+        self._colour.clear()
+        self._depth.clear()
+        self._poses.clear()
+
+    def add_camera_info(self, intrinsics: CameraIntrinsics) -> None:
+        self.intrinsics = intrinsics
+
+    def add_pose(self, stamp_s: float, T_world_base: np.ndarray, world_frame_id: str) -> list[Frame]:
+        """Returns the frames that were waiting for this pose."""
+        self._poses.append((stamp_s, np.asarray(T_world_base, dtype=float), world_frame_id))
+        return self._emit()
+
+    def add_depth(self, stamp_s: float, msg: Any) -> list[Frame]:
+        self.stats.depth += 1
+        self._depth.append((stamp_s, msg))
+        return self._emit()
+
+    def add_colour(self, stamp_s: float, msg: Any, frame_id: str) -> list[Frame]:
+        """Returns the frames completed by this message (usually 0 or 1)."""
+        self.stats.colour += 1
+        self._colour.append((stamp_s, (msg, frame_id)))
+        return self._emit()
+
+    def _pose(self, t: float) -> tuple[np.ndarray | None, str | None]:
+        if not self._poses:
+            return None, None
+        poses = sorted(self._poses, key=lambda p: p[0])
+        stamps = [p[0] for p in poses]
+        i = int(np.searchsorted(stamps, t))
+        if 0 < i < len(poses) and stamps[i] - stamps[i - 1] <= 2 * self.pose_tolerance_s and stamps[i] > stamps[i - 1]:
+            from scipy.spatial.transform import Rotation, Slerp
+
+            (t0, A, world), (t1, B, _) = poses[i - 1], poses[i]
+            a = (t - t0) / (t1 - t0)
+            T = np.eye(4)
+            T[:3, :3] = Slerp([0.0, 1.0], Rotation.from_matrix([A[:3, :3], B[:3, :3]]))(a).as_matrix()
+            T[:3, 3] = (1 - a) * A[:3, 3] + a * B[:3, 3]
+            return T @ self.T_base_camera, world
+        best = min(poses, key=lambda p: abs(p[0] - t))
+        if abs(best[0] - t) > self.pose_tolerance_s:
+            return None, None
+        return best[1] @ self.T_base_camera, best[2]
+
+    def _waiting_for_pose(self, t: float, newest: float) -> bool:
+        if not self._poses:
+            return False  # no odometry at all: frames carry no pose
+        latest_pose = max(p[0] for p in self._poses)
+        return latest_pose < t - 1e-9 and newest - t <= self.wait_s
+
+    def _emit(self) -> list[Frame]:
+        out = []
+        newest = max([t for t, _ in self._colour] + [t for t, _ in self._depth] + [p[0] for p in self._poses],
+                     default=0.0)
+        while self._colour:
+            t, (msg, frame_id) = self._colour[0]
+            depth_msg = None
+            if self.expect_depth:
+                match = min(self._depth, key=lambda d: abs(d[0] - t), default=None)
+                if match is None or abs(match[0] - t) > self.tolerance_s:
+                    if newest - t > self.wait_s:
+                        self._colour.popleft()
+                        self.stats.unpaired += 1
+                        continue
+                    break
+                depth_msg = match[1]
+            if self._waiting_for_pose(t, newest):
+                break
+            self._colour.popleft()
+            frame = self._make(t, msg, frame_id, depth_msg)
+            if frame is not None:
+                out.append(frame)
+        return out
+
+    def _make(self, t: float, msg: Any, frame_id: str, depth_msg: Any) -> Frame | None:
+        from vilasr_ros.errors import VilasrError
+
+        if self.intrinsics is None:
+            self.stats.no_camera_info += 1
+            return None
+        T, world = self._pose(t)
+        if T is None:
+            self.stats.without_pose += 1
+        if self.keep is not None and not self.keep(t, T):
+            self.stats.skipped += 1
+            if self.on_skip is not None:
+                self.on_skip(t)
+            return None
+        try:
+            rgb = self.decode_color(msg)
+            depth = self.decode_depth(depth_msg) if depth_msg is not None else None
+            frame = Frame(rgb=rgb, depth_m=depth, intrinsics=self.intrinsics, T_world_camera=T, stamp_s=t,
+                          frame_id=frame_id or "camera_color_optical_frame",
+                          world_frame_id=self.world_frame_id or world or "map",
+                          source_id=self.source_id, index=self._index)
+        except (VilasrError, ValueError) as exc:
+            self.stats.decode_errors += 1
+            self.last_error = str(exc)
+            return None
+        self._index += 1
+        self.stats.frames += 1
+        return frame
