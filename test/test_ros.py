@@ -99,7 +99,7 @@ class Client:
             time.sleep(0.05)
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
-    def ask(self, payload, timeout: float = 60.0) -> dict:
+    def ask(self, payload, timeout: float = 120.0) -> dict:
         text = payload if isinstance(payload, str) else json.dumps(payload)
         qid = payload.get("id") if isinstance(payload, dict) else None
         before = len(self.answers)
@@ -136,8 +136,8 @@ def replay_system(ros_context, shared_dir, tmp_path_factory):
         "buffer.min_translation_m:=0.0", "max_age_s:=0.0", f"T_base_camera:={EXTRINSIC}", "max_queued_queries:=4"],
         tmp / "agent.log", ["--params-file", str(CONFIG)])
     try:
-        client.wait(lambda: client.colour >= 5, 60, "the camera's 5 frames")
-        client.wait(lambda: client.query_pub.get_subscription_count() >= 1, 30, "the agent's ~/query")
+        client.wait(lambda: client.colour >= 5, 180, "the camera's 5 frames")
+        client.wait(lambda: client.query_pub.get_subscription_count() >= 1, 120, "the agent's ~/query")
         time.sleep(1.0)  # the agent received the same 5 frames; let its callbacks finish
         yield client, tmp
     finally:

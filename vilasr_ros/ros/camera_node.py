@@ -13,7 +13,8 @@ Parameters: ``source`` (source syntax of :func:`vilasr_ros.sources.open_source`)
 ``world_frame_id``, ``base_frame_id`` and ``T_base_camera`` (``[x, y, z, qx, qy, qz, qw]`` of the
 colour optical frame in the base frame; the default identity with ``base_frame_id`` =
 ``camera_color_optical_frame`` means the odometry is the camera's own pose), ``wait_for_subscribers``
-(hold the first frame until this many colour subscribers are matched; 0 = start at once).
+(hold the first frame until this many colour subscribers, and at least one depth, CameraInfo and
+odometry subscriber, are matched; 0 = start at once).
 """
 
 from __future__ import annotations
@@ -100,8 +101,15 @@ class CameraNode(Node):
             self._frames = iter(self.source)
             return next(self._frames, None)
 
+    def _consumers_matched(self) -> bool:
+        n = self.params["wait_for_subscribers"]
+        if n <= 0:
+            return True
+        others = (self.depth_pub, self.info_pub, self.odom_pub)
+        return self.color_pub.get_subscription_count() >= n and all(p.get_subscription_count() >= 1 for p in others)
+
     def _tick(self) -> None:
-        if self.published == 0 and self.color_pub.get_subscription_count() < self.params["wait_for_subscribers"]:
+        if self.published == 0 and not self._consumers_matched():
             return  # hold the first frame until the consumers are matched
         frame = self._next_frame()
         if frame is None:
