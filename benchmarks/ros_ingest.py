@@ -10,7 +10,8 @@ engine) on a MultiThreadedExecutor. Prints:
   on ``~/query`` to receiving its ``~/answer`` (a test client in this process), median and p90.
 
 Targets (issue 5): 30 Hz with no drops, CPU under 20 % of one core, overhead under 300 ms.
-Run: ``python benchmarks/ros_ingest.py [--seconds 30] [--queries 20]`` (sets a loopback DDS env).
+Run: ``python benchmarks/ros_ingest.py [--seconds 30] [--queries 20]`` (sets a loopback DDS env;
+``BENCH_THREADS=N`` sets the agent executor's thread count, default 4 as in ``vilasr_agent``).
 """
 
 import argparse
@@ -43,6 +44,9 @@ from vilasr_ros.ros.agent_node import VilasrAgentNode  # noqa: E402
 from vilasr_ros.ros.launcher import demo_responses  # noqa: E402
 
 
+THREADS = int(os.environ.get("BENCH_THREADS", "4"))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=30.0, help="ingest measurement window")
@@ -63,7 +67,7 @@ def main():
     client.create_subscription(String, "/vilasr_agent/answer",
                                lambda m: answers.setdefault(json.loads(m.data)["id"], time.perf_counter()), reliable)
     query_pub = client.create_publisher(String, "/vilasr_agent/query", reliable)
-    executor = MultiThreadedExecutor(num_threads=4)  # the agent alone, as vilasr_agent runs it
+    executor = MultiThreadedExecutor(num_threads=THREADS)  # the agent alone, as vilasr_agent runs it
     executor.add_node(agent)
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
