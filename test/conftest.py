@@ -27,6 +27,7 @@ from vilasr_ros.ros.env import loopback_environment  # noqa: E402  (no rclpy imp
 ROS_ENV = loopback_environment(domain_id=int(os.environ.get("VILASR_TEST_DOMAIN_ID", 1 + os.getpid() % 100)),
                                log_dir=tempfile.mkdtemp(prefix="vilasr_roslog_"))
 os.environ.update(ROS_ENV)
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # explicit: discovery never leaves loopback
 
 
 def pytest_configure(config):

@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
@@ -43,7 +42,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from vilasr_ros.agent import AgentConfig, Answer, BadQueryError, Query, SpatialAgent, parse_query
-from vilasr_ros.buffer import BufferConfig, FrameBuffer
+from vilasr_ros.buffer import BufferConfig, EmptyBufferError, FrameBuffer
 from vilasr_ros.grounding import GroundingConfig
 from vilasr_ros.ros.conversions import (
     camera_info_to_intrinsics,
@@ -306,8 +305,7 @@ class VilasrAgentNode(Node):
             stamp = self.get_clock().now().to_msg()
             for k in turn.new_images:  # 1-based indices of the images this turn drew
                 rgb = np.asarray(trace.pil_images[k - 1].convert("RGB"))
-                source = trace.images[k - 1].source_frame
-                self.image_pub.publish(color_msg(rgb, stamp, self.assembler_frame_id(source)))
+                self.image_pub.publish(color_msg(rgb, stamp, self._optical_frame_id()))
             self.progress_pub.publish(String(data=json.dumps({
                 "id": query.id, "turn": len(trace.turns), "boxes": len(turn.boxes), "lines": len(turn.lines),
                 "new_images": turn.new_images, "finish_reason": turn.finish_reason, "error": turn.error,
@@ -338,11 +336,11 @@ class VilasrAgentNode(Node):
             f"query {query.id!r}: answer {answer.answer!r} ({answer.finish_reason}) in {answer.elapsed_s:.2f} s"
             + (f"; error: {answer.error}" if answer.error else ""))
 
-    def assembler_frame_id(self, source_frame: int) -> str:
+    def _optical_frame_id(self) -> str:
         """Optical frame id for annotated images (the camera's; images are model-resized)."""
         try:
             return self.buffer.latest().frame_id
-        except Exception:
+        except EmptyBufferError:  # cleared while the query ran
             return "camera_color_optical_frame"
 
     def destroy_node(self):
@@ -352,26 +350,11 @@ class VilasrAgentNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run vilasr_ros vilasr_agent --ros-args --params-file config/agent.yaml``."""
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor
 
-    rclpy.init(args=args)
-    node = None
-    executor = MultiThreadedExecutor(num_threads=4)
-    try:
-        node = VilasrAgentNode()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:  # engine that cannot be built, bad parameter
-        print(f"vilasr_agent: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        executor.shutdown()
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    from vilasr_ros.ros.runner import spin_node
+
+    return spin_node(VilasrAgentNode, lambda: MultiThreadedExecutor(num_threads=4), "vilasr_agent", args)
 
 
 if __name__ == "__main__":

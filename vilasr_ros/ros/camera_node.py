@@ -24,7 +24,6 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.node import Node
@@ -141,23 +140,11 @@ class CameraNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run vilasr_ros camera_node --ros-args -p source:=rgbd_folder:PATH``."""
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import SingleThreadedExecutor
 
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = CameraNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:  # a bad parameter: say it plainly instead of a trace
-        print(f"camera_node: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    from vilasr_ros.ros.runner import spin_node
+
+    return spin_node(CameraNode, SingleThreadedExecutor, "camera_node", args)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ on 127.0.0.1 only). No rclpy import here: this must run before rclpy is imported
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 PROFILE_NAME = "fastdds_loopback.xml"
+logger = logging.getLogger(__name__)
 
 
 def fastdds_profile() -> Path:
@@ -27,8 +29,8 @@ def fastdds_profile() -> Path:
         installed = Path(get_package_share_directory("vilasr_ros")) / "config" / PROFILE_NAME
         if installed.is_file():
             return installed
-    except Exception:  # ament index absent or package not registered
-        pass
+    except (ImportError, LookupError, ValueError) as exc:  # no ament index, or package not registered there
+        logger.debug("ament index has no vilasr_ros share folder: %s", exc)
     import sys
 
     installed = Path(sys.prefix) / "share" / "vilasr_ros" / "config" / PROFILE_NAME

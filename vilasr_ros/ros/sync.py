@@ -14,12 +14,16 @@ pose (``without_pose`` counts them).
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
+from scipy.spatial.transform import Rotation, Slerp
+
+from vilasr_ros.errors import VilasrError
 from vilasr_ros.frames import CameraIntrinsics, Frame
 
 
@@ -66,13 +70,18 @@ class FrameAssembler:
         self.intrinsics: CameraIntrinsics | None = None
         self._colour: deque[tuple[float, Any]] = deque(maxlen=8)
         self._depth: deque[tuple[float, Any]] = deque(maxlen=8)
-        self._poses: deque[tuple[float, np.ndarray, str]] = deque(maxlen=400)
+        # Odometry sorted by stamp (arrives in order; a late one is inserted), the newest MAX_POSES kept.
+        self._pose_stamps: list[float] = []
+        self._poses: list[tuple[np.ndarray, str]] = []
         self.stats = SyncStats()
         self._index = 0
+
+    MAX_POSES = 400
 
     def reset(self) -> None:
         self._colour.clear()
         self._depth.clear()
+        self._pose_stamps.clear()
         self._poses.clear()
 
     def add_camera_info(self, intrinsics: CameraIntrinsics) -> None:
@@ -80,7 +89,11 @@ class FrameAssembler:
 
     def add_pose(self, stamp_s: float, T_world_base: np.ndarray, world_frame_id: str) -> list[Frame]:
         """Returns the frames that were waiting for this pose."""
-        self._poses.append((stamp_s, np.asarray(T_world_base, dtype=float), world_frame_id))
+        i = bisect.bisect_right(self._pose_stamps, stamp_s)
+        self._pose_stamps.insert(i, stamp_s)
+        self._poses.insert(i, (np.asarray(T_world_base, dtype=float), world_frame_id))
+        if len(self._poses) > self.MAX_POSES:
+            del self._pose_stamps[0], self._poses[0]
         return self._emit()
 
     def add_depth(self, stamp_s: float, msg: Any) -> list[Frame]:
@@ -95,35 +108,31 @@ class FrameAssembler:
         return self._emit()
 
     def _pose(self, t: float) -> tuple[np.ndarray | None, str | None]:
-        if not self._poses:
+        stamps = self._pose_stamps
+        if not stamps:
             return None, None
-        poses = sorted(self._poses, key=lambda p: p[0])
-        stamps = [p[0] for p in poses]
-        i = int(np.searchsorted(stamps, t))
-        if 0 < i < len(poses) and stamps[i] - stamps[i - 1] <= 2 * self.pose_tolerance_s and stamps[i] > stamps[i - 1]:
-            from scipy.spatial.transform import Rotation, Slerp
-
-            (t0, A, world), (t1, B, _) = poses[i - 1], poses[i]
-            a = (t - t0) / (t1 - t0)
+        i = bisect.bisect_left(stamps, t)
+        if 0 < i < len(stamps) and stamps[i - 1] < stamps[i] and stamps[i] - stamps[i - 1] <= 2 * self.pose_tolerance_s:
+            (A, world), (B, _) = self._poses[i - 1], self._poses[i]
+            a = (t - stamps[i - 1]) / (stamps[i] - stamps[i - 1])
             T = np.eye(4)
             T[:3, :3] = Slerp([0.0, 1.0], Rotation.from_matrix([A[:3, :3], B[:3, :3]]))(a).as_matrix()
             T[:3, 3] = (1 - a) * A[:3, 3] + a * B[:3, 3]
             return T @ self.T_base_camera, world
-        best = min(poses, key=lambda p: abs(p[0] - t))
-        if abs(best[0] - t) > self.pose_tolerance_s:
+        j = min((k for k in (i - 1, i) if 0 <= k < len(stamps)), key=lambda k: abs(stamps[k] - t))
+        if abs(stamps[j] - t) > self.pose_tolerance_s:
             return None, None
-        return best[1] @ self.T_base_camera, best[2]
+        T, world = self._poses[j]
+        return T @ self.T_base_camera, world
 
     def _waiting_for_pose(self, t: float, newest: float) -> bool:
-        if not self._poses:
+        if not self._pose_stamps:
             return False  # no odometry at all: frames carry no pose
-        latest_pose = max(p[0] for p in self._poses)
-        return latest_pose < t - 1e-9 and newest - t <= self.wait_s
+        return self._pose_stamps[-1] < t - 1e-9 and newest - t <= self.wait_s
 
     def _emit(self) -> list[Frame]:
         out = []
-        newest = max([t for t, _ in self._colour] + [t for t, _ in self._depth] + [p[0] for p in self._poses],
-                     default=0.0)
+        newest = max([t for t, _ in self._colour] + [t for t, _ in self._depth] + self._pose_stamps[-1:], default=0.0)
         while self._colour:
             t, (msg, frame_id) = self._colour[0]
             depth_msg = None
@@ -145,8 +154,6 @@ class FrameAssembler:
         return out
 
     def _make(self, t: float, msg: Any, frame_id: str, depth_msg: Any) -> Frame | None:
-        from vilasr_ros.errors import VilasrError
-
         if self.intrinsics is None:
             self.stats.no_camera_info += 1
             return None
