@@ -89,11 +89,13 @@ class SurfaceEstimate:
     """Where the visible surface inside a box is.
 
     Attributes:
-        position_camera: (3,) metres, optical frame: the box centre ray at the surface depth.
+        position_camera: (3,) metres, optical frame: per-axis median of the chosen cluster's points
+            (medians taken in the world frame when the frame has a pose).
         depth_m: Median depth of the chosen depth cluster.
         uncertainty_m: 1.4826·MAD of that cluster's depths (robust σ along the ray), metres.
         valid_fraction: Share of box pixels with valid depth.
-        cluster_fraction: Share of valid pixels in the chosen (nearest substantial) cluster.
+        cluster_fraction: Share of valid (non-floor) pixels in the chosen cluster.
+        floor_fraction: Share of valid pixels dropped as floor (0 without a pose or floor height).
     """
 
     position_camera: np.ndarray
@@ -101,6 +103,7 @@ class SurfaceEstimate:
     uncertainty_m: float
     valid_fraction: float
     cluster_fraction: float
+    floor_fraction: float = 0.0
 
 
 def surface_in_box(
@@ -110,34 +113,103 @@ def surface_in_box(
     min_depth_m: float = 0.1,
     max_depth_m: float = 10.0,
     gap_m: float = 0.15,
-    min_cluster_fraction: float = 0.25,
+    min_cluster_fraction: float = 0.15,
+    floor_z_m: float | None = None,
+    floor_margin_m: float = 0.03,
 ) -> SurfaceEstimate:
     """Robust position of the object in a sensor-pixel box.
 
-    Background leaking into the box (a wall behind a chair) is separated by depth clustering:
-    valid depths are sorted and split where consecutive values jump by more than
-    ``max(gap_m, 5% of depth)``; the nearest cluster holding at least ``min_cluster_fraction`` of
-    the valid pixels is the object. Its median depth places the box centre's ray.
+    Background leaking into the box is removed in two steps. (1) With a pose and ``floor_z_m``, pixels
+    whose world point lies within ``floor_margin_m`` of the floor plane (REP-103: z up) are dropped —
+    the floor under a chair or a table is continuous in depth with the object and no depth gap
+    separates it. (2) The remaining depths are sorted and split where consecutive values jump by more
+    than ``max(gap_m, 5% of depth)``; the nearest cluster holding at least ``min_cluster_fraction``
+    of them is the object (a wall behind it is a farther cluster). The object position is the
+    per-axis median of that cluster's deprojected points, taken in the world frame when
+    the frame has a pose (a per-axis median depends on the axes; the world's are the natural ones).
 
     Raises:
-        GroundingError: No depth image, or no valid depth in the box.
+        GroundingError: No depth image, or no valid depth in the box (or only floor).
     """
     if frame.depth_m is None:
         raise GroundingError("the frame has no depth image")
     x1, y1, x2, y2 = np.round(box_px).astype(int)
     patch = frame.depth_m[y1 : y2 + 1, x1 : x2 + 1]
-    values = patch[np.isfinite(patch) & (patch > min_depth_m) & (patch < max_depth_m)]
-    if values.size == 0:
+    valid = np.isfinite(patch) & (patch > min_depth_m) & (patch < max_depth_m)
+    if not valid.any():
         raise GroundingError(f"no valid depth inside box {box_px.round(1).tolist()} (all zero, NaN or out of range)")
-    d = np.sort(values.astype(np.float64))
+    vs, us = np.nonzero(valid)
+    depth = patch[vs, us].astype(np.float64)
+    points = deproject(np.column_stack([us + x1, vs + y1]), depth, frame.intrinsics)
+    n_valid = depth.size
+    floor_fraction = 0.0
+    if floor_z_m is not None and frame.T_world_camera is not None:
+        z_world = points @ frame.T_world_camera[2, :3] + frame.T_world_camera[2, 3]
+        keep = z_world > floor_z_m + floor_margin_m
+        if not keep.any():
+            raise GroundingError(f"only floor inside box {box_px.round(1).tolist()}")
+        floor_fraction = 1.0 - keep.mean()
+        depth, points = depth[keep], points[keep]
+        up = frame.T_world_camera[2, :3]  # world +z in the optical frame
+        keep = ~background_wall(points, depth, up)
+        if keep.sum() >= 0.05 * depth.size:
+            depth, points = depth[keep], points[keep]
+    order = np.argsort(depth, kind="stable")
+    d = depth[order]
     cuts = np.nonzero(np.diff(d) > np.maximum(gap_m, 0.05 * d[:-1]))[0] + 1
-    clusters = np.split(d, cuts)
-    chosen = next((c for c in clusters if c.size >= min_cluster_fraction * d.size), max(clusters, key=len))
-    depth = float(np.median(chosen))
-    centre = np.array([[(box_px[0] + box_px[2]) / 2.0, (box_px[1] + box_px[3]) / 2.0]])
-    position = deproject(centre, np.array([depth]), frame.intrinsics)[0]
-    mad = float(np.median(np.abs(chosen - depth)))
-    return SurfaceEstimate(position, depth, 1.4826 * mad, values.size / patch.size, chosen.size / d.size)
+    groups = np.split(order, cuts)
+    chosen = next((g for g in groups if g.size >= min_cluster_fraction * d.size), max(groups, key=len))
+    z = float(np.median(depth[chosen]))
+    if frame.T_world_camera is None:
+        position = np.median(points[chosen], axis=0)
+    else:  # per-axis median in the (z-up) world frame, where object faces are axis-aligned more often
+        T = frame.T_world_camera
+        world = np.median(points[chosen] @ T[:3, :3].T + T[:3, 3], axis=0)
+        position = T[:3, :3].T @ (world - T[:3, 3])
+    mad = float(np.median(np.abs(depth[chosen] - z)))
+    return SurfaceEstimate(position, z, 1.4826 * mad, n_valid / patch.size, chosen.size / depth.size, float(floor_fraction))
+
+
+def background_wall(points: np.ndarray, depth: np.ndarray, up: np.ndarray, *, inlier_m: float = 0.015,
+                    iterations: int = 150, min_share: float = 0.15, seed: int = 0) -> np.ndarray:
+    """Mask of the points on a wall behind the object: the largest vertical plane (normal ⟂ ``up``)
+    found by RANSAC (Fischler & Bolles 1981) that holds at least ``min_share`` of the points and
+    lies behind most of the others (its median depth beyond the others' 75th percentile). An object's
+    own vertical face (a fridge door) is in front of the rest and is kept.
+
+    Args:
+        points: (N, 3) optical-frame points (m); ``depth``: (N,) their depths; ``up``: (3,) world up
+            in the optical frame.
+
+    Returns:
+        (N,) bool, True for wall points (all False when no such plane exists).
+    """
+    n = len(points)
+    none = np.zeros(n, bool)
+    if n < 50:
+        return none
+    rng = np.random.default_rng(seed)
+    sample = points[rng.choice(n, size=min(n, 4000), replace=False)]
+    best, best_count = None, 0
+    for _ in range(iterations):
+        a, b, c = sample[rng.choice(len(sample), 3, replace=False)]
+        normal = np.cross(b - a, c - a)
+        norm = np.linalg.norm(normal)
+        if norm < 1e-9:
+            continue
+        normal /= norm
+        if abs(normal @ up) > 0.1:  # not a vertical plane
+            continue
+        count = int((np.abs((sample - a) @ normal) < inlier_m).sum())
+        if count > best_count:
+            best, best_count = (a, normal), count
+    if best is None or best_count < min_share * len(sample):
+        return none
+    wall = np.abs((points - best[0]) @ best[1]) < inlier_m
+    rest = depth[~wall]
+    if rest.size == 0 or np.median(depth[wall]) <= np.percentile(rest, 75):
+        return none
+    return wall
 
 
 def yaw_quaternion(yaw: float) -> tuple[float, float, float, float]:

@@ -35,6 +35,10 @@ class GroundingConfig:
     floor_z_m: Height of the floor plane in the world frame (REP-103 z up).
     min_depth_m, max_depth_m: Valid depth range.
     line_samples: Waypoints per Path Tracer line.
+    remove_floor: Drop box pixels within 3 cm of the floor plane and on a wall behind the object
+        before placing it (``geometry.surface_in_box``). Needs a z-up world frame with the floor at
+        ``floor_z_m``, as REP-103 ``map``/``odom`` are; off by default because the Open3D/ICL-NUIM
+        demo folder's world frame is not z-up.
     """
 
     standoff_m: float = 0.8
@@ -42,6 +46,7 @@ class GroundingConfig:
     min_depth_m: float = 0.1
     max_depth_m: float = 10.0
     line_samples: int = 10
+    remove_floor: bool = False
 
     def __post_init__(self):
         if self.standoff_m < 0 or self.min_depth_m < 0 or self.max_depth_m <= self.min_depth_m:
@@ -149,7 +154,8 @@ def ground_trace(trace: Trace, frames: list[Frame], target: str, config: Groundi
     try:
         box_px = model_to_sensor_box(box["bbox_2d"], image.size, frame.size)
         result.box_px = box_px.round(2).tolist()
-        surface = surface_in_box(frame, box_px, min_depth_m=config.min_depth_m, max_depth_m=config.max_depth_m)
+        surface = surface_in_box(frame, box_px, min_depth_m=config.min_depth_m, max_depth_m=config.max_depth_m,
+                                 floor_z_m=config.floor_z_m if config.remove_floor else None)
     except GroundingError as exc:
         result.reason = str(exc)
         return result

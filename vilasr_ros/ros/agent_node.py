@@ -96,6 +96,8 @@ PARAMETERS: dict[str, tuple[Any, str, dict, bool]] = {
     "publish_goal_pose": (False, "also publish targets on /goal_pose for Nav2", {}, True),
     "standoff_m": (0.8, "approach distance from the target (m)", _f(0.0, 10.0), True),
     "floor_z_m": (0.0, "floor height in the world frame (m, z up)", _f(-100.0, 100.0), True),
+    "remove_floor": (False, "drop floor and background-wall pixels in the box before placing the target "
+                     "(needs a z-up world frame with the floor at floor_z_m, as REP-103 map/odom)", {}, True),
     # engine (read-only: restart the node to change)
     "engine": ("transformers", "replay | transformers | openai | vllm", {}, False),
     "model": ("", "model folder or HF id (empty: AntResearchNLP/ViLaSR)", {}, False),
@@ -210,7 +212,8 @@ class VilasrAgentNode(Node):
         return AgentConfig(
             frames=p["frames"], selection=p["selection"], window_s=p["window_s"] or None,
             max_age_s=p["max_age_s"] or None, trace_root=p["trace_root"] or None,
-            grounding=GroundingConfig(standoff_m=p["standoff_m"], floor_z_m=p["floor_z_m"]))
+            grounding=GroundingConfig(standoff_m=p["standoff_m"], floor_z_m=p["floor_z_m"],
+                                      remove_floor=p["remove_floor"]))
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         new = dict(self.p)
