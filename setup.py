@@ -24,7 +24,7 @@ EXTRAS = {
     "ros": [f"ros-jazzy-{p}" for p in ("rclpy", "rmw-fastrtps-cpp", "std-msgs", "std-srvs", "sensor-msgs",
                                        "geometry-msgs", "nav-msgs", "visualization-msgs")],
 }
-EXTRAS["all-cpu"] = sorted({d for k in ("transformers", "openai", "bags", "ros", "realsense", "test") for d in EXTRAS[k]})
+EXTRAS["all-cpu"] = sorted({d for k in ("transformers", "openai", "bags", "ros", "realsense", "sim", "test") for d in EXTRAS[k]})
 
 setup(
     name=PACKAGE,

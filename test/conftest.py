@@ -18,6 +18,8 @@ RGBD = SHARED / "data" / "rgbd"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="vilasr_hf_home_"))
+# MuJoCo renders headless (Mesa EGL; osmesa also works): set before anything imports mujoco.
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 # DDS stays on loopback for every rclpy process of this run (this one and the nodes it starts, which
 # inherit the environment): loopback discovery, a domain id unique to the run, a temp log dir and the

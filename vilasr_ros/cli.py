@@ -104,7 +104,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
             raise VilasrError("--target needs --source (depth and poses come from the frame source)")
         from vilasr_ros.grounding import GroundingConfig, ground_trace
 
-        result = ground_trace(trace, frames, args.target, GroundingConfig(standoff_m=args.standoff))
+        result = ground_trace(trace, frames, args.target, GroundingConfig(standoff_m=args.standoff, remove_floor=args.remove_floor))
         trace.target = result.to_dict()
     out = Path(args.out or f"runs/ask_{time.strftime('%Y%m%d_%H%M%S')}")
     trace.save(out)
@@ -144,6 +144,25 @@ def cmd_agent(args: argparse.Namespace) -> int:
                      timeout_s=args.timeout)
 
 
+def cmd_sim_generate(args: argparse.Namespace) -> int:
+    from vilasr_ros_sim.dataset import generate_dataset
+    from vilasr_ros_sim.render import RenderConfig
+    from vilasr_ros_sim.trajectory import TrajectoryConfig
+
+    items = generate_dataset(args.out, args.scenes, args.seed, mazes=args.mazes, per_type=args.per_type,
+                             render=RenderConfig(args.width, args.height, shadows=not args.no_shadows),
+                             trajectory=TrajectoryConfig(frames=args.frames))
+    print(f"{len(items)} questions in {Path(args.out) / 'questions.json'}")
+    return 0
+
+
+def cmd_sim_view(args: argparse.Namespace) -> int:
+    from vilasr_ros_sim.dataset import contact_sheet
+
+    print(contact_sheet(args.dir, args.out, scenes=args.scenes, frames_per_scene=args.frames))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vilasr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -161,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--option", action="append", help="multiple-choice option, repeatable ('A. yes')")
     ask.add_argument("--target", help="ground the last box with this label into a world-frame target")
     ask.add_argument("--standoff", type=float, default=0.8, help="approach distance to the target in metres")
+    ask.add_argument("--remove-floor", action="store_true",
+                     help="drop floor and background-wall pixels before placing the target (z-up world, floor at z=0)")
     ask.add_argument("--out", help="trace folder (default runs/ask_<time>)")
     add_engine_arguments(ask)
     ask.set_defaults(func=cmd_ask)
@@ -185,6 +206,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep DDS on this machine: loopback discovery, the shipped Fast DDS profile, temp log dir")
     ag.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID (implies --localhost)")
     ag.set_defaults(func=cmd_agent)
+
+    sim = sub.add_parser("sim", help="simulated MuJoCo scenes with ground truth (vilasr_ros_sim)")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True)
+    gen = sim_sub.add_parser("generate", help="render scenes and mazes, write DIR/questions.json (ViLaSR-eval format)")
+    gen.add_argument("--out", required=True, help="dataset folder")
+    gen.add_argument("--scenes", type=int, default=10, help="rooms to generate (default 10)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--mazes", type=int, help="maze images (default: one per scene)")
+    gen.add_argument("--per-type", type=int, default=1, help="questions per task type and scene (default 1)")
+    gen.add_argument("--frames", type=int, default=16, help="walkthrough frames per scene (default 16)")
+    gen.add_argument("--width", type=int, default=640)
+    gen.add_argument("--height", type=int, default=480)
+    gen.add_argument("--no-shadows", action="store_true")
+    gen.set_defaults(func=cmd_sim_generate)
+    view = sim_sub.add_parser("view", help="contact sheet PNG of generated frames with ground-truth boxes")
+    view.add_argument("dir", help="dataset folder written by `vilasr sim generate`")
+    view.add_argument("--out", help="PNG path (default DIR/contact_sheet.png)")
+    view.add_argument("--scenes", type=int, default=4)
+    view.add_argument("--frames", type=int, default=6, help="frames per scene")
+    view.set_defaults(func=cmd_sim_view)
     return parser
 
 
@@ -197,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (VilasrError, ValueError) as exc:
+    except (VilasrError, ValueError, OSError) as exc:
         print(f"vilasr: error: {exc}", file=sys.stderr)
         return 2
 
