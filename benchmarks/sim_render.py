@@ -11,7 +11,6 @@ Run: ``MUJOCO_GL=egl python benchmarks/sim_render.py [--frames 40] [--out /tmp/s
 """
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -22,13 +21,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from vilasr_ros.geometry import surface_in_box, transform_points  # noqa: E402
-from vilasr_ros.sources import open_source  # noqa: E402
 from vilasr_ros_sim.dataset import generate_dataset  # noqa: E402
 from vilasr_ros_sim.render import RenderConfig, SceneRenderer  # noqa: E402
 from vilasr_ros_sim.scene import generate_scene  # noqa: E402
 from vilasr_ros_sim.trajectory import TrajectoryConfig, trajectory  # noqa: E402
-from vilasr_ros_sim.views import fully_visible, visible_surface_point  # noqa: E402
+from vilasr_ros_sim.views import target_errors  # noqa: E402
 
 
 def render_fps(frames: int, shadows: bool) -> float:
@@ -40,19 +37,6 @@ def render_fps(frames: int, shadows: bool) -> float:
         for T in poses:
             r.render(T)
         return frames / (time.perf_counter() - t)
-
-
-def grounding_errors(root: Path) -> np.ndarray:
-    errors = []
-    for folder in sorted((root / "scenes").glob("scene_*")):
-        meta = json.loads((folder / "scene.json").read_text())
-        for frame, fm in zip(open_source(f"sim:{folder}"), meta["frames"]):
-            for iid, info in fm["visible"].items():
-                if fully_visible(info, max_distance_m=4.0):
-                    est = surface_in_box(frame, np.array(info["box_px"], float), floor_z_m=0.0)
-                    world = transform_points(frame.T_world_camera, est.position_camera)[0]
-                    errors.append(np.linalg.norm(world - visible_surface_point(folder, fm["index"], int(iid))))
-    return np.array(errors)
 
 
 def main():
@@ -77,7 +61,7 @@ def main():
     took = time.perf_counter() - t
     print(f"dataset: {len(items)} questions from {scenes} scenes x 16 frames + {scenes} mazes "
           f"in {took:.1f} s ({took / len(items):.2f} s/question)")
-    err = grounding_errors(root)
+    err = target_errors(root)
     print(f"ground-truth boxes -> target position ({len(err)} fully visible objects within 4 m): "
           f"median {np.median(err) * 100:.1f} cm, p90 {np.percentile(err, 90) * 100:.1f} cm, max {err.max() * 100:.1f} cm")
     if not args.out:

@@ -203,7 +203,7 @@ def _plant(rng):
 
 
 def _tv(rng):
-    m, w, sh = Model3D(), rng.uniform(1.0, 1.45), 0.0
+    m, w = Model3D(), rng.uniform(1.0, 1.45)
     sh = w * 9 / 16
     bottom = rng.uniform(0.75, 0.9)
     m.add("box", (0.17, 0.3, 0.02), (0, 0, 0.02), METAL[0])  # floor stand foot

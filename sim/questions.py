@@ -243,11 +243,11 @@ class _Builder:
             made += 1
 
     def appearance_order(self):
-        cats = [c for c in self.unique]
+        made = 0
         for _ in range(10 * self.per_type):
-            if sum(i["original_question_type"] == "obj_appearance_order" for i in self.items) >= self.per_type or len(cats) < 4:
+            if made >= self.per_type or len(self.unique) < 4:
                 break
-            chosen = self.sample(cats, 4)
+            chosen = self.sample(self.unique, 4)
             firsts = [self.first[self.one(c)["instance_id"]] for c in chosen]
             if len(set(firsts)) < 4:  # two categories first seen in the same frame: no order
                 continue
@@ -256,6 +256,7 @@ class _Builder:
             options, letter = self.mc(", ".join(ordered), self.sample(perms, 3))
             self.add("obj_appearance_order", Q_ORDER.format(cats=", ".join(chosen)), letter, options,
                      {"first_frame": dict(zip(chosen, firsts))})
+            made += 1
 
     # --- navigation ------------------------------------------------------------------------------
     def navigation(self, standoff_m: float):

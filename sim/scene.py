@@ -13,7 +13,7 @@ stands on a table top.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -119,7 +119,6 @@ class Scene:
     floor_rgb: tuple = (0.6, 0.5, 0.4)
     wall_rgb: tuple = (0.85, 0.84, 0.8)
     shape: str = "rectangle"
-    _extra: dict = field(default_factory=dict)
 
     @property
     def area_m2(self) -> float:

@@ -12,14 +12,13 @@ pytest.importorskip("mujoco")
 
 from vilasr_ros.cli import main as vilasr  # noqa: E402
 from vilasr_ros.errors import QueryError  # noqa: E402
-from vilasr_ros.geometry import surface_in_box, transform_points  # noqa: E402
 from vilasr_ros.sources import open_source  # noqa: E402
 from vilasr_ros_sim.catalog import CATEGORIES  # noqa: E402
 from vilasr_ros_sim.dataset import generate_dataset  # noqa: E402
 from vilasr_ros_sim.render import RenderConfig, SceneRenderer  # noqa: E402
 from vilasr_ros_sim.scene import generate_scene, rects_overlap  # noqa: E402
 from vilasr_ros_sim.trajectory import TrajectoryConfig, trajectory  # noqa: E402
-from vilasr_ros_sim.views import fully_visible, visible_surface_point  # noqa: E402
+from vilasr_ros_sim.views import target_errors  # noqa: E402
 
 pytestmark = pytest.mark.sim
 VSI_TYPES = {"object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation",
@@ -308,16 +307,7 @@ def test_sim_source_live_and_from_folder_give_the_same_frames(dataset):
 def test_ground_truth_boxes_place_targets_within_3cm(dataset):
     """Issue 3 item 5: GT mask boxes on rendered frames → world position vs the visible surface."""
     root, _ = dataset
-    errors = []
-    for folder in sorted((root / "scenes").glob("scene_*")):
-        meta = json.loads((folder / "scene.json").read_text())
-        for frame, fm in zip(open_source(f"sim:{folder}"), meta["frames"]):
-            for iid, info in fm["visible"].items():
-                if not fully_visible(info, max_distance_m=4.0):
-                    continue
-                est = surface_in_box(frame, np.array(info["box_px"], float), floor_z_m=0.0)
-                world = transform_points(frame.T_world_camera, est.position_camera)[0]
-                errors.append(np.linalg.norm(world - visible_surface_point(folder, fm["index"], int(iid))))
+    errors = target_errors(root, max_distance_m=4.0)
     assert len(errors) >= 30
     assert np.median(errors) <= 0.03, (np.median(errors), np.percentile(errors, 90))
 

@@ -119,10 +119,10 @@ def surface_in_box(
 ) -> SurfaceEstimate:
     """Robust position of the object in a sensor-pixel box.
 
-    Background leaking into the box is removed in two steps. (1) With a pose and ``floor_z_m``, pixels
-    whose world point lies within ``floor_margin_m`` of the floor plane (REP-103: z up) are dropped —
-    the floor under a chair or a table is continuous in depth with the object and no depth gap
-    separates it. (2) The remaining depths are sorted and split where consecutive values jump by more
+    Background leaking into the box is removed in up to three steps. With a pose and ``floor_z_m``:
+    (1) pixels whose world point lies within ``floor_margin_m`` of the floor plane (REP-103: z up) are
+    dropped — the floor under a chair or a table is continuous in depth with the object and no depth
+    gap separates it; (2) a wall behind the object is dropped (:func:`background_wall`). (3) The remaining depths are sorted and split where consecutive values jump by more
     than ``max(gap_m, 5% of depth)``; the nearest cluster holding at least ``min_cluster_fraction``
     of them is the object (a wall behind it is a farther cluster). The object position is the
     per-axis median of that cluster's deprojected points, taken in the world frame when
@@ -143,29 +143,27 @@ def surface_in_box(
     points = deproject(np.column_stack([us + x1, vs + y1]), depth, frame.intrinsics)
     n_valid = depth.size
     floor_fraction = 0.0
-    if floor_z_m is not None and frame.T_world_camera is not None:
-        z_world = points @ frame.T_world_camera[2, :3] + frame.T_world_camera[2, 3]
-        keep = z_world > floor_z_m + floor_margin_m
+    T = frame.T_world_camera
+    world = transform_points(T, points) if T is not None else None
+    if floor_z_m is not None and T is not None:
+        keep = world[:, 2] > floor_z_m + floor_margin_m
         if not keep.any():
             raise GroundingError(f"only floor inside box {box_px.round(1).tolist()}")
         floor_fraction = 1.0 - keep.mean()
-        depth, points = depth[keep], points[keep]
-        up = frame.T_world_camera[2, :3]  # world +z in the optical frame
-        keep = ~background_wall(points, depth, up)
+        depth, points, world = depth[keep], points[keep], world[keep]
+        keep = ~background_wall(points, depth, up=T[2, :3])  # T[2, :3]: world +z in the optical frame
         if keep.sum() >= 0.05 * depth.size:
-            depth, points = depth[keep], points[keep]
+            depth, points, world = depth[keep], points[keep], world[keep]
     order = np.argsort(depth, kind="stable")
     d = depth[order]
     cuts = np.nonzero(np.diff(d) > np.maximum(gap_m, 0.05 * d[:-1]))[0] + 1
     groups = np.split(order, cuts)
     chosen = next((g for g in groups if g.size >= min_cluster_fraction * d.size), max(groups, key=len))
     z = float(np.median(depth[chosen]))
-    if frame.T_world_camera is None:
+    if T is None:
         position = np.median(points[chosen], axis=0)
     else:  # per-axis median in the (z-up) world frame, where object faces are axis-aligned more often
-        T = frame.T_world_camera
-        world = np.median(points[chosen] @ T[:3, :3].T + T[:3, 3], axis=0)
-        position = T[:3, :3].T @ (world - T[:3, 3])
+        position = T[:3, :3].T @ (np.median(world[chosen], axis=0) - T[:3, 3])
     mad = float(np.median(np.abs(depth[chosen] - z)))
     return SurfaceEstimate(position, z, 1.4826 * mad, n_valid / patch.size, chosen.size / depth.size, float(floor_fraction))
 
