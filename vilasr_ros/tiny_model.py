@@ -63,7 +63,10 @@ def build_tiny_qwen2_5_vl(
     intermediate_size: int = 128,
     vision_depth: int = 2,
     vision_hidden_size: int = 32,
+    vision_num_heads: int = 2,
+    vision_intermediate_size: int | None = None,
     vocab_size: int = 600,
+    initializer_range: float = 0.02,
     seed: int = 0,
 ) -> Path:
     """Write a random Qwen2.5-VL with the real architecture at a tiny size.
@@ -76,8 +79,12 @@ def build_tiny_qwen2_5_vl(
         num_kv_heads: Key/value heads (GQA).
         intermediate_size: Text MLP width.
         vision_depth: Vision transformer blocks.
-        vision_hidden_size: Vision width.
+        vision_hidden_size: Vision width (the 7B's vision tower: 1280, 16 heads, MLP 3420, depth 32).
+        vision_num_heads: Vision attention heads.
+        vision_intermediate_size: Vision MLP width (default 2 × width).
         vocab_size: BPE vocabulary size before special tokens.
+        initializer_range: Std of the random weights (larger: less degenerate greedy output; at 0.02 a
+            2-layer model mostly repeats its last input token).
         seed: torch seed for the random weights.
 
     Returns:
@@ -135,12 +142,13 @@ def build_tiny_qwen2_5_vl(
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
+            initializer_range=initializer_range,
         ),
         vision_config=dict(
             depth=vision_depth,
             hidden_size=vision_hidden_size,
-            intermediate_size=vision_hidden_size * 2,
-            num_heads=2,
+            intermediate_size=vision_intermediate_size or vision_hidden_size * 2,
+            num_heads=vision_num_heads,
             out_hidden_size=hidden_size,
             patch_size=14,
             spatial_merge_size=2,
@@ -154,6 +162,7 @@ def build_tiny_qwen2_5_vl(
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
