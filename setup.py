@@ -15,6 +15,7 @@ EXTRAS = {
     "openai": ["requests>=2.28"],
     "vllm": ["vllm>=0.8"],
     "sim": ["mujoco>=3.2"],
+    "eval": ["matplotlib>=3.7"],
     "train": ["trl>=0.24", "peft>=0.13", "datasets>=3.0", "tensorboard"],
     "realsense": ["pyrealsense2>=2.55"],
     "geometry": ["open3d>=0.18"],
@@ -24,7 +25,7 @@ EXTRAS = {
     "ros": [f"ros-jazzy-{p}" for p in ("rclpy", "rmw-fastrtps-cpp", "std-msgs", "std-srvs", "sensor-msgs",
                                        "geometry-msgs", "nav-msgs", "visualization-msgs")],
 }
-EXTRAS["all-cpu"] = sorted({d for k in ("transformers", "openai", "bags", "ros", "realsense", "sim", "test") for d in EXTRAS[k]})
+EXTRAS["all-cpu"] = sorted({d for k in ("transformers", "openai", "bags", "ros", "realsense", "sim", "eval", "test") for d in EXTRAS[k]})
 
 setup(
     name=PACKAGE,

@@ -5,7 +5,8 @@ and answer types as the benchmark asks them): object_counting, object_abs_distan
 object_size_estimation, room_size_estimation (numerical, scored with mean relative accuracy →
 ``problem_type`` ``regression``), object_rel_distance, object_rel_direction_{easy,medium,hard},
 route_planning, obj_appearance_order (multiple choice, answer = option letter). Plus navigation
-("Go to the sofa.", "Go to the chair closest to the table.") with the ground-truth target.
+("Go to the sofa.", "Go to the chair closest to the table.") with the ground-truth target; targets
+are furniture (no door or window) that at least one frame shows whole (``views.fully_visible``).
 
 Conventions (the object table explains every answer):
 - distances: between the closest points of two objects' bounding boxes (``scene.closest_distance``);
@@ -25,6 +26,7 @@ import math
 import numpy as np
 
 from vilasr_ros_sim.scene import closest_distance
+from vilasr_ros_sim.views import fully_visible
 
 MIN_SEEN_PX = 400
 VSI_TASKS = (
@@ -263,17 +265,20 @@ class _Builder:
         from vilasr_ros.geometry import approach_pose
 
         camera = np.array(self.meta["clear_centre"] + [0.0])
-        targets = [c for c in self.unique if self.one(c)["support"] is None and c not in ("door", "window")]
+        # A robot is only sent to what some frame shows whole (views.fully_visible), and not to structures.
+        clear = {int(iid) for f in self.meta["frames"] for iid, info in f["visible"].items() if fully_visible(info)}
+        goals = [c for c in self.seen if c not in ("door", "window")]
+        targets = [c for c in self.unique if c in goals and self.one(c)["support"] is None and self.one(c)["instance_id"] in clear]
         for cat in self.sample(targets, self.per_type):
             self._nav("navigation", Q_NAV.format(cat=cat), cat, self.one(cat), camera, standoff_m, approach_pose)
         made = 0
-        for cat in self.sample([c for c in self.seen if len(self.by_cat[c]) >= 2], len(self.seen)):
+        for cat in self.sample([c for c in goals if len(self.by_cat[c]) >= 2], len(goals)):
             for ref in self.sample(self.unique, len(self.unique)):
                 if made >= self.per_type or ref == cat:
                     continue
                 ranked = sorted(self.by_cat[cat], key=lambda o: closest_distance(o, self.one(ref)))
                 d0, d1 = (closest_distance(o, self.one(ref)) for o in ranked[:2])
-                if d1 - d0 < 0.3:
+                if d1 - d0 < 0.3 or ranked[0]["instance_id"] not in clear:
                     continue
                 self._nav("navigation_closest", Q_NAV_CLOSEST.format(cat=cat, ref=ref), cat, ranked[0], camera,
                           standoff_m, approach_pose, ref=self.one(ref)["instance_id"])

@@ -62,3 +62,13 @@ def tiny_engine(tiny_model_dir):
     from vilasr_ros.engines.hf import TransformersEngine
 
     return TransformersEngine(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def sim_dataset(tmp_path_factory) -> Path:
+    """A generated sim dataset: 3 rooms (16-frame walkthroughs, seed 7) and one maze."""
+    from vilasr_ros_sim.dataset import generate_dataset
+
+    root = tmp_path_factory.mktemp("sim_dataset")
+    generate_dataset(root, scenes=3, seed=7, mazes=1)
+    return root

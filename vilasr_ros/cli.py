@@ -6,6 +6,9 @@ Examples::
         --type multiple-choice --option "A. yes" --option "B. no" --engine transformers
     vilasr ask --images frames/ --question "How many chairs?" --type numerical \\
         --engine openai --base-url http://127.0.0.1:8000/v1 --out runs/q1
+    vilasr eval run --dataset vsi_bench --data vsi_bench.json --engine openai \\
+        --base-url http://127.0.0.1:8000/v1 --out runs/vsi && vilasr eval score --results runs/vsi \\
+        --dataset vsi_bench --out runs/vsi/scored.jsonl && vilasr eval report runs/vsi
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, default=None, help="new tokens per turn (default 16384)")
     g.add_argument("--max-pixels", type=int, default=None, help="smart_resize area cap (default 351232)")
     g.add_argument("--max-turns", type=int, default=None, help="model calls per question (default 10)")
+    g.add_argument("--no-turn-reuse", action="store_true",
+                   help="transformers engine: re-run the whole conversation every turn (no KV/vision reuse)")
+    g.add_argument("--reflect", type=float, default=None,
+                   help="teacher engine: probability of a deliberate wrong box followed by its correction")
 
 
 def build_reasoner(args: argparse.Namespace):
@@ -67,6 +74,8 @@ def build_reasoner(args: argparse.Namespace):
         base_url=args.base_url,
         api_key_env=args.api_key_env,
         responses=args.responses,
+        reflect=getattr(args, "reflect", None),
+        turn_reuse=False if args.engine == "transformers" and getattr(args, "no_turn_reuse", False) else None,
     )
     defaults = SamplingConfig()
     sampling = SamplingConfig(
@@ -163,6 +172,36 @@ def cmd_sim_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_run(args: argparse.Namespace) -> int:
+    from vilasr_ros.evaluation.runner import parse_shard, run_eval
+
+    reasoner = build_reasoner(args)
+    summary = run_eval(args.dataset, args.data, reasoner.engine, args.out, config=reasoner.config,
+                       shard=parse_shard(args.shard), image_folder=args.image_folder, frames=args.frames,
+                       batch_size=args.batch_size, save_traces=not args.no_traces, max_turns_override=args.max_turns,
+                       progress=print)
+    print(f"{summary.total} items in shard: {summary.resumed} already done, {summary.ran} run now, "
+          f"{summary.skipped} skipped (see {Path(args.out) / 'skipped.jsonl'})")
+    print(f"results: {summary.results_path}")
+    return 0
+
+
+def cmd_eval_score(args: argparse.Namespace) -> int:
+    from vilasr_ros.evaluation.scores import format_table, score_file
+
+    summary = score_file(args.results, args.dataset, args.out)
+    print(format_table(summary))
+    print(f"scored: {args.out}  summary: {Path(args.out).with_suffix('.summary.json')}")
+    return 0
+
+
+def cmd_eval_report(args: argparse.Namespace) -> int:
+    from vilasr_ros.evaluation.report import write_report
+
+    print(write_report(args.runs, args.out, gallery=args.gallery))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vilasr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -226,6 +265,32 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--scenes", type=int, default=4)
     view.add_argument("--frames", type=int, default=6, help="frames per scene")
     view.set_defaults(func=cmd_sim_view)
+
+    from vilasr_ros.evaluation.datasets import DATASETS
+
+    ev = sub.add_parser("eval", help="benchmarks and sim datasets: run, score as the authors do, report")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True)
+    run = ev_sub.add_parser("run", help="run an engine over a dataset; resumable JSON lines in OUT")
+    run.add_argument("--dataset", required=True, choices=DATASETS)
+    run.add_argument("--data", required=True, help="question file (.json/.jsonl) or its folder")
+    run.add_argument("--image-folder", help="root of image_path (default: the question file's folder)")
+    run.add_argument("--out", required=True, help="run folder (an existing one is resumed)")
+    run.add_argument("--shard", default="0/1", help="i/n: run the i-th of n contiguous slices (default 0/1)")
+    run.add_argument("--frames", type=int, default=16, help="frames per video item (default 16)")
+    run.add_argument("--batch-size", type=int, default=8, help="items in flight for engines that batch (default 8)")
+    run.add_argument("--no-traces", action="store_true", help="do not save traces/<id>/")
+    add_engine_arguments(run)
+    run.set_defaults(func=cmd_eval_run)
+    sc = ev_sub.add_parser("score", help="add scores (spec §6), print the per-type table, write a JSON summary")
+    sc.add_argument("--results", required=True, help="results.jsonl or a run folder (shards merged)")
+    sc.add_argument("--dataset", required=True, choices=DATASETS)
+    sc.add_argument("--out", required=True, help="scored JSONL; the summary goes beside it as .summary.json")
+    sc.set_defaults(func=cmd_eval_score)
+    rep = ev_sub.add_parser("report", help="Markdown page with plots comparing runs")
+    rep.add_argument("runs", nargs="+", help="run folders")
+    rep.add_argument("--out", help="report folder (default <first run>/report)")
+    rep.add_argument("--gallery", type=int, default=4, help="traces shown per run")
+    rep.set_defaults(func=cmd_eval_report)
     return parser
 
 

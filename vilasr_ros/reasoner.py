@@ -90,6 +90,7 @@ class Reasoner:
         kind: str | None = None,
         cancel: threading.Event | None = None,
         on_turn: Callable[[Trace, Turn], None] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Trace:
         """Answer one question about one image or k frames.
 
@@ -101,6 +102,7 @@ class Reasoner:
             kind: ``single``/``video``/``multi_view`` prompt layout (default by image count).
             cancel: Set it to stop after the current turn (finish reason ``cancelled``).
             on_turn: Called after every turn (progress reporting; exceptions are logged, not raised).
+            metadata: Passed to the engine with every request (:class:`GenerationRequest`).
 
         Returns:
             The :class:`~vilasr_ros.trace.Trace`. Model misbehaviour never raises: it ends the
@@ -146,6 +148,7 @@ class Reasoner:
                 images=list(trace.pil_images),
                 messages=trace.messages,
                 sampling=cfg.sampling,
+                metadata=metadata,
             )
             t0 = time.perf_counter()
             try:

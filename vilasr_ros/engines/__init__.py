@@ -11,7 +11,7 @@ from vilasr_ros.engines.base import Engine, GenerationRequest, GenerationResult,
 from vilasr_ros.errors import QueryError
 
 DEFAULT_MODEL_ID = "AntResearchNLP/ViLaSR"
-ENGINE_NAMES = ("replay", "transformers", "openai", "vllm")
+ENGINE_NAMES = ("replay", "transformers", "openai", "vllm", "teacher")
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -31,7 +31,8 @@ def create_engine(name: str, **options: Any) -> Engine:
         name: One of :data:`ENGINE_NAMES`.
         **options: ``responses`` (replay); ``model`` (transformers/vllm/openai: path or HF id);
             ``base_url``, ``api_key_env``, ``timeout_s``, ``max_retries`` (openai); ``device``,
-            ``dtype`` (transformers); extra keyword arguments are passed to the engine class.
+            ``dtype`` (transformers); ``model`` (teacher: a generated sim dataset folder),
+            ``reflect``, ``seed`` (teacher); extra keyword arguments are passed to the engine class.
 
     Returns:
         The engine.
@@ -60,4 +61,8 @@ def create_engine(name: str, **options: Any) -> Engine:
         from vilasr_ros.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine(options.pop("model", DEFAULT_MODEL_ID), **options)
+    if name == "teacher":
+        from vilasr_ros_training.teacher import TeacherEngine
+
+        return TeacherEngine(**options)
     raise QueryError(f"unknown engine {name!r}; use one of {', '.join(ENGINE_NAMES)}")

@@ -53,12 +53,16 @@ class GenerationRequest:
         images: RGB ``PIL.Image`` list, one per vision placeholder, in order.
         messages: The same conversation as HF chat messages (images as ``image_index`` parts).
         sampling: Decoding settings.
+        metadata: What the caller knows about the query beyond the conversation (an evaluation
+            item with its ground truth, for example); models ignore it, the ``teacher`` engine
+            reads it. Never sent to a server.
     """
 
     prompt: str
     images: list
     messages: list[dict[str, Any]]
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass
@@ -84,6 +88,9 @@ class Engine(abc.ABC):
     """A model that writes one assistant turn at a time."""
 
     name: str = "engine"
+    #: How many conversations may call :meth:`generate` at once from different threads (servers
+    #: batch concurrent requests; in-process engines with per-conversation state take one).
+    max_concurrency: int = 1
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> GenerationResult:

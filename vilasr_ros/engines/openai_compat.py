@@ -54,6 +54,7 @@ class OpenAIEngine(Engine):
     """
 
     name = "openai"
+    max_concurrency = 16  # the server batches concurrent requests (vLLM continuous batching)
 
     def __init__(
         self,

@@ -1,0 +1,197 @@
+"""Benchmark items → the first turn the authors' ``eval/infer.py`` builds for each dataset.
+
+Every benchmark ships as a JSON list (or JSONL) of ViLaSR-eval items: ``question``, ``options``,
+``answer``, ``problem_type``, ``original_question_type``, ``image_path`` (one path or a list,
+relative to the image folder) and ``data_type``. Per dataset (reference ``eval_model``, commit
+61669c0):
+
+- ``vsi_bench``: all frames, each with its caption, then the video preamble + question + options
+  (prompt kind ``video``); the reference runs 16 frames per item.
+- ``maze``, ``spatialeval_real``: one image; question + options + "The index of the given image is 1."
+  (kind ``single``); 20 turns for mazes.
+- ``spar_bench``, ``mmsi_bench``: question + options with the benchmarks' own answer instructions
+  removed, then a newline and, for ``position_matching``/``camera_motion_infer``, the sentence about
+  0–1000 coordinates; ``data_type`` ``single_view`` → kind ``single``, ``multi_view`` → captions
+  without the video preamble (kind ``multi_view``).
+- ``sim``: a dataset from ``vilasr sim generate`` (scene items as ``vsi_bench``, maze items as
+  ``maze``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vilasr_ros import protocol
+from vilasr_ros.errors import QueryError
+
+DATASETS = ("vsi_bench", "maze", "spatialeval_real", "spar_bench", "mmsi_bench", "sim")
+DEFAULT_FRAMES = 16
+SPAR_REMOVED = ("Your answer can only include one of options A, B, C or D.", "Answer using a single number and nothing else.")
+SPAR_COORDINATE_NOTE = ("The values represent the bounding box coordinates normalized to a 0-1000 scale, with the "
+                        "top-left corner as the origin of the image.")
+SPAR_COORDINATE_TYPES = ("position_matching", "camera_motion_infer")
+
+
+@dataclass
+class EvalItem:
+    """One benchmark item, ready for the reasoner.
+
+    Attributes:
+        id: ``item["id"]`` when present, else ``"item_<position>"`` (position in the data file).
+        position: 0-based position in the data file.
+        raw: The item as read (copied into the results line).
+        image_paths: Absolute image paths in the order shown.
+        question: The question text handed to :func:`vilasr_ros.protocol.build_question_text`.
+        options: Options handed to it (None where the dataset folds them into ``question``).
+        problem_type: Reference answer type.
+        kind: ``single``, ``video`` or ``multi_view``.
+        max_turns: Turn budget (10; 20 for mazes).
+        missing: Image paths that do not exist or cannot be decoded (the item is then skipped).
+    """
+
+    id: str
+    position: int
+    raw: dict[str, Any]
+    image_paths: list[Path]
+    question: str
+    options: list[str] | None
+    problem_type: str
+    kind: str
+    max_turns: int
+    missing: list[str] = field(default_factory=list)
+
+
+def find_data_file(data: str | Path, dataset: str) -> Path:
+    """The question file: ``data`` itself, ``DIR/questions.json`` (sim), or the one JSON/JSONL in ``DIR``.
+
+    Raises:
+        QueryError: Nothing or several candidates found.
+    """
+    path = Path(data)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise QueryError(f"--data {path} does not exist")
+    if (path / "questions.json").is_file():
+        return path / "questions.json"
+    files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and p.name != "dataset.json")
+    if len(files) != 1:
+        raise QueryError(f"--data {path}: expected one .json/.jsonl question file for {dataset}, found "
+                         f"{[p.name for p in files] or 'none'}; pass the file itself")
+    return files[0]
+
+
+def read_items(path: Path) -> list[dict[str, Any]]:
+    """A JSON list or JSON Lines file of items.
+
+    Raises:
+        QueryError: Not JSON, or not a list of objects.
+    """
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".jsonl":
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QueryError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+        raise QueryError(f"{path} must hold a list of item objects")
+    return items
+
+
+def _paths(raw: dict, root: Path) -> list[Path]:
+    paths = raw.get("image_path")
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+        raise QueryError("'image_path' must be a path or a non-empty list of paths")
+    return [root / p for p in paths]
+
+
+def _check_images(paths: list[Path]) -> list[str]:
+    from PIL import Image
+
+    missing = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.verify()
+        except (OSError, SyntaxError, ValueError):
+            missing.append(str(p))
+    return missing
+
+
+def prepare_item(dataset: str, raw: dict[str, Any], position: int, root: Path, frames: int = DEFAULT_FRAMES) -> EvalItem:
+    """Build one item's first-turn inputs for ``dataset`` (see module docstring).
+
+    Args:
+        dataset: One of :data:`DATASETS`.
+        raw: The item.
+        position: Its position in the data file.
+        root: Folder that ``image_path`` is relative to.
+        frames: Video items with more frames are sampled uniformly down to this many.
+
+    Raises:
+        QueryError: Unknown dataset, or an item without question/answer/problem_type/image_path.
+    """
+    if dataset not in DATASETS:
+        raise QueryError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+    for key in ("question", "answer", "problem_type", "image_path"):
+        if key not in raw:
+            raise QueryError(f"item {position} has no {key!r}")
+    ptype = protocol.normalize_problem_type(raw["problem_type"])
+    paths = _paths(raw, root)
+    qtype = str(raw.get("original_question_type") or "")
+    question, options = str(raw["question"]), raw.get("options") or None
+    max_turns = protocol.prompts()["max_turns"]["default"]
+    is_maze = dataset == "maze" or qtype.startswith("maze")
+    if is_maze:
+        max_turns = protocol.prompts()["max_turns"]["maze"]
+    if dataset in ("maze", "spatialeval_real") or (dataset == "sim" and raw.get("data_type") == "image"):
+        kind, paths = "single", paths[:1]
+    elif dataset in ("vsi_bench", "sim"):
+        kind = "video"
+        if len(paths) > frames:
+            paths = [paths[i] for i in np.linspace(0, len(paths) - 1, frames).round().astype(int)]
+    else:  # spar_bench, mmsi_bench
+        if ptype == "multiple choice" and options is not None:
+            question = question + "\n" + "\n".join(options)
+        for sentence in SPAR_REMOVED:
+            question = question.replace(sentence, "")
+        question = question + "\n" + (SPAR_COORDINATE_NOTE if qtype in SPAR_COORDINATE_TYPES else "")
+        options = None
+        data_type = raw.get("data_type")
+        if data_type == "single_view":
+            kind, paths = "single", paths[:1]
+        elif data_type == "multi_view":
+            kind = "multi_view"
+        else:
+            raise QueryError(f"item {position}: data_type must be single_view or multi_view, got {data_type!r}")
+    item_id = str(raw["id"]) if raw.get("id") is not None else f"item_{position}"
+    return EvalItem(item_id, position, raw, paths, question, options, ptype, kind, max_turns, _check_images(paths))
+
+
+def load_dataset(dataset: str, data: str | Path, image_folder: str | Path | None = None,
+                 frames: int = DEFAULT_FRAMES) -> tuple[list[EvalItem], Path]:
+    """Read and prepare every item.
+
+    Returns:
+        ``(items, image_root)``; items whose images are missing carry ``missing`` (reported and
+        skipped by the runner, never scored).
+
+    Raises:
+        QueryError: The file cannot be found or read, or an item is malformed.
+    """
+    path = find_data_file(data, dataset)
+    root = Path(image_folder) if image_folder else path.parent
+    items = [prepare_item(dataset, raw, i, root, frames) for i, raw in enumerate(read_items(path))]
+    ids = [it.id for it in items]
+    if len(set(ids)) != len(ids):
+        raise QueryError(f"{path}: item ids are not unique")
+    return items, root
