@@ -98,7 +98,10 @@ def format_moves(ms: list[tuple[str, int]]) -> str:
     return ", ".join(f"{d} {k}" for d, k in ms)
 
 
-def draw_maze(maze: Maze, cell_px: int = 56, margin_px: int = 14) -> Image.Image:
+CELL_PX, MARGIN_PX = 56, 14  # default drawing geometry (the teacher engine traces routes on it)
+
+
+def draw_maze(maze: Maze, cell_px: int = CELL_PX, margin_px: int = MARGIN_PX) -> Image.Image:
     """RGB image of the maze: white cells, black walls (3 px), S red and E green cell labels."""
     n = maze.n
     size = n * cell_px + 2 * margin_px

@@ -24,9 +24,8 @@ import numpy as np
 
 from vilasr_ros.engines.base import Engine, GenerationRequest, GenerationResult
 from vilasr_ros.errors import EngineError
-
-MIN_PIXELS = 400  # fewer mask pixels than this: too small to box (sim questions' MIN_SEEN_PX)
-MAZE_CELL_PX, MAZE_MARGIN_PX = 56, 14  # vilasr_ros_sim.maze.draw_maze defaults
+from vilasr_ros_sim.maze import CELL_PX as MAZE_CELL_PX, MARGIN_PX as MAZE_MARGIN_PX
+from vilasr_ros_sim.questions import MIN_SEEN_PX as MIN_PIXELS  # fewer mask pixels: too small to box
 
 
 def _fully_visible(info: dict) -> bool:
