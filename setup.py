@@ -16,7 +16,7 @@ EXTRAS = {
     "vllm": ["vllm>=0.8"],
     "sim": ["mujoco>=3.2"],
     "eval": ["matplotlib>=3.7"],
-    "train": ["trl>=0.24", "peft>=0.13", "datasets>=3.0", "tensorboard"],
+    "train": ["trl>=1.16,<1.17", "peft>=0.17", "datasets>=3.0", "tensorboard"],
     "realsense": ["pyrealsense2>=2.55"],
     "geometry": ["open3d>=0.18"],
     "bags": ["rosbags>=0.10"],
@@ -25,7 +25,8 @@ EXTRAS = {
     "ros": [f"ros-jazzy-{p}" for p in ("rclpy", "rmw-fastrtps-cpp", "std-msgs", "std-srvs", "sensor-msgs",
                                        "geometry-msgs", "nav-msgs", "visualization-msgs")],
 }
-EXTRAS["all-cpu"] = sorted({d for k in ("transformers", "openai", "bags", "ros", "realsense", "sim", "eval", "test") for d in EXTRAS[k]})
+EXTRAS["all-cpu"] = sorted({d for k in ("transformers", "openai", "bags", "ros", "realsense", "sim", "eval", "train", "test")
+                             for d in EXTRAS[k]})
 
 setup(
     name=PACKAGE,
@@ -40,6 +41,9 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/config/training", glob("config/training/*.yaml")),
+        (f"share/{PACKAGE}/config/training/smoke", glob("config/training/smoke/*.yaml")),
+        (f"share/{PACKAGE}/config/accelerate", glob("config/accelerate/*.yaml")),
     ],
     python_requires=">=3.10",
     install_requires=["numpy>=1.24", "pillow>=10.0", "scipy>=1.10", "pyyaml>=6.0"],

@@ -112,3 +112,107 @@ def load_sharegpt(path: str | Path, image_root: str | Path | None = None) -> lis
         except ValueError as exc:
             raise ValueError(f"{path} item {k}: {exc}") from exc
     return out
+
+
+# ----------------------------------------------------------------------------- other sources
+
+
+def load_traces(folder: str | Path) -> list[dict[str, Any]]:
+    """Every saved trace under ``folder`` (``*/trace.json``, sorted) that ended with an answer, as examples.
+
+    Traces cut by the token limit or ended by a tool error are left out (not a training target).
+    """
+    from vilasr_ros.trace import Trace
+    from vilasr_ros_training.chat import example_from_trace
+
+    out = []
+    for path in sorted(Path(folder).rglob("trace.json")):
+        trace = Trace.load(path.parent)
+        if trace.finish_reason != "stop" or not trace.answer:
+            continue
+        paths = [path.parent / "images" / f"image_{k}.png" for k in range(len(trace.images))]
+        out.append(example_from_trace(trace, paths))
+    return out
+
+
+def teacher_trajectories(sim_dir: str | Path, out: str | Path, *, reflect: float = 0.0, seed: int = 0
+                         ) -> list[dict[str, Any]]:
+    """Teacher trajectories of a ``vilasr sim generate`` dataset, as examples.
+
+    Runs the ``teacher`` engine over every item with ``vilasr eval run``'s runner (resumable; traces
+    under ``OUT/traces/<id>``), then reads the traces back (:func:`load_traces`).
+
+    Args:
+        sim_dir: The sim dataset folder (``questions.json``).
+        out: Where the run and its traces go.
+        reflect: Probability of a deliberately wrong box followed by its correction.
+        seed: Teacher seed.
+    """
+    from vilasr_ros.evaluation.runner import run_eval
+    from vilasr_ros_training.teacher import TeacherEngine
+
+    run_eval("sim", sim_dir, TeacherEngine(reflect=reflect, seed=seed), out, save_traces=True)
+    return load_traces(Path(out) / "traces")
+
+
+SOURCES = ("vilasr", "sim_teacher", "traces")
+
+
+def load_source(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Examples from one ``data:`` entry of a training config.
+
+    ``{"format": "vilasr", "path": FILE, "image_root": DIR?}`` — ViLaSR-data (:func:`load_sharegpt`);
+    ``{"format": "sim_teacher", "path": SIM_DIR, "out": DIR, "reflect": P?, "seed": S?}`` — teacher
+    trajectories (:func:`teacher_trajectories`); ``{"format": "traces", "path": DIR}`` — saved traces
+    (e.g. stage 2's output, :func:`load_traces`). ``limit: N`` keeps the first N examples.
+
+    Raises:
+        ValueError: Unknown format or missing keys.
+        MissingImagesError: ViLaSR-data with missing images.
+    """
+    fmt = spec.get("format")
+    if fmt not in SOURCES:
+        raise ValueError(f"data format must be one of {SOURCES}, got {fmt!r}")
+    if "path" not in spec:
+        raise ValueError(f"data entry {spec} has no 'path'")
+    if fmt == "vilasr":
+        examples = load_sharegpt(spec["path"], spec.get("image_root"))
+    elif fmt == "sim_teacher":
+        out = spec.get("out") or str(Path(spec["path"]) / "teacher")
+        examples = teacher_trajectories(spec["path"], out, reflect=float(spec.get("reflect", 0.0)),
+                                        seed=int(spec.get("seed", 0)))
+    else:
+        examples = load_traces(spec["path"])
+    return examples[: spec["limit"]] if spec.get("limit") else examples
+
+
+def load_items(spec: dict[str, Any]) -> tuple[list, Path]:
+    """ViLaSR-eval items for stages 2 and 3 (questions with answers, no trajectories).
+
+    ``spec``: ``{"dataset": sim|vsi_bench|..., "path": FILE_OR_DIR, "image_folder"?, "frames"?,
+    "types"?: [original_question_type, ...], "limit"?}`` (:func:`vilasr_ros.evaluation.datasets.load_dataset`).
+    Items with missing images are left out with a warning naming them.
+
+    Returns:
+        ``(items, image_root)``.
+
+    Raises:
+        QueryError: Bad file or items. ValueError: nothing left.
+    """
+    import logging
+
+    from vilasr_ros.evaluation.datasets import load_dataset
+
+    items, root = load_dataset(spec.get("dataset", "sim"), spec["path"], spec.get("image_folder"),
+                               int(spec.get("frames", 16)))
+    missing = [it.id for it in items if it.missing]
+    if missing:
+        logging.getLogger(__name__).warning("leaving out %d items with missing images: %s", len(missing),
+                                            ", ".join(missing[:20]))
+    items = [it for it in items if not it.missing]
+    if spec.get("types"):
+        items = [it for it in items if it.raw.get("original_question_type") in spec["types"]]
+    items = items[: spec.get("limit") or None]
+    if not items:
+        raise ValueError(f"no usable items in {spec['path']}")
+    return items, root

@@ -61,6 +61,29 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
         ) from exc
 
 
+def expand_image_tokens(text: str, grids, merge_size: int) -> str:
+    """Repeat each ``<|image_pad|>`` once per vision token of its image, as ``Qwen2_5_VLProcessor`` does.
+
+    Shared by the engine and the training collators (``vilasr_ros_training.chat``), so training and
+    inference tokenise the same text the same way.
+
+    Args:
+        text: Chat text with one ``<|image_pad|>`` per image.
+        grids: ``image_grid_thw`` rows (t, h, w patches) of the images, in order.
+        merge_size: The image processor's ``merge_size`` (2 for Qwen2.5-VL: 2x2 patches per token).
+
+    Raises:
+        EngineError: Placeholder count and image count differ.
+    """
+    pieces = text.split(IMAGE_PAD)
+    if len(pieces) - 1 != len(grids):
+        raise EngineError(f"text has {len(pieces) - 1} image placeholders for {len(grids)} images")
+    out = [pieces[0]]
+    for grid, piece in zip(grids, pieces[1:]):
+        out.append(IMAGE_PAD * int(grid.prod().item() // merge_size**2) + piece)
+    return "".join(out)
+
+
 class TransformersEngine(Engine):
     """Qwen2.5-VL through ``Qwen2_5_VLForConditionalGeneration``, with turn reuse (module docstring).
 
@@ -107,6 +130,32 @@ class TransformersEngine(Engine):
             kwargs["attn_implementation"] = attn_implementation
         self.model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(self.model_path, **kwargs)
         self.model.to(self.device).eval()
+        self._setup(turn_reuse)
+        logger.info("transformers engine: %s on %s (%s), turn reuse %s", self.model_path, self.device, dtype,
+                    "on" if turn_reuse else "off")
+
+    @classmethod
+    def from_model(cls, model, tokenizer, image_processor, *, turn_reuse: bool = True,
+                   name: str = "in-memory") -> "TransformersEngine":
+        """Wrap a model already in memory (training rollouts: the policy being trained).
+
+        Args:
+            model: A ``Qwen2_5_VLForConditionalGeneration`` (unwrapped: for peft, ``get_base_model()``;
+                LoRA layers stay active inside it). Its device and dtype are used as they are.
+            tokenizer: Its tokenizer.
+            image_processor: Its image processor.
+            turn_reuse: As in the constructor.
+            name: What ``describe()`` reports as the model.
+        """
+        engine = cls.__new__(cls)
+        engine.model, engine.tokenizer, engine.image_processor = model, tokenizer, image_processor
+        engine.model_path, engine.model_id = None, name
+        param = next(model.parameters())
+        engine.device, engine.dtype = str(param.device), param.dtype
+        engine._setup(turn_reuse)
+        return engine
+
+    def _setup(self, turn_reuse: bool) -> None:
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.eos_ids.add(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
@@ -115,8 +164,6 @@ class TransformersEngine(Engine):
         self.last_input_ids: list[int] | None = None
         self.last_prefill_ids: list[int] | None = None
         self.reset()
-        logger.info("transformers engine: %s on %s (%s), turn reuse %s", self.model_path, self.device, dtype,
-                    "on" if turn_reuse else "off")
 
     def reset(self) -> None:
         """Forget the cached conversation (KV cache, token ids, image features)."""
@@ -168,12 +215,7 @@ class TransformersEngine(Engine):
         inputs: dict[str, Any] = {}
         if request.images:
             vision = self._vision_inputs(request.images, [self._hash(im) for im in request.images])
-            merge = self.image_processor.merge_size**2
-            pieces = prompt.split(IMAGE_PAD)
-            expanded = [pieces[0]]
-            for (_, grid), piece in zip(vision, pieces[1:]):
-                expanded.append(IMAGE_PAD * int(grid.prod().item() // merge) + piece)
-            prompt = "".join(expanded)
+            prompt = expand_image_tokens(prompt, [grid for _, grid in vision], self.image_processor.merge_size)
             inputs["pixel_values"] = torch.cat([pv for pv, _ in vision]).to(self.device, self.dtype)
             inputs["image_grid_thw"] = torch.stack([grid for _, grid in vision]).to(self.device)
         ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]

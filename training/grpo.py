@@ -1,0 +1,235 @@
+"""Stage 3, GRPO: trl ``GRPOTrainer`` with multi-turn rollouts through the drawing loop.
+
+Each rollout is one run of the runtime :class:`~vilasr_ros.reasoner.Reasoner` over the policy being
+trained (:meth:`TransformersEngine.from_model`, turn reuse on): the model writes a turn, its boxes
+and lines are drawn, the drawn image comes back as the next user turn, until it answers or the
+budgets end it (10 model calls, 20 for mazes; 45 images). The trajectory's chat text is
+:attr:`~vilasr_ros.trace.Trace.chat_text` — the text the robot's model sees — tokenised as the
+runtime tokenises it (:func:`vilasr_ros_training.chat.encode`). trl gets:
+
+- ``prompt_ids``: the system + first user turn (with the input frames) up to ``<|im_start|>assistant\\n``;
+- ``completion_ids``: everything after, model turns and the user turns that carry drawn images;
+- ``env_mask`` (trl's ``tool_mask``): 1 on what the model wrote (each turn and its ``<|im_end|>``),
+  0 on the user turns — no loss there;
+- all images of the trajectory (inputs and drawn) as ``pixel_values``/``image_grid_thw`` per sample,
+  and ``mm_token_type_ids`` over prompt + completion, so the policy's log-probabilities are computed
+  on exactly what it saw.
+
+Hooks into trl 1.16 (private methods, hence the pin ``trl>=1.16,<1.17`` in setup.py): ``_generate``
+(rollouts instead of single-turn generation) and ``_generate_and_score_completions`` /
+``_get_per_token_logps_and_entropies`` (vision inputs for the drawn images, which trl's own multimodal
+path only knows for dataset images). trl's tool-calling loop is not used: it renders tool results in
+Qwen's ``<tool_response>`` layout, which ViLaSR never saw.
+
+The reward is spec §5 (:func:`vilasr_ros_training.rewards.vilasr_reward_func` on the chat text).
+Defaults from the authors' run (``train/rl/train_grpo.sh``): 8 rollouts per prompt, temperature 1.0,
+lr 1e-6, images capped at 45, KL off (``beta: 0``). Rollouts run on the training process's policy
+(transformers); trl's vLLM colocate/server generation is not wired to the multi-turn loop yet
+(``use_vllm`` is refused with that message).
+
+Config keys (``config/training/grpo.yaml``): ``model``, ``items`` (as stage 2), ``max_pixels``
+(200704, the RL setting), ``max_images``, ``max_tokens_per_turn``, ``freeze_vision``, ``lora``,
+``resume``, ``args`` (``GRPOConfig`` fields).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from vilasr_ros import protocol
+from vilasr_ros.errors import require
+
+logger = logging.getLogger(__name__)
+
+
+def rl_dataset(spec: dict[str, Any]):
+    """ViLaSR-eval items as a GRPO dataset: ``prompt`` (the question, for trl's bookkeeping), ``item``
+    (JSON: what the rollout needs), ``ground_truth``, ``problem_type`` (reward columns)."""
+    datasets = require("datasets", "train")
+    from vilasr_ros_training.data import load_items
+
+    items, root = load_items(spec)
+    rows = {"prompt": [], "item": [], "ground_truth": [], "problem_type": []}
+    for it in items:
+        rows["prompt"].append([{"role": "user", "content": it.question}])
+        rows["item"].append(json.dumps({"id": it.id, "raw": it.raw, "root": str(root), "question": it.question,
+                                        "options": it.options, "problem_type": it.problem_type, "kind": it.kind,
+                                        "max_turns": it.max_turns,
+                                        "image_paths": [str(p) for p in it.image_paths]}, ensure_ascii=False))
+        rows["ground_truth"].append(str(it.raw.get("answer", "")))
+        rows["problem_type"].append(it.problem_type)
+    return datasets.Dataset.from_dict(rows)
+
+
+def rollout_tensors(trace, tokenizer, image_processor) -> dict[str, Any]:
+    """One trajectory as trl's prompt/completion ids, env mask and vision inputs (module docstring).
+
+    Raises:
+        RuntimeError: The prompt's tokens are not a prefix of the whole text's (never seen with Qwen's
+            tokenizer: the split falls after ``<|im_start|>assistant\\n``).
+    """
+    from vilasr_ros_training.chat import encode
+
+    n_inputs = sum(1 for img in trace.images if img.drawn_from is None)
+    prompt_text = protocol.render_chat(trace.messages[:2], add_generation_prompt=True)
+    prompt = encode(prompt_text, trace.pil_images[:n_inputs], tokenizer, image_processor)
+    whole = encode(trace.chat_text, trace.pil_images, tokenizer, image_processor)
+    p = len(prompt["input_ids"])
+    if whole["input_ids"][:p] != prompt["input_ids"]:
+        raise RuntimeError("the prompt does not tokenise as a prefix of the trajectory")
+    completion, mask = whole["input_ids"][p:], whole["assistant_mask"][p:]
+    if not completion:  # the engine failed before writing anything: one masked end token
+        completion, mask = [tokenizer.convert_tokens_to_ids(protocol.EOS_TOKEN)], [0]
+    return {"prompt_ids": prompt["input_ids"], "completion_ids": completion, "env_mask": mask,
+            "pixel_values": whole.get("pixel_values"), "image_grid_thw": whole.get("image_grid_thw"),
+            "num_images": len(trace.pil_images)}
+
+
+def make_trainer_class():
+    """``VilasrGRPOTrainer`` (built lazily: trl is an optional dependency)."""
+    torch = require("torch", "train")
+    trl = require("trl", "train")
+
+    class VilasrGRPOTrainer(trl.GRPOTrainer):
+        """``GRPOTrainer`` whose rollouts are ViLaSR draw-to-reason trajectories (module docstring).
+
+        Args:
+            image_processor: The policy's image processor.
+            reasoner_config: Loop settings (max pixels, max images; sampling comes from ``args``).
+            **kwargs: ``GRPOTrainer`` arguments (``processing_class`` = the tokenizer).
+
+        Attributes:
+            last_traces: The traces of the last generation batch (inspection, tests).
+        """
+
+        def __init__(self, *args, image_processor=None, reasoner_config=None, max_tokens_per_turn=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            if self.use_vllm:
+                raise ValueError("use_vllm is not supported for ViLaSR's multi-turn rollouts yet; rollouts run on "
+                                 "the policy with transformers (set use_vllm: false)")
+            self.image_processor = image_processor
+            self.reasoner_config = reasoner_config
+            self.max_tokens_per_turn = max_tokens_per_turn or protocol.prompts()["sampling"]["max_tokens"]
+            self.image_token_id = self.processing_class.convert_tokens_to_ids("<|image_pad|>")
+            self._batch_items: list[dict] = []
+            self._vision: dict[str, Any] | None = None
+            self.last_traces: list = []
+
+        # -- rollouts ---------------------------------------------------------------------------
+        def _rollout(self, items: list[dict]) -> list:
+            from dataclasses import replace
+
+            from PIL import Image
+
+            from vilasr_ros.engines.base import SamplingConfig
+            from vilasr_ros.engines.hf import TransformersEngine
+            from vilasr_ros.reasoner import Reasoner
+
+            model = self.accelerator.unwrap_model(self.model)
+            if hasattr(model, "get_base_model"):
+                model = model.get_base_model()  # LoRA layers stay active inside it
+            engine = TransformersEngine.from_model(model, self.processing_class, self.image_processor,
+                                                   name="policy")
+            was_training = model.training
+            model.eval()  # the engine keeps a KV cache (gradient checkpointing would switch it off)
+            traces = []
+            try:
+                for n, item in enumerate(items):
+                    sampling = SamplingConfig(temperature=self.args.temperature, top_p=self.args.top_p or 1.0,
+                                              max_tokens=self.max_tokens_per_turn,
+                                              seed=self.args.seed + 100_003 * self.state.global_step + n
+                                              + 7919 * self.accelerator.process_index)
+                    cfg = replace(self.reasoner_config, max_turns=item["max_turns"], sampling=sampling)
+                    images = []
+                    for path in item["image_paths"]:
+                        with Image.open(path) as im:
+                            images.append(im.convert("RGB"))
+                    traces.append(Reasoner(engine, cfg).run(
+                        images, item["question"], item["problem_type"], item["options"], kind=item["kind"],
+                        metadata={"item": item["raw"], "root": item["root"]}))
+            finally:
+                model.train(was_training)
+                engine.reset()
+            return traces
+
+        def _generate(self, prompts: list):
+            traces = self._rollout(self._batch_items)
+            self.last_traces = traces
+            parts = [rollout_tensors(t, self.processing_class, self.image_processor) for t in traces]
+            with_images = [p for p in parts if p["pixel_values"] is not None]
+            device = self.accelerator.device
+            self._vision = None
+            if with_images:
+                self._vision = {
+                    "pixel_values": torch.cat([p["pixel_values"] for p in with_images]).to(device),
+                    "image_grid_thw": torch.cat([p["image_grid_thw"] for p in with_images]).to(device),
+                    "num_images": [p["num_images"] for p in parts],
+                }
+            mode = "train" if self.model.training else "eval"
+            turns = [len(t.turns) for t in traces]
+            self._metrics[mode]["rollout/turns_mean"].append(sum(turns) / len(turns))
+            self._metrics[mode]["rollout/drawn_images_mean"].append(
+                sum(sum(1 for im in t.images if im.drawn_from is not None) for t in traces) / len(traces))
+            return ([p["prompt_ids"] for p in parts], [p["completion_ids"] for p in parts],
+                    [p["env_mask"] for p in parts], [t.chat_text for t in traces], None, {}, None, [])
+
+        def _generate_and_score_completions(self, inputs):
+            self._batch_items = [json.loads(x["item"]) for x in inputs]
+            output = super()._generate_and_score_completions(inputs)
+            if self._vision is not None:
+                output.update(self._vision)
+                ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+                output["mm_token_type_ids"] = (ids == self.image_token_id).long()
+            return output
+
+        def _get_per_token_logps_and_entropies(self, model, input_ids, *args, **kwargs):
+            # Inside _generate_and_score_completions (old/ref log-probs) trl passes no vision inputs for
+            # our rollouts: give it the batch's.
+            if kwargs.get("pixel_values") is None and self._vision is not None:
+                kwargs.update(self._vision)
+                kwargs["mm_token_type_ids"] = (input_ids == self.image_token_id).long()
+            return super()._get_per_token_logps_and_entropies(model, input_ids, *args, **kwargs)
+
+    return VilasrGRPOTrainer
+
+
+def train_grpo(config: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Run stage 3 from a config (module docstring).
+
+    Returns:
+        ``(summary, trainer)``; summary: ``output_dir``, ``steps``, ``rewards`` (mean reward per
+        logging step), ``turns`` (mean turns per rollout per logging step).
+    """
+    trl = require("trl", "train")
+    from vilasr_ros.reasoner import ReasonerConfig
+    from vilasr_ros_training.rewards import vilasr_reward_func
+    from vilasr_ros_training.sft import load_policy, peft_config, save_for_runtime
+
+    args = {"num_generations": 8, "temperature": 1.0, "learning_rate": 1e-6, "beta": 0.0,
+            "report_to": "tensorboard", **config["args"]}
+    args["remove_unused_columns"] = False
+    try:
+        grpo_args = trl.GRPOConfig(**args)
+    except TypeError as exc:  # an unknown key under args:
+        raise ValueError(f"args: not a trl GRPOConfig setting: {exc}") from exc
+    policy, tokenizer, image_processor, path = load_policy(
+        config["model"], bf16=bool(grpo_args.bf16), freeze_vision=config.get("freeze_vision", True),
+        attn_implementation=config.get("attn_implementation"))
+    reasoner_config = ReasonerConfig(max_pixels=int(config.get("max_pixels", 200704)),
+                                     max_images=int(config.get("max_images", 45)))
+    trainer = make_trainer_class()(
+        model=policy, reward_funcs=[vilasr_reward_func], args=grpo_args, train_dataset=rl_dataset(config["items"]),
+        processing_class=tokenizer, peft_config=peft_config(config.get("lora")), image_processor=image_processor,
+        reasoner_config=reasoner_config, max_tokens_per_turn=config.get("max_tokens_per_turn"))
+    trainer.train(resume_from_checkpoint=config.get("resume") or None)
+    out = Path(grpo_args.output_dir)
+    save_for_runtime(trainer, tokenizer, image_processor, path, out)
+    history = trainer.state.log_history
+    summary = {"output_dir": str(out), "steps": trainer.state.global_step,
+               "rewards": [h["reward"] for h in history if "reward" in h],
+               "turns": [h["rollout/turns_mean"] for h in history if "rollout/turns_mean" in h]}
+    (out / "vilasr_train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary, trainer

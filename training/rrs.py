@@ -1,0 +1,155 @@
+"""Stage 2, reflective rejection sampling: sample K trajectories per item with the stage-1 model,
+keep the correct and reflective ones, report the yield, then SFT on them.
+
+Sampling goes through the runtime :class:`~vilasr_ros.reasoner.Reasoner` (the same prompts, drawing
+and budgets as the robot), one seed per sample (``seed + k``). Items are ViLaSR-eval items
+(:func:`vilasr_ros.evaluation.datasets.load_dataset`: a sim dataset, a benchmark file, or a site
+dataset from :mod:`vilasr_ros_training.site`). Several items are in flight at once when the engine
+takes concurrent requests (``openai`` against ``vllm serve``: up to 16); in-process engines run one
+at a time.
+
+A trajectory is kept when (spec §5 reward, :func:`vilasr_ros_training.rewards.vilasr_reward`): it
+ended with an answer (finish reason ``stop``), its format reward is 1, its accuracy reaches
+``min_accuracy`` (1.0: exactly right; regression answers score MRA) and its reflection reward is 1
+(some label was boxed again with different coordinates — the model corrected itself).
+
+Output (``out``): ``samples.jsonl`` (one line per sample: id, sample, rewards, kept, finish reason;
+resumable: samples already written are not redrawn), ``kept/<id>__<k>/`` (saved traces of the kept
+ones), ``rrs_summary.json`` (the yield). With an ``sft`` block in the config, stage 2 then runs SFT
+(:func:`vilasr_ros_training.sft.train_sft`) on the kept traces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from vilasr_ros.engines.base import Engine, SamplingConfig
+from vilasr_ros.reasoner import Reasoner, ReasonerConfig
+from vilasr_ros.trace import Trace
+from vilasr_ros_training.rewards import vilasr_reward
+
+logger = logging.getLogger(__name__)
+
+
+def judge(trace: Trace, ground_truth: str, problem_type: str, min_accuracy: float = 1.0) -> dict[str, Any]:
+    """Rewards of one trajectory and whether stage 2 keeps it (module docstring).
+
+    Returns:
+        ``{"overall", "format", "accuracy", "reflection", "kept"}``.
+    """
+    reward = vilasr_reward(trace.chat_text, ground_truth, problem_type)
+    kept = (trace.finish_reason == "stop" and reward["format"] == 1.0 and reward["accuracy"] >= min_accuracy
+            and reward["reflection"] == 1.0)
+    return {**reward, "kept": kept}
+
+
+def sample_and_select(config: dict[str, Any], engine: Engine | None = None,
+                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Sample, judge and keep (no SFT). See :func:`run_rrs` for the config keys.
+
+    Returns:
+        The summary: ``items``, ``samples``, ``kept``, ``yield`` (kept / samples),
+        ``items_with_kept``, ``out``.
+    """
+    from PIL import Image
+
+    from vilasr_ros.engines import create_engine
+    from vilasr_ros_training.data import load_items
+
+    items, root = load_items(config["items"])
+    if engine is None:
+        options = dict(config.get("engine") or {})
+        engine = create_engine(options.pop("name", "transformers"), **options)
+    k_samples = int(config.get("samples", 8))
+    min_accuracy = float(config.get("min_accuracy", 1.0))
+    seed = int(config.get("seed", 0))
+    sampling = SamplingConfig(**{"temperature": 1.0, "top_p": 1.0, "max_tokens": 2048, **(config.get("sampling") or {})})
+    base = ReasonerConfig(max_pixels=int(config.get("max_pixels", ReasonerConfig.max_pixels)), sampling=sampling)
+    out = Path(config["out"])
+    (out / "kept").mkdir(parents=True, exist_ok=True)
+    samples_path = out / "samples.jsonl"
+    done = set()
+    if samples_path.exists():
+        for line in samples_path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line: that sample is drawn again
+            done.add((record["id"], record["sample"]))
+    lock = threading.Lock()
+    sink = open(samples_path, "a", encoding="utf-8")
+
+    def one(item) -> None:
+        images = []
+        for p in item.image_paths:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+        for k in range(k_samples):
+            if (item.id, k) in done:
+                continue
+            cfg = replace(base, max_turns=item.max_turns, sampling=replace(sampling, seed=seed + k))
+            trace = Reasoner(engine, cfg).run(images, item.question, item.problem_type, item.options, kind=item.kind,
+                                              metadata={"item": item.raw, "root": str(root), "sample": k})
+            verdict = judge(trace, str(item.raw.get("answer", "")), item.problem_type, min_accuracy)
+            if verdict["kept"]:
+                trace.save(out / "kept" / f"{item.id}__{k}")
+            record = {"id": item.id, "sample": k, **verdict, "finish_reason": trace.finish_reason,
+                      "answer": trace.answer, "turns": len(trace.turns)}
+            with lock:
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                sink.flush()
+            if progress:
+                progress(f"{item.id} #{k}: {'KEPT' if verdict['kept'] else 'dropped'} acc={verdict['accuracy']:.2f} "
+                         f"fmt={verdict['format']:.0f} refl={verdict['reflection']:.0f}")
+
+    workers = max(1, min(int(config.get("batch_size", 16)), engine.max_concurrency))
+    try:
+        if workers == 1:
+            for item in items:
+                one(item)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(one, items))
+    finally:
+        sink.close()
+    records = [json.loads(line) for line in samples_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [r for r in records if r["kept"]]
+    summary = {"items": len(items), "samples": len(records), "kept": len(kept),
+               "yield": len(kept) / len(records) if records else 0.0,
+               "items_with_kept": len({r["id"] for r in kept}), "out": str(out)}
+    (out / "rrs_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def run_rrs(config: dict[str, Any], engine: Engine | None = None,
+            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Stage 2 from a config (``config/training/rrs.yaml``).
+
+    Keys: ``items`` (:func:`vilasr_ros_training.data.load_items`), ``engine`` (``{name, model,
+    ...}`` for :func:`vilasr_ros.engines.create_engine`: the stage-1 model; ``openai`` with a
+    ``base_url`` of ``vllm serve`` for batched GPU sampling), ``samples`` (K, default 8), ``sampling``
+    (temperature 1.0, top_p, max_tokens), ``seed``, ``min_accuracy``, ``max_pixels``, ``batch_size``,
+    ``out``, and optionally ``sft`` (an SFT config without ``data``: trained on the kept traces).
+
+    Returns:
+        The sampling summary, plus ``sft`` (the SFT summary) when an ``sft`` block is given.
+    """
+    summary = sample_and_select(config, engine, progress)
+    logger.info("reflective rejection sampling: kept %d of %d samples (yield %.1f %%) on %d of %d items",
+                summary["kept"], summary["samples"], 100 * summary["yield"], summary["items_with_kept"],
+                summary["items"])
+    if config.get("sft"):
+        from vilasr_ros_training.data import load_traces
+        from vilasr_ros_training.sft import train_sft
+
+        examples = load_traces(Path(config["out"]) / "kept")
+        if not examples:
+            raise ValueError("stage 2 kept no trajectory: nothing to fine-tune on (see samples.jsonl)")
+        summary["sft"] = train_sft({**config["sft"], "args": dict(config["sft"].get("args") or {})}, examples)
+    return summary
