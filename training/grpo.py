@@ -206,18 +206,12 @@ def train_grpo(config: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     trl = require("trl", "train")
     from vilasr_ros.reasoner import ReasonerConfig
     from vilasr_ros_training.rewards import vilasr_reward_func
-    from vilasr_ros_training.sft import load_policy, peft_config, save_for_runtime
+    from vilasr_ros_training.sft import peft_config, policy_from_config, save_for_runtime, trainer_args
 
-    args = {"num_generations": 8, "temperature": 1.0, "learning_rate": 1e-6, "beta": 0.0,
-            "report_to": "tensorboard", **config["args"]}
-    args["remove_unused_columns"] = False
-    try:
-        grpo_args = trl.GRPOConfig(**args)
-    except TypeError as exc:  # an unknown key under args:
-        raise ValueError(f"args: not a trl GRPOConfig setting: {exc}") from exc
-    policy, tokenizer, image_processor, path = load_policy(
-        config["model"], bf16=bool(grpo_args.bf16), freeze_vision=config.get("freeze_vision", True),
-        attn_implementation=config.get("attn_implementation"))
+    grpo_args = trainer_args(trl.GRPOConfig, {"num_generations": 8, "temperature": 1.0, "learning_rate": 1e-6,
+                                              "beta": 0.0, "report_to": "tensorboard", **config["args"],
+                                              "remove_unused_columns": False})
+    policy, tokenizer, image_processor, path = policy_from_config(config, bool(grpo_args.bf16))
     reasoner_config = ReasonerConfig(max_pixels=int(config.get("max_pixels", 200704)),
                                      max_images=int(config.get("max_images", 45)))
     trainer = make_trainer_class()(

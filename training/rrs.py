@@ -24,12 +24,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from vilasr_ros.engines.base import Engine, SamplingConfig
+from vilasr_ros.evaluation.runner import for_each
 from vilasr_ros.reasoner import Reasoner, ReasonerConfig
 from vilasr_ros.trace import Trace
 from vilasr_ros_training.rewards import vilasr_reward
@@ -108,14 +108,8 @@ def sample_and_select(config: dict[str, Any], engine: Engine | None = None,
                 progress(f"{item.id} #{k}: {'KEPT' if verdict['kept'] else 'dropped'} acc={verdict['accuracy']:.2f} "
                          f"fmt={verdict['format']:.0f} refl={verdict['reflection']:.0f}")
 
-    workers = max(1, min(int(config.get("batch_size", 16)), engine.max_concurrency))
     try:
-        if workers == 1:
-            for item in items:
-                one(item)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(one, items))
+        for_each(one, items, max(1, min(int(config.get("batch_size", 16)), engine.max_concurrency)))
     finally:
         sink.close()
     records = [json.loads(line) for line in samples_path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -57,6 +57,20 @@ def load_policy(model: str | Path, *, bf16: bool = False, freeze_vision: bool = 
     return policy, tokenizer, image_processor, path
 
 
+def trainer_args(cls, args: dict[str, Any]):
+    """``cls(**args)`` for a trl config class; an unknown key is a ValueError naming it."""
+    try:
+        return cls(**args)
+    except TypeError as exc:
+        raise ValueError(f"args: not a trl {cls.__name__} setting: {exc}") from exc
+
+
+def policy_from_config(config: dict[str, Any], bf16: bool):
+    """:func:`load_policy` with a stage config's ``model``, ``freeze_vision``, ``attn_implementation``."""
+    return load_policy(config["model"], bf16=bf16, freeze_vision=config.get("freeze_vision", True),
+                       attn_implementation=config.get("attn_implementation"))
+
+
 def peft_config(lora: dict[str, Any] | None):
     """A peft ``LoraConfig`` from the config's ``lora`` block (None: full fine-tuning)."""
     if not lora:
@@ -119,16 +133,9 @@ def train_sft(config: dict[str, Any], examples: list[dict[str, Any]] | None = No
 
     if examples is None:
         examples = [e for spec in config.get("data") or [] for e in load_source(spec)]
-    args = dict(config["args"])
-    args.setdefault("report_to", "tensorboard")
-    args.update(remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True})
-    try:
-        sft_args = trl.SFTConfig(**args)
-    except TypeError as exc:  # an unknown key under args:
-        raise ValueError(f"args: not a trl SFTConfig setting: {exc}") from exc
-    policy, tokenizer, image_processor, path = load_policy(
-        config["model"], bf16=bool(sft_args.bf16), freeze_vision=config.get("freeze_vision", True),
-        attn_implementation=config.get("attn_implementation"))
+    sft_args = trainer_args(trl.SFTConfig, {"report_to": "tensorboard", **config["args"], "remove_unused_columns": False,
+                                            "dataset_kwargs": {"skip_prepare_dataset": True}})
+    policy, tokenizer, image_processor, path = policy_from_config(config, bool(sft_args.bf16))
     collator = VilasrCollator(tokenizer, image_processor, int(config.get("max_pixels", 1003520)),
                               config.get("max_length"))
     trainer = trl.SFTTrainer(model=policy, args=sft_args, train_dataset=as_dataset(examples),

@@ -148,6 +148,16 @@ def _record(item: EvalItem, trace: Trace, trace_dir: str | None) -> dict[str, An
     }
 
 
+def for_each(fn: Callable[[Any], None], items: list, workers: int) -> None:
+    """``fn(item)`` for every item: in order when ``workers`` is 1, else on a thread pool (exceptions raised)."""
+    if workers <= 1:
+        for item in items:
+            fn(item)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fn, items))
+
+
 def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *, config: ReasonerConfig | None = None,
              shard: tuple[int, int] = (0, 1), image_folder: str | Path | None = None, frames: int = DEFAULT_FRAMES,
              batch_size: int = 1, save_traces: bool = True, max_turns_override: int | None = None,
@@ -231,14 +241,8 @@ def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *,
         if progress:
             progress(f"{item.id}: {trace.finish_reason} answer={trace.answer!r} turns={len(trace.turns)}")
 
-    workers = max(1, min(batch_size, engine.max_concurrency))
     try:
-        if workers == 1:
-            for item in todo:
-                one(item)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(one, todo))
+        for_each(one, todo, max(1, min(batch_size, engine.max_concurrency)))
     finally:
         results_file.close()
     return RunSummary(total=len(items), resumed=len(items) - len(todo) - len(skipped), ran=len(todo),
