@@ -114,7 +114,7 @@ def encode(text: str, images: list, tokenizer, image_processor) -> dict[str, Any
         vision = image_processor(images=images, return_tensors="pt")
         out["pixel_values"], out["image_grid_thw"] = vision["pixel_values"], vision["image_grid_thw"]
         grids = list(vision["image_grid_thw"])
-    expanded = expand_image_tokens(text, grids, image_processor.merge_size) if images or IMAGE_PAD in text else text
+    expanded = expand_image_tokens(text, grids, image_processor.merge_size)
     tok = tokenizer(expanded, add_special_tokens=False, return_offsets_mapping=True)
     spans = assistant_spans(expanded)
     mask, k = [], 0

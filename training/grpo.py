@@ -67,23 +67,18 @@ def rl_dataset(spec: dict[str, Any]):
 def rollout_tensors(trace, tokenizer, image_processor) -> dict[str, Any]:
     """One trajectory as trl's prompt/completion ids, env mask and vision inputs (module docstring).
 
-    Raises:
-        RuntimeError: The prompt's tokens are not a prefix of the whole text's (never seen with Qwen's
-            tokenizer: the split falls after ``<|im_start|>assistant\\n``).
+    The whole chat text is encoded once; the prompt ends where the model's first turn begins (the
+    first assistant token), i.e. right after the first ``<|im_start|>assistant\n``.
     """
     from vilasr_ros_training.chat import encode
 
-    n_inputs = sum(1 for img in trace.images if img.drawn_from is None)
-    prompt_text = protocol.render_chat(trace.messages[:2], add_generation_prompt=True)
-    prompt = encode(prompt_text, trace.pil_images[:n_inputs], tokenizer, image_processor)
     whole = encode(trace.chat_text, trace.pil_images, tokenizer, image_processor)
-    p = len(prompt["input_ids"])
-    if whole["input_ids"][:p] != prompt["input_ids"]:
-        raise RuntimeError("the prompt does not tokenise as a prefix of the trajectory")
-    completion, mask = whole["input_ids"][p:], whole["assistant_mask"][p:]
+    ids, mask = whole["input_ids"], whole["assistant_mask"]
+    p = mask.index(1) if 1 in mask else len(ids)
+    completion, env_mask = ids[p:], mask[p:]
     if not completion:  # the engine failed before writing anything: one masked end token
-        completion, mask = [tokenizer.convert_tokens_to_ids(protocol.EOS_TOKEN)], [0]
-    return {"prompt_ids": prompt["input_ids"], "completion_ids": completion, "env_mask": mask,
+        completion, env_mask = [tokenizer.convert_tokens_to_ids(protocol.EOS_TOKEN)], [0]
+    return {"prompt_ids": ids[:p], "completion_ids": completion, "env_mask": env_mask,
             "pixel_values": whole.get("pixel_values"), "image_grid_thw": whole.get("image_grid_thw"),
             "num_images": len(trace.pil_images)}
 
@@ -135,7 +130,7 @@ def make_trainer_class():
                                                    name="policy")
             was_training = model.training
             model.eval()  # the engine keeps a KV cache (gradient checkpointing would switch it off)
-            traces = []
+            traces, loaded = [], {}
             try:
                 for n, item in enumerate(items):
                     sampling = SamplingConfig(temperature=self.args.temperature, top_p=self.args.top_p or 1.0,
@@ -143,10 +138,13 @@ def make_trainer_class():
                                               seed=self.args.seed + 100_003 * self.state.global_step + n
                                               + 7919 * self.accelerator.process_index)
                     cfg = replace(self.reasoner_config, max_turns=item["max_turns"], sampling=sampling)
-                    images = []
-                    for path in item["image_paths"]:
-                        with Image.open(path) as im:
-                            images.append(im.convert("RGB"))
+                    key = tuple(item["image_paths"])  # a prompt comes num_generations times: read it once
+                    if key not in loaded:
+                        loaded[key] = []
+                        for path in key:
+                            with Image.open(path) as im:
+                                loaded[key].append(im.convert("RGB"))
+                    images = loaded[key]  # the loop never modifies its inputs (it draws on copies)
                     traces.append(Reasoner(engine, cfg).run(
                         images, item["question"], item["problem_type"], item["options"], kind=item["kind"],
                         metadata={"item": item["raw"], "root": item["root"]}))
@@ -212,7 +210,7 @@ def train_grpo(config: dict[str, Any]) -> tuple[dict[str, Any], Any]:
                                               "beta": 0.0, "report_to": "tensorboard", **config["args"],
                                               "remove_unused_columns": False})
     policy, tokenizer, image_processor, path = policy_from_config(config, bool(grpo_args.bf16))
-    reasoner_config = ReasonerConfig(max_pixels=int(config.get("max_pixels", 200704)),
+    reasoner_config = ReasonerConfig(max_pixels=int(config.get("max_pixels", protocol.prompts()["image_max_pixels"]["rl_training"])),
                                      max_images=int(config.get("max_images", 45)))
     trainer = make_trainer_class()(
         model=policy, reward_funcs=[vilasr_reward_func], args=grpo_args, train_dataset=rl_dataset(config["items"]),

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from vilasr_ros import protocol
 from vilasr_ros.errors import require
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def train_sft(config: dict[str, Any], examples: list[dict[str, Any]] | None = No
     sft_args = trainer_args(trl.SFTConfig, {"report_to": "tensorboard", **config["args"], "remove_unused_columns": False,
                                             "dataset_kwargs": {"skip_prepare_dataset": True}})
     policy, tokenizer, image_processor, path = policy_from_config(config, bool(sft_args.bf16))
-    collator = VilasrCollator(tokenizer, image_processor, int(config.get("max_pixels", 1003520)),
+    collator = VilasrCollator(tokenizer, image_processor, int(config.get("max_pixels", protocol.prompts()["image_max_pixels"]["cold_start_sft"])),
                               config.get("max_length"))
     trainer = trl.SFTTrainer(model=policy, args=sft_args, train_dataset=as_dataset(examples),
                              processing_class=tokenizer, data_collator=collator,
