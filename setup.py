@@ -12,7 +12,7 @@ VERSION = ET.parse(HERE / "package.xml").getroot().findtext("version")
 
 EXTRAS = {
     "transformers": ["torch>=2.4", "transformers>=4.57", "accelerate>=1.0"],
-    "openai": ["requests>=2.28"],
+    "openai": ["openai>=2.0"],
     "vllm": ["vllm>=0.8"],
     "sim": ["mujoco>=3.2"],
     "eval": ["matplotlib>=3.7"],
@@ -35,7 +35,9 @@ setup(
     + ["vilasr_ros_training", "vilasr_ros_sim"],
     # Subpackage folders map to their installed names (no dotted mappings: colcon --symlink-install).
     package_dir={"vilasr_ros_training": "training", "vilasr_ros_sim": "sim"},
-    package_data={f"{PACKAGE}.resources": ["*.json"]},
+    package_data={f"{PACKAGE}.resources": ["*.json"],
+                  # the bundled demo scene (sim:demo): a rendered room with ground truth
+                  "vilasr_ros_sim": ["demo_scene/*.json", "demo_scene/*.xml", "demo_scene/*.log", "demo_scene/*/*.png"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -59,5 +61,10 @@ setup(
             "camera_node = vilasr_ros.ros.camera_node:main",
             "vilasr_agent = vilasr_ros.ros.agent_node:main",
         ],
+        # Plug-ins found by the core at run time (it never imports these packages itself).
+        "vilasr_ros.engines": ["teacher = vilasr_ros_training.teacher:TeacherEngine"],
+        "vilasr_ros.sources": ["sim = vilasr_ros_sim.source:SimSource"],
+        "vilasr_ros.eval_measures": ["sim = vilasr_ros_sim.evaluation:measure_navigation"],
+        "vilasr_ros.commands": ["sim = vilasr_ros_sim.cli:register", "train = vilasr_ros_training.cli:register"],
     },
 )

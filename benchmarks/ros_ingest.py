@@ -41,7 +41,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from vilasr_ros.ros.agent_node import VilasrAgentNode  # noqa: E402
-from vilasr_ros.ros.launcher import demo_responses  # noqa: E402
+from vilasr_ros.engines.replay import demo_responses  # noqa: E402
 
 
 THREADS = int(os.environ.get("BENCH_THREADS", "4"))
@@ -99,8 +99,8 @@ def main():
         for i in range(args.queries):
             qid = f"b{i}"
             t = time.perf_counter()
-            query_pub.publish(String(data=json.dumps({"id": qid, "question": "Go to the keyboard",
-                                                      "target": "keyboard", "frames": 16})))
+            query_pub.publish(String(data=json.dumps({"id": qid, "question": "Go to the sofa",
+                                                      "target": "sofa", "frames": 16})))
             while qid not in answers:
                 time.sleep(0.001)
             latencies.append(answers[qid] - t)

@@ -39,9 +39,9 @@ def scene_seed(seed: int, k: int) -> int:
 
 def generate_dataset(out: str | Path, scenes: int, seed: int = 0, *, mazes: int | None = None, per_type: int = 1,
                      render: RenderConfig | None = None, trajectory: TrajectoryConfig | None = None,
-                     scene_config: SceneConfig | None = None) -> list[dict]:
+                     scene_config: SceneConfig | None = None, progress: bool = False) -> list[dict]:
     """Generate ``scenes`` rooms (rendered along a walkthrough) and ``mazes`` mazes (default: one per
-    scene) with their questions under ``out``.
+    scene) with their questions under ``out``; ``progress`` shows a bar (n/N, rate, ETA) on stderr.
 
     Returns:
         The question items (also written to ``out/questions.json``).
@@ -55,7 +55,10 @@ def generate_dataset(out: str | Path, scenes: int, seed: int = 0, *, mazes: int 
     render, trajectory = render or RenderConfig(), trajectory or TrajectoryConfig()
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    from tqdm import tqdm
+
     items: list[dict] = []
+    bar = tqdm(total=scenes + mazes, desc="sim scenes+mazes", unit="scene", disable=not progress, dynamic_ncols=True)
     for k in range(scenes):
         name = f"scene_{k:04d}"
         scene = generate_scene(scene_seed(seed, k), scene_config)
@@ -65,6 +68,7 @@ def generate_dataset(out: str | Path, scenes: int, seed: int = 0, *, mazes: int 
         for j, q in enumerate(qs):
             items.append({"id": f"sim{seed}_{name}_{j:02d}", "scene": f"scenes/{name}", **q})
         log.info("%s: %s room, %d objects, %d questions", name, scene.shape, len(scene.objects), len(qs))
+        bar.update(1)
     (root / "mazes").mkdir(exist_ok=True)
     for k in range(mazes):
         rng = np.random.default_rng([seed, k, 2])
@@ -73,6 +77,8 @@ def generate_dataset(out: str | Path, scenes: int, seed: int = 0, *, mazes: int 
         draw_maze(maze).save(root / rel)
         for j, q in enumerate(maze_questions(maze, rel, rng)):
             items.append({"id": f"sim{seed}_maze_{k:04d}_{j:02d}", "scene": None, **q})
+        bar.update(1)
+    bar.close()
     (root / "questions.json").write_text(json.dumps(items, indent=1) + "\n")
     settings = {"seed": seed, "scenes": scenes, "mazes": mazes, "per_type": per_type, "render": asdict(render),
                 "trajectory": asdict(trajectory), "questions": len(items)}

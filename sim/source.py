@@ -5,19 +5,30 @@ Spec forms:
 - ``sim:seed=7`` (options ``frames=16``, ``kind=walkthrough|look_around``, ``width=640``,
   ``height=480``, ``fovy=60``, ``shadows=1``, ``height_m=1.1``) — renders scene 7 live, frame by frame;
 - ``sim:DIR`` — a scene folder written by ``vilasr sim generate`` (``DIR/scenes/scene_0000``), read
-  with the ``rgbd_folder`` reader; a dataset root means its first scene.
+  with the ``rgbd_folder`` reader; a dataset root means its first scene;
+- ``sim:demo`` — the bundled demo scene (``demo_scene/``: a living room with one sofa, 16 frames of
+  320×240 along a walkthrough, z-up ``map``, ground truth in ``scene.json``); needs no MuJoCo.
+
+A scene read from a folder knows its ground truth: :meth:`SimSource.target_error` measures a
+grounded target against the objects of ``scene.json``.
 
 Frames carry ``world_frame_id`` ``map`` and optical ``frame_id`` ``sim_camera_optical_frame``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from vilasr_ros.errors import QueryError
 from vilasr_ros.frames import Frame
 from vilasr_ros.sources.base import FrameSource, SourceError
+
+DEMO_SCENE = Path(__file__).resolve().parent / "demo_scene"
+"""The bundled demo scene (``sim:demo``)."""
 
 _KEYS = {"seed": int, "frames": int, "kind": str, "width": int, "height": int, "fovy": float, "shadows": int,
          "height_m": float}
@@ -57,7 +68,8 @@ class SimSource(FrameSource):
         self.frame_rate_hz = frame_rate_hz
         self._folder = None
         self._live = None
-        path = Path(arg)
+        self._meta: dict | None = None
+        path = DEMO_SCENE if arg == "demo" else Path(arg)
         if arg and "=" not in arg:
             if (path / "scenes").is_dir():
                 scenes = sorted((path / "scenes").glob("scene_*"))
@@ -70,6 +82,7 @@ class SimSource(FrameSource):
 
             self._folder = RGBDFolderSource(path, frame_rate_hz=frame_rate_hz, world_frame_id=world_frame_id)
             self._folder.source_id = self.source_id
+            self.scene_dir = path
             return
         from vilasr_ros_sim.render import RenderConfig
         from vilasr_ros_sim.trajectory import TrajectoryConfig
@@ -87,6 +100,14 @@ class SimSource(FrameSource):
     def __len__(self) -> int:
         return len(self._folder) if self._folder is not None else self._traj.frames
 
+    @property
+    def playback_rate_hz(self) -> float | None:  # type: ignore[override]
+        return self._folder.playback_rate_hz if self._folder is not None else None
+
+    @property
+    def skipped(self) -> list[str]:  # type: ignore[override]
+        return self._folder.skipped if self._folder is not None else []
+
     def __iter__(self) -> Iterator[Frame]:
         if self._folder is not None:
             yield from self._folder
@@ -99,3 +120,27 @@ class SimSource(FrameSource):
         with SceneRenderer(scene, self._render) as renderer:
             for i, T in enumerate(trajectory(scene, self._traj)):
                 yield renderer.frame(T, index=i, stamp_s=i / self.frame_rate_hz, source_id=self.source_id)
+
+    def target_error(self, label: str, position_world) -> dict | None:
+        """Distance of a grounded target to the nearest object labelled like ``label`` (the
+        grounding's label rule: exact, substring, shared word) in ``scene.json``; None for a live
+        scene or when no object matches. See :meth:`FrameSource.target_error`."""
+        if self._folder is None:
+            return None
+        from vilasr_ros.grounding import label_match
+        from vilasr_ros_sim.views import point_box_distance
+
+        if self._meta is None:
+            self._meta = json.loads((self.scene_dir / "scene.json").read_text(encoding="utf-8"))
+        p = np.asarray(position_world, float)
+        best = None
+        for rule in ("exact", "substring", "word"):
+            hits = [o for o in self._meta["objects"] if label_match(o["category"], label) == rule]
+            for obj in hits:
+                d = point_box_distance(p, obj["centre"], obj["size"], obj["yaw"])
+                if best is None or d < best["distance_m"]:
+                    best = {"object": obj["category"], "instance_id": obj["instance_id"], "distance_m": round(d, 4),
+                            "centre_m": round(float(np.linalg.norm(p - np.asarray(obj["centre"]))), 4)}
+            if best is not None:
+                return best
+        return None

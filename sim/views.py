@@ -37,6 +37,16 @@ def box_corners(obj: SceneObject) -> np.ndarray:
     return obj.centre + (signs * half) @ obj.rotation.T
 
 
+def point_box_distance(point, centre, size, yaw: float) -> float:
+    """Distance (m) from a world point to an object's oriented bounding box (0 inside it): the box of
+    ``size`` (x, y, z extents) centred at ``centre``, turned by ``yaw`` about world z (REP-103 up)."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    R = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    local = R.T @ (np.asarray(point, float) - np.asarray(centre, float))
+    outside = np.maximum(np.abs(local) - np.asarray(size, float) / 2.0, 0.0)
+    return float(np.linalg.norm(outside))
+
+
 def visibility(view: RenderedView, scene: Scene, config: RenderConfig) -> dict[str, dict]:
     """What one view shows, per instance id (as a string key, JSON-ready); see module docstring."""
     K = config.intrinsics()

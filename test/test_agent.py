@@ -7,14 +7,14 @@ import time
 import numpy as np
 import pytest
 
-from conftest import RGBD
 from vilasr_ros.agent import AgentConfig, BadQueryError, SpatialAgent, parse_query
 from vilasr_ros.buffer import BufferConfig, FrameBuffer
 from vilasr_ros.engines import create_engine
 from vilasr_ros.frames import CameraIntrinsics
 from vilasr_ros.grounding import ground_trace
 from vilasr_ros.reasoner import Reasoner
-from vilasr_ros.ros.launcher import demo_responses, flatten, load_parameters
+from vilasr_ros.engines.replay import demo_responses
+from vilasr_ros.ros.launcher import flatten, load_parameters
 from vilasr_ros.ros.sync import FrameAssembler
 from vilasr_ros.sources import open_source
 
@@ -44,13 +44,14 @@ def test_good_query_is_normalised():
 
 
 @pytest.fixture(scope="module")
-def o3d_frames(shared_dir):
-    with open_source(f"rgbd_folder:{RGBD / 'open3d_testdata_rgbd'}") as source:
+def demo_frames():
+    """The bundled demo scene (sim:demo): 16 frames of a z-up room with one sofa."""
+    with open_source("sim:demo") as source:
         return list(source)
 
 
-def _agent(tmp_path, frames, **config):
-    buf = FrameBuffer(BufferConfig(max_interval_s=0.0, min_translation_m=0.0))
+def _agent(tmp_path, frames, clock=time.monotonic, **config):
+    buf = FrameBuffer(BufferConfig(max_interval_s=0.0, min_translation_m=0.0), clock=clock)
     now = time.time()
     for i, f in enumerate(frames):
         buf.add(dataclasses.replace(f, stamp_s=now - len(frames) + i))
@@ -58,27 +59,31 @@ def _agent(tmp_path, frames, **config):
     return SpatialAgent(reasoner, buf, AgentConfig(trace_root=str(tmp_path), save_async=False, **config))
 
 
-def test_agent_answers_grounds_and_saves_the_trace(o3d_frames, tmp_path):
-    agent = _agent(tmp_path, o3d_frames, max_age_s=None)
-    result = agent.answer(parse_query('{"id": "k", "question": "Go to the keyboard", "target": "keyboard"}'))
+def test_agent_answers_grounds_and_saves_the_trace(demo_frames, tmp_path):
+    agent = _agent(tmp_path, demo_frames, max_age_s=None)
+    result = agent.answer(parse_query('{"id": "k", "question": "Go to the sofa", "target": "sofa"}'))
     a = result.answer
     assert a.id == "k" and a.error is None and a.finish_reason == "stop" and a.engine == "replay"
-    expected = ground_trace(result.trace, o3d_frames, "keyboard")
+    expected = ground_trace(result.trace, demo_frames, "sofa")
     assert a.target_pose == {"position": expected.approach_position, "orientation": expected.approach_orientation,
                              "frame_id": "map"}
-    assert [f["index"] for f in a.frames] == [0, 1, 2, 3, 4]
+    assert [f["index"] for f in a.frames] == list(range(16))
+    assert a.goal_sent and a.goal_reason is None
     assert (tmp_path / a.trace_dir.split("/")[-1] / "trace.json").is_file()
     assert json.loads(a.to_json())["target_pose"]["frame_id"] == "map"
 
 
-def test_agent_reports_empty_stale_and_unmatched_targets(o3d_frames, tmp_path):
+def test_agent_reports_empty_stale_and_unmatched_targets(demo_frames, tmp_path):
     empty = _agent(tmp_path, [])
     assert "empty" in empty.answer(parse_query('{"id": "e", "question": "?"}')).answer.error
-    stale = _agent(tmp_path, o3d_frames, max_age_s=0.5)
-    assert "old" in stale.answer(parse_query('{"id": "s", "question": "?"}')).answer.error
-    fresh = _agent(tmp_path, o3d_frames, max_age_s=None)
-    a = fresh.answer(parse_query('{"id": "t", "question": "?", "target": "sofa"}')).answer
-    assert a.target_pose is None and a.error.startswith("no target: no box labelled like 'sofa'")
+    now = [100.0]
+    stale = _agent(tmp_path, demo_frames, clock=lambda: now[0], max_age_s=0.5)
+    now[0] += 0.6  # no frame arrived for 0.6 s (arrival time on a monotonic clock; stamps play no part)
+    assert "no usable frame for 0.60 s" in stale.answer(parse_query('{"id": "s", "question": "?"}')).answer.error
+    fresh = _agent(tmp_path, demo_frames, max_age_s=None)
+    a = fresh.answer(parse_query('{"id": "t", "question": "?", "target": "refrigerator"}')).answer
+    assert a.target_pose is None and a.error.startswith("no target: no box labelled like 'refrigerator'")
+    assert not a.goal_sent and "could not be grounded" in a.goal_reason
     assert a.answer is not None  # the answer itself still comes back
 
 
@@ -126,8 +131,14 @@ def test_assembler_composes_odometry_with_the_camera_extrinsic():
 
 
 def test_assembler_waits_for_camera_info():
-    asm = FrameAssembler(lambda m: np.zeros((3, 4, 3), np.uint8), lambda m: None, expect_depth=False)
-    assert asm.add_colour(0.0, Msg(0), "cam") == [] and asm.stats.no_camera_info == 1
+    asm = FrameAssembler(lambda m: np.zeros((3, 4, 3), np.uint8), lambda m: None, expect_depth=False, wait_s=0.2)
+    assert asm.add_colour(0.0, Msg(0), "cam") == []  # the first CameraInfo may arrive after the first image
+    [f] = asm.add_camera_info(INTR)
+    assert f.stamp_s == 0.0 and asm.stats.no_camera_info == 0
+    asm = FrameAssembler(lambda m: np.zeros((3, 4, 3), np.uint8), lambda m: None, expect_depth=False, wait_s=0.2)
+    assert asm.add_colour(0.0, Msg(0), "cam") == [] and asm.add_colour(0.5, Msg(0), "cam") == []
+    assert asm.stats.no_camera_info == 1  # waited wait_s for it, then dropped and counted
+    assert "no CameraInfo" in asm.health.last_reason
 
 
 def test_shipped_parameter_file_holds_every_default(shared_dir):
@@ -152,11 +163,11 @@ def test_shipped_parameter_file_holds_every_default(shared_dir):
 def test_assembler_waits_for_odometry_and_interpolates():
     asm = _assembler(expect_depth=False, wait_s=0.5)
     A, B = np.eye(4), np.eye(4)
-    B[:3, 3] = [1.0, 0.0, 0.0]
+    B[:3, 3] = [0.3, 0.0, 0.0]  # 3 m/s: within max_speed_mps
     B[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]  # 90° about z
     asm.add_pose(1.0, A, "map")
     assert asm.add_colour(1.05, Msg(1), "cam") == []  # odometry has not reached 1.05 yet
     [f] = asm.add_pose(1.1, B, "map")
-    np.testing.assert_allclose(f.T_world_camera[:3, 3], [0.5, 0.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(f.T_world_camera[:3, 3], [0.15, 0.0, 0.0], atol=1e-9)
     c, s = np.cos(np.pi / 4), np.sin(np.pi / 4)
     np.testing.assert_allclose(f.T_world_camera[:3, :3], [[c, -s, 0], [s, c, 0], [0, 0, 1]], atol=1e-9)

@@ -37,7 +37,7 @@ def test_vilasr_ask_replay_reproduces_reference(name, tmp_path, shared_dir):
     assert len(trace.pil_images) == len(expected["images"])
     for k, rel in enumerate(expected["images"]):
         want = np.asarray(Image.open(case_dir / rel).convert("RGB"))
-        got = np.asarray(Image.open(tmp_path / "run" / "images" / f"image_{k}.png").convert("RGB"))
+        got = np.asarray(Image.open(tmp_path / "run" / "images" / f"image_{k + 1}.png").convert("RGB"))
         assert got.shape == want.shape
         assert (got == want).all(axis=-1).mean() >= 0.99
     saved = json.loads((tmp_path / "run" / "trace.json").read_text())

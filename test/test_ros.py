@@ -20,6 +20,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
@@ -30,7 +31,7 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from conftest import REPO, RGBD  # noqa: E402
 from vilasr_ros.grounding import ground_trace  # noqa: E402
-from vilasr_ros.ros.launcher import demo_responses  # noqa: E402
+from vilasr_ros.engines.replay import demo_responses  # noqa: E402
 from vilasr_ros.sources import open_source  # noqa: E402
 from vilasr_ros.trace import Trace  # noqa: E402
 
@@ -68,11 +69,13 @@ class Client:
 
     def __init__(self, name: str, agent: str = "vilasr_agent"):
         self.node = rclpy.create_node(name)
+        self.agent = agent
         self.answers: list[dict] = []
         self.poses: list[PoseStamped] = []
         self.images: list[Image] = []
         self.markers: list[MarkerArray] = []
         self.progress: list[dict] = []
+        self.diagnostics: dict[str, str] = {}
         self.colour = 0
         n = self.node
         n.create_subscription(String, f"/{agent}/answer", lambda m: self.answers.append(json.loads(m.data)), RELIABLE)
@@ -81,6 +84,7 @@ class Client:
         n.create_subscription(Image, f"/{agent}/annotated_image", self.images.append, RELIABLE)
         n.create_subscription(MarkerArray, f"/{agent}/markers", self.markers.append, RELIABLE)
         n.create_subscription(Image, "/camera/camera/color/image_raw", self._count, qos_profile_sensor_data)
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._diagnostics, RELIABLE)
         self.query_pub = n.create_publisher(String, f"/{agent}/query", RELIABLE)
         self.clear = n.create_client(Trigger, f"/{agent}/clear_buffer")
         self.executor = SingleThreadedExecutor()
@@ -90,6 +94,11 @@ class Client:
 
     def _count(self, msg):
         self.colour += 1
+
+    def _diagnostics(self, msg):
+        for status in msg.status:
+            if status.name.startswith(self.agent):
+                self.diagnostics = {kv.key: kv.value for kv in status.values}
 
     def wait(self, predicate, timeout: float, what: str):
         deadline = time.monotonic() + timeout
@@ -125,20 +134,20 @@ def ros_context():
 
 @pytest.fixture(scope="module")
 def replay_system(ros_context, shared_dir, tmp_path_factory):
-    """camera_node streaming the Open3D sample once (5 frames) + vilasr_agent with the replay engine."""
+    """camera_node streaming the bundled demo scene once (16 frames) + vilasr_agent with the replay engine."""
     tmp = tmp_path_factory.mktemp("ros_replay")
     client = Client("test_client_replay")
     camera = start("vilasr_ros.ros.camera_node", [
-        f"source:=rgbd_folder:{O3D}", "loop:=false", "rate_hz:=10.0", "wait_for_subscribers:=2",
+        "source:=sim:demo", "loop:=false", "rate_hz:=10.0", "wait_for_subscribers:=2",
         f"T_base_camera:={EXTRINSIC}", "base_frame_id:=base_link"], tmp / "camera.log")
     agent = start("vilasr_ros.ros.agent_node", [
         "engine:=replay", f"responses:={demo_responses()}", f"trace_root:={tmp / 'traces'}",
         "buffer.min_translation_m:=0.0", "max_age_s:=0.0", f"T_base_camera:={EXTRINSIC}", "max_queued_queries:=4"],
         tmp / "agent.log", ["--params-file", str(CONFIG)])
     try:
-        client.wait(lambda: client.colour >= 5, 180, "the camera's 5 frames")
+        client.wait(lambda: client.colour >= 16, 180, "the camera's 16 frames")
         client.wait(lambda: client.query_pub.get_subscription_count() >= 1, 120, "the agent's ~/query")
-        time.sleep(1.0)  # the agent received the same 5 frames; let its callbacks finish
+        client.wait(lambda: client.diagnostics.get("keyframes") == "16", 60, "16 keyframes in the agent's /diagnostics")
         yield client, tmp
     finally:
         stop(camera, agent)
@@ -149,16 +158,17 @@ def replay_system(ros_context, shared_dir, tmp_path_factory):
 
 def test_query_on_a_topic_comes_back_as_answer_pose_and_images(replay_system):
     client, tmp = replay_system
-    answer = client.ask({"id": "kb", "question": "Where is the keyboard? Go to it.", "target": "keyboard"})
+    answer = client.ask({"id": "kb", "question": "Where is the sofa? Go to it.", "target": "sofa"})
     assert answer["error"] is None and answer["finish_reason"] == "stop" and answer["engine"] == "replay"
-    assert answer["answer"] == "on the desk, lower centre of the image"
-    assert [f["index"] for f in answer["frames"]] == [0, 1, 2, 3, 4]  # every frame arrived, none dropped
+    assert answer["answer"].startswith("The sofa stands against the wall")
+    assert [f["index"] for f in answer["frames"]] == list(range(16))  # every frame arrived, none dropped
+    assert answer["goal_sent"] and answer["sensors"]["dropped"] == 0
 
     # The same box grounded by the core on the frames read straight from the folder.
-    with open_source(f"rgbd_folder:{O3D}") as source:
+    with open_source("sim:demo") as source:
         frames = list(source)
     client.wait(lambda: Path(answer["trace_dir"], "trace.json").is_file(), 30, "the saved trace")
-    expected = ground_trace(Trace.load(answer["trace_dir"]), frames, "keyboard")
+    expected = ground_trace(Trace.load(answer["trace_dir"]), frames, "sofa")
     assert expected.ok
     np.testing.assert_allclose(answer["target"]["position_world"], expected.position_world, atol=1e-3)
     np.testing.assert_allclose(answer["target_pose"]["position"], expected.approach_position, atol=1e-3)
@@ -175,6 +185,7 @@ def test_query_on_a_topic_comes_back_as_answer_pose_and_images(replay_system):
     assert (client.images[0].width, client.images[0].height) == tuple(Trace.load(answer["trace_dir"]).images[0].size)
     assert client.images[0].encoding == "rgb8"
     assert [p["turn"] for p in client.progress if p["id"] == "kb"] == [1, 2]
+    assert len(client.images) == 2  # both boxes drawn (images 17 and 18)
 
 
 def test_bad_queries_each_get_an_error_with_their_id_and_the_node_keeps_serving(replay_system):
@@ -186,7 +197,7 @@ def test_bad_queries_each_get_an_error_with_their_id_and_the_node_keeps_serving(
 
     n = len(client.answers)
     for i in range(100):
-        client.query_pub.publish(String(data=json.dumps({"id": f"burst{i}", "question": "Where is the keyboard?"})))
+        client.query_pub.publish(String(data=json.dumps({"id": f"burst{i}", "question": "Where is the sofa?"})))
     client.wait(lambda: len({a["id"] for a in client.answers[n:]}) >= 100, 120, "100 burst answers")
     burst = {a["id"]: a for a in client.answers[n:]}
     assert set(burst) == {f"burst{i}" for i in range(100)}
@@ -201,7 +212,7 @@ def test_bad_queries_each_get_an_error_with_their_id_and_the_node_keeps_serving(
     future = client.clear.call_async(Trigger.Request())
     client.wait(future.done, 10, "clear_buffer")
     assert future.result().success
-    empty = client.ask({"id": "empty", "question": "Where is the keyboard?"})
+    empty = client.ask({"id": "empty", "question": "Where is the sofa?"})
     assert empty["id"] == "empty" and "buffer is empty" in empty["error"]
 
 
@@ -270,19 +281,28 @@ def test_conversions_round_trip_images_and_intrinsics():
     assert camera_info_to_intrinsics(camera_info_msg(intr, stamp, "cam")) == intr
 
 
-def test_vilasr_agent_command_runs_the_main_job(ros_context, shared_dir, tmp_path):
-    """README's main job: both nodes in one process, one query, answer + pose printed, trace saved."""
+def _other_domain() -> str:
+    """A DDS domain other than this run's, so a command's own agent never meets the fixtures' agents."""
+    return str((int(os.environ["ROS_DOMAIN_ID"]) + 50) % 100 + 1)
+
+
+def test_vilasr_agent_command_runs_the_main_job(ros_context, tmp_path):
+    """README's main job: both nodes in one process on the bundled demo scene, one query, the answer,
+    the target pose and its ground-truth error printed, the trace saved."""
     out = subprocess.run(
-        [sys.executable, "-m", "vilasr_ros.cli", "agent", "--localhost", "--source", f"rgbd_folder:{O3D}",
-         "--trace-root", str(tmp_path), "--wait-frames", "3", "--timeout", "120", "--query",
-         '{"id": "readme", "question": "Where is the keyboard? Go to it.", "target": "keyboard"}'],
-        capture_output=True, text=True, timeout=240, cwd=REPO,
+        [sys.executable, "-m", "vilasr_ros.cli", "agent", "--source", "sim:demo", "--domain-id", _other_domain(),
+         "--trace-root", str(tmp_path), "--timeout", "120", "--query",
+         '{"id": "readme", "question": "Where is the sofa? Go to it.", "target": "sofa"}'],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
         env={**os.environ, "HF_HOME": str(tmp_path / "no_weights")})
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("engine: replay") and "SCRIPTED" in lines[0]  # says plainly who answered
-    assert "answer: on the desk, lower centre of the image" in lines
+    assert any(line.startswith("buffer: 16 keyframes of 16 frames received") for line in lines)
+    assert "answer: The sofa stands against the wall beside the door, left of the chair and the floor lamp." in lines
     pose = next(line for line in lines if line.startswith("target_pose (map): position ["))
+    error = next(line for line in lines if line.startswith("ground truth: target error "))
+    assert float(error.split()[4]) <= 0.10, error
     trace_dir = Path(next(line for line in lines if line.startswith("trace: ")).split(" ", 1)[1])
-    assert (trace_dir / "trace.json").is_file() and (trace_dir / "images" / "image_3.png").is_file()
+    assert (trace_dir / "trace.json").is_file() and (trace_dir / "images" / "image_18.png").is_file()
     assert json.loads((trace_dir / "trace.json").read_text())["target"]["ok"] is True, pose

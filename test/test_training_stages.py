@@ -42,7 +42,7 @@ def _traces(folder: Path) -> list[tuple[Trace, list[Path]]]:
     out = []
     for path in sorted(folder.rglob("trace.json")):
         trace = Trace.load(path.parent)
-        out.append((trace, [path.parent / "images" / f"image_{k}.png" for k in range(len(trace.images))]))
+        out.append((trace, Trace.image_paths(path.parent, len(trace.images))))
     return out
 
 
@@ -181,7 +181,7 @@ def test_stage3_grpo_trains_on_multi_turn_drawing_rollouts(sim_dataset, tiny_mod
             [Image.open(p).convert("RGB") for p in item.image_paths], item.question, item.problem_type,
             item.options, kind=item.kind)
         trace.save(tmp_path / "script" / item.id)
-        paths = [tmp_path / "script" / item.id / "images" / f"image_{k}.png" for k in range(len(trace.images))]
+        paths = Trace.image_paths(tmp_path / "script" / item.id, len(trace.images))
         examples.append(example_from_trace(trace, paths))
     train_sft({"model": str(tiny_model_dir), "max_pixels": SMALL,
                "args": {**SFT_ARGS, "output_dir": str(tmp_path / "format"), "max_steps": 80,

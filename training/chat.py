@@ -54,7 +54,7 @@ def example_from_trace(trace: Trace, image_paths: list[str]) -> dict[str, Any]:
 
     Args:
         trace: A finished trace (at least one turn).
-        image_paths: Where its images are saved (``Trace.save``: ``DIR/images/image_<k>.png``), in order.
+        image_paths: Where its images are saved (``Trace.image_paths``), in order.
 
     Returns:
         ``{"messages", "images"}``; :func:`training_text` of it equals ``trace.chat_text`` when the

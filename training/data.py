@@ -130,7 +130,7 @@ def load_traces(folder: str | Path) -> list[dict[str, Any]]:
         trace = Trace.load(path.parent)
         if trace.finish_reason != "stop" or not trace.answer:
             continue
-        paths = [path.parent / "images" / f"image_{k}.png" for k in range(len(trace.images))]
+        paths = Trace.image_paths(path.parent, len(trace.images))
         out.append(example_from_trace(trace, paths))
     return out
 

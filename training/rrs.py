@@ -26,9 +26,10 @@ import logging
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vilasr_ros.engines.base import Engine, SamplingConfig
+from vilasr_ros.sanitize import safe_name
 from vilasr_ros.evaluation.runner import for_each
 from vilasr_ros.reasoner import Reasoner, ReasonerConfig
 from vilasr_ros.trace import Trace
@@ -50,7 +51,7 @@ def judge(trace: Trace, ground_truth: str, problem_type: str, min_accuracy: floa
 
 
 def sample_and_select(config: dict[str, Any], engine: Engine | None = None,
-                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                      progress: bool = False) -> dict[str, Any]:
     """Sample, judge and keep (no SFT). See :func:`run_rrs` for the config keys.
 
     Returns:
@@ -98,20 +99,23 @@ def sample_and_select(config: dict[str, Any], engine: Engine | None = None,
                                               metadata={"item": item.raw, "root": str(root), "sample": k})
             verdict = judge(trace, str(item.raw.get("answer", "")), item.problem_type, min_accuracy)
             if verdict["kept"]:
-                trace.save(out / "kept" / f"{item.id}__{k}")
+                trace.save(out / "kept" / safe_name(f"{item.id}__{k}", 96))
             record = {"id": item.id, "sample": k, **verdict, "finish_reason": trace.finish_reason,
                       "answer": trace.answer, "turns": len(trace.turns)}
             with lock:
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
                 sink.flush()
-            if progress:
-                progress(f"{item.id} #{k}: {'KEPT' if verdict['kept'] else 'dropped'} acc={verdict['accuracy']:.2f} "
-                         f"fmt={verdict['format']:.0f} refl={verdict['reflection']:.0f}")
+            bar.set_postfix_str(f"{item.id} #{k}: {'KEPT' if verdict['kept'] else 'dropped'}", refresh=False)
+            bar.update(1)
 
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items) * k_samples, desc="rrs samples", unit="sample", disable=not progress, dynamic_ncols=True)
     try:
         for_each(one, items, max(1, min(int(config.get("batch_size", 16)), engine.max_concurrency)))
     finally:
         sink.close()
+        bar.close()
     records = [json.loads(line) for line in samples_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     kept = [r for r in records if r["kept"]]
     summary = {"items": len(items), "samples": len(records), "kept": len(kept),
@@ -122,7 +126,7 @@ def sample_and_select(config: dict[str, Any], engine: Engine | None = None,
 
 
 def run_rrs(config: dict[str, Any], engine: Engine | None = None,
-            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+            progress: bool = False) -> dict[str, Any]:
     """Stage 2 from a config (``config/training/rrs.yaml``).
 
     Keys: ``items`` (:func:`vilasr_ros_training.data.load_items`), ``engine`` (``{name, model,

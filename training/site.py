@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from vilasr_ros.sanitize import safe_name
 from vilasr_ros.errors import QueryError
 
 TYPES = ("multiple choice", "numerical", "regression", "free-form")
@@ -106,7 +107,7 @@ def convert_site(questions: str | Path, out: str | Path, *, frames: int = 16) ->
                 raise QueryError(f"{questions}:{n}: no frames in window {line['window']} s of {bag.name} "
                                  f"(the bag spans 0–{stamps[-1]:.2f} s)")
             picks = inside[np.unique(np.linspace(0, inside.size - 1, min(frames, inside.size)).round().astype(int))]
-            folder = out / "frames" / str(line["id"])
+            folder = out / "frames" / safe_name(line["id"])
             folder.mkdir(parents=True, exist_ok=True)
             paths = [folder / f"{k:05d}.png" for k in range(len(picks))]
             for index, path in zip(picks, paths):

@@ -17,6 +17,7 @@ ask the same question, by comparing the first image with each candidate's first 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,29 @@ def _centre(box: list[int]) -> list[int]:
     return [int(round((box[0] + box[2]) / 2)), int(round((box[1] + box[3]) / 2))]
 
 
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Settings of the ``teacher`` engine.
+
+    Attributes:
+        model: A generated sim dataset folder (``questions.json``); needed when the teacher answers
+            on its own (``vilasr ask``), optional in evaluation and training (the item is passed).
+        reflect: Probability in [0, 1] that a trajectory draws one box wrong and corrects it.
+        seed: Randomness of that choice.
+    """
+
+    model: str | None = None
+    reflect: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.reflect <= 1.0:
+            raise ValueError(f"reflect must be in [0, 1], got {self.reflect}")
+        if self.model is not None and not (Path(self.model) / "questions.json").is_file():
+            raise ValueError(f"{self.model} is not a sim dataset folder (no questions.json); "
+                             "make one with `vilasr sim generate --out DIR`")
+
+
 class TeacherEngine(Engine):
     """Writes ground-truth trajectories for sim dataset items (see module docstring).
 
@@ -94,15 +118,16 @@ class TeacherEngine(Engine):
             when the request carries no ``metadata["item"]``; optional otherwise.
         reflect: Probability that a trajectory starts with a wrong box and its correction.
         seed: Randomness of the reflection choice (per query: ``seed`` and the item id).
-        **_: Other engine options are accepted and ignored.
 
     Raises:
         EngineError: (from ``generate``) the item cannot be found or is not a sim item.
     """
 
     name = "teacher"
+    config_class = TeacherConfig
+    standalone_requires = ("model",)
 
-    def __init__(self, model: str | Path | None = None, reflect: float = 0.0, seed: int = 0, **_: Any):
+    def __init__(self, model: str | Path | None = None, reflect: float = 0.0, seed: int = 0):
         if not 0.0 <= float(reflect) <= 1.0:
             raise ValueError(f"reflect must be in [0, 1], got {reflect}")
         self.root = Path(model) if model else None

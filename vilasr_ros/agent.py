@@ -13,18 +13,25 @@ Answer JSON (``~/answer``)::
 
     {"id": "q1", "answer": "...", "finish_reason": "stop", "error": null,
      "target_pose": {"position": [x, y, z], "orientation": [x, y, z, w], "frame_id": "map"} | null,
-     "trace_dir": "...", "engine": "...", "target": {...grounding result...} | null}
+     "goal_sent": true, "goal_reason": null,
+     "trace_dir": "...", "engine": "...", "target": {...grounding result...} | null,
+     "sensors": {"dropped": 0, "last_drop_reason": null, ...}}
+
+Safety rule for goals (:func:`goal_decision`): ``target_pose`` is filled — and the node publishes
+``~/target_pose`` and ``/goal_pose`` — only when the run finished ``stop`` with an answer, the
+target's box comes from a turn whose tool call was accepted, and grounding is ``ok`` with confidence
+at least ``min_goal_confidence``. Otherwise ``goal_sent`` is false and ``goal_reason`` says why.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from vilasr_ros import protocol
@@ -32,12 +39,17 @@ from vilasr_ros.buffer import FrameBuffer
 from vilasr_ros.errors import QueryError, VilasrError
 from vilasr_ros.grounding import GroundingConfig, GroundingResult, ground_trace
 from vilasr_ros.reasoner import Reasoner
+from vilasr_ros.sanitize import check_json_depth, clean_json, clean_text, is_encodable, safe_name
 from vilasr_ros.trace import Trace, Turn
+from vilasr_ros.trace_store import TraceStore
 
 logger = logging.getLogger(__name__)
 
 QUERY_FIELDS = {"id", "question", "type", "options", "target", "frames", "selection", "kind"}
 SELECTIONS = ("uniform", "latest", "coverage")
+MAX_QUERY_DEPTH = 4
+"""A query is an object of strings, numbers and one list of strings: depth 2; 4 leaves room."""
+MAX_OPTIONS = 26
 
 
 @dataclass(frozen=True)
@@ -65,26 +77,39 @@ class BadQueryError(QueryError):
 def parse_query(text: str, *, max_bytes: int = 4096, max_frames: int = 64) -> Query:
     """Validate a query's JSON text.
 
+    The size is checked before parsing, and the nesting depth (without recursion) before
+    ``json.loads``, so no text can exhaust memory or the stack; every string must be encodable
+    (no lone surrogates: they could not be published or saved).
+
     Raises:
-        BadQueryError: Not JSON / not an object, over ``max_bytes``, missing or empty ``question``,
-            unknown ``type``, ``options`` missing for multiple choice or not strings, ``frames``
-            outside 1..max_frames, unknown fields. ``query_id`` carries the id when it was readable.
+        BadQueryError: Not text, over ``max_bytes``, nested deeper than :data:`MAX_QUERY_DEPTH`, not
+            JSON / not an object, missing or empty ``question``, unknown ``type``, ``options``
+            missing for multiple choice or not strings, ``frames`` outside 1..max_frames, unknown
+            fields, text that is not valid Unicode. ``query_id`` carries the id when readable.
     """
+    if not isinstance(text, str):
+        raise BadQueryError(f"query must be JSON text, got {type(text).__name__}")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise BadQueryError(f"query is {size} bytes; the limit is {max_bytes} (max_query_bytes)", _peek_id(text))
     try:
+        check_json_depth(text, MAX_QUERY_DEPTH)
         data = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise BadQueryError(f"query is not JSON: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError or too deep
+        what = "too deeply nested" if "nested" in str(exc) else "not JSON"
+        raise BadQueryError(f"query is {what}: {clean_text(exc)}") from None
+    except RecursionError:  # unreachable after the depth check; kept as the invariant's guard
+        raise BadQueryError("query is too deeply nested") from None
     if not isinstance(data, dict):
         raise BadQueryError(f"query must be a JSON object, got {type(data).__name__}")
     qid = data.get("id")
-    qid = None if qid is None else str(qid)[:128]
+    qid = None if qid is None else clean_text(qid if isinstance(qid, str) else json.dumps(qid))[:128]
 
     def bad(message: str):
         return BadQueryError(message, qid)
 
-    size = len(text.encode("utf-8"))
-    if size > max_bytes:
-        raise bad(f"query is {size} bytes; the limit is {max_bytes}")
+    if not is_encodable(json.dumps(data, ensure_ascii=False)):
+        raise bad("query holds text that is not valid Unicode (a lone surrogate \\ud800-\\udfff)")
     unknown = set(data) - QUERY_FIELDS
     if unknown:
         raise bad(f"unknown query fields {sorted(unknown)}; allowed: {sorted(QUERY_FIELDS)}")
@@ -96,8 +121,9 @@ def parse_query(text: str, *, max_bytes: int = 4096, max_frames: int = 64) -> Qu
     except QueryError as exc:
         raise bad(str(exc)) from None
     options = data.get("options")
-    if options is not None and (not isinstance(options, list) or not all(isinstance(o, str) for o in options)):
-        raise bad("'options' must be a list of strings")
+    if options is not None and (not isinstance(options, list) or not all(isinstance(o, str) for o in options)
+                                or len(options) > MAX_OPTIONS):
+        raise bad(f"'options' must be a list of at most {MAX_OPTIONS} strings")
     if ptype == "multiple choice" and not options:
         raise bad("a multiple-choice query needs 'options'")
     target = data.get("target")
@@ -115,6 +141,44 @@ def parse_query(text: str, *, max_bytes: int = 4096, max_frames: int = 64) -> Qu
     return Query(qid, question, ptype, options, target, frames, selection, kind)
 
 
+_ID_RE = re.compile(r'"id"\s*:\s*(?:"((?:[^"\\]|\\.){0,128})"|(-?\d{1,20}))')
+
+
+def _peek_id(text: str) -> str | None:
+    """The ``id`` of a query too large to parse, read from its first KiB (so even a refused query
+    is answered under its id)."""
+    match = _ID_RE.search(text[:1024])
+    if not match:
+        return None
+    if match.group(2) is not None:
+        return match.group(2)
+    try:
+        return clean_text(json.loads('"' + match.group(1) + '"'))
+    except ValueError:
+        return None
+
+
+def goal_decision(trace: Trace | None, grounding: GroundingResult | None, min_confidence: float) -> tuple[bool, str | None]:
+    """May this answer move the robot? (the safety rule in the module docstring)
+
+    Returns:
+        ``(True, None)``, or ``(False, why)``.
+    """
+    if grounding is None:
+        return False, "no target was asked for"
+    if trace is None:
+        return False, "the query failed before the model ran"
+    if trace.finish_reason != protocol.FINISH_STOP or trace.answer is None:
+        return False, f"the run did not finish with an answer (finish_reason {trace.finish_reason!r})"
+    if not grounding.ok:
+        return False, f"the target could not be grounded: {grounding.reason}"
+    if grounding.turn is not None and 0 <= grounding.turn < len(trace.turns) and trace.turns[grounding.turn].error:
+        return False, "the target's box comes from a rejected tool call"
+    if grounding.confidence is None or grounding.confidence < min_confidence:
+        return False, f"grounding confidence {grounding.confidence} is below min_goal_confidence {min_confidence:g}"
+    return True, None
+
+
 @dataclass
 class Answer:
     """What ``~/answer`` carries (JSON via :meth:`to_json`)."""
@@ -124,14 +188,18 @@ class Answer:
     finish_reason: str | None = None
     error: str | None = None
     target_pose: dict[str, Any] | None = None
+    goal_sent: bool = False
+    goal_reason: str | None = None
     trace_dir: str | None = None
     engine: str | None = None
     target: dict[str, Any] | None = None
     frames: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    sensors: dict[str, Any] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        """JSON text that always encodes (lone surrogates replaced) — safe to publish and save."""
+        return json.dumps(clean_json(asdict(self)), ensure_ascii=False, default=str)
 
     @classmethod
     def failure(cls, query_id: str | None, error: str, finish_reason: str = "error") -> "Answer":
@@ -148,6 +216,9 @@ class AgentConfig:
     trace_root: Where each query's trace folder goes (None: traces are not saved).
     save_async: Write traces on a background thread after the answer is returned (PNG encoding of
         16+ images takes ~0.3 s); :meth:`SpatialAgent.close` waits for pending writes.
+    trace_max_total_mb: Traces kept at most (MiB, all together); the oldest go first.
+    trace_max_age_h: Traces older than this (hours) are removed; 0 keeps them until the size cap.
+    min_goal_confidence: Grounding confidence needed before a target becomes a goal.
     grounding: Target grounding settings.
     """
 
@@ -157,7 +228,18 @@ class AgentConfig:
     max_age_s: float | None = 5.0
     trace_root: str | None = "runs/agent"
     save_async: bool = True
+    trace_max_total_mb: float = 2048.0
+    trace_max_age_h: float = 168.0
+    min_goal_confidence: float = 0.3
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
+
+    def __post_init__(self):
+        if self.frames < 1 or self.selection not in SELECTIONS:
+            raise ValueError(f"frames must be >= 1 and selection one of {SELECTIONS}")
+        if self.trace_max_total_mb <= 0 or self.trace_max_age_h < 0:
+            raise ValueError("trace_max_total_mb must be > 0 and trace_max_age_h >= 0")
+        if not 0.0 <= self.min_goal_confidence <= 1.0:
+            raise ValueError(f"min_goal_confidence must be in [0, 1], got {self.min_goal_confidence}")
 
 
 @dataclass
@@ -181,6 +263,7 @@ class SpatialAgent:
         self.buffer = buffer
         self.config = config or AgentConfig()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="trace-writer")
+        self._stores: dict[tuple, TraceStore] = {}
         # Warm up: the first smart_resize imports transformers (~5 s, far longer under a busy GIL).
         protocol.resized_size(640, 480, reasoner.config.max_pixels)
 
@@ -188,14 +271,37 @@ class SpatialAgent:
         """Wait for pending trace writes."""
         self._writer.shutdown(wait=True)
 
+    def store(self) -> TraceStore | None:
+        """The trace store for the current settings (None when traces are not saved)."""
+        cfg = self.config
+        if not cfg.trace_root:
+            return None
+        key = (cfg.trace_root, cfg.trace_max_total_mb, cfg.trace_max_age_h)
+        if key not in self._stores:
+            self._stores = {key: TraceStore(cfg.trace_root, max_total_bytes=int(cfg.trace_max_total_mb * 2**20),
+                                            max_age_s=cfg.trace_max_age_h * 3600.0 or None)}
+        return self._stores[key]
+
     def answer(self, query: Query, *, cancel: threading.Event | None = None,
                on_turn: Callable[[Trace, Turn], None] | None = None) -> Result:
-        """Select frames, run the loop, ground the target, save the trace.
+        """Select frames, run the loop, ground the target, decide on a goal, save the trace.
 
-        Never raises for bad input, an empty or stale buffer, or engine failures: those come back
-        as an :class:`Answer` with ``error`` set (the node keeps serving).
+        Never raises: bad input, an empty or stale buffer, engine failures and unexpected errors
+        all come back as an :class:`Answer` with ``error`` set (the node keeps serving).
         """
         t0 = time.perf_counter()
+        try:
+            result = self._answer(query, cancel, on_turn)
+        except Exception as exc:  # noqa: BLE001 - the agent's boundary: an answer, never an exception
+            logger.exception("query %r failed", query.id)
+            result = Result(Answer.failure(query.id, f"internal error: {type(exc).__name__}: {clean_text(exc)}"))
+        result.answer.elapsed_s = round(time.perf_counter() - t0, 4)
+        result.answer.sensors = self.buffer.health.summary()
+        if result.answer.goal_reason is None and not result.answer.goal_sent and query.target:
+            result.answer.goal_reason = result.answer.error or "no goal"
+        return result
+
+    def _answer(self, query: Query, cancel, on_turn) -> Result:
         cfg = self.config
         try:
             frames = self.buffer.select(query.frames or cfg.frames, query.selection or cfg.selection,
@@ -221,33 +327,21 @@ class SpatialAgent:
             grounding = ground_trace(trace, frames, query.target, cfg.grounding)
             trace.target = grounding.to_dict()
             answer.target = trace.target
-            if grounding.ok:
+            if not grounding.ok and answer.error is None:
+                answer.error = f"no target: {grounding.reason}"
+            answer.goal_sent, answer.goal_reason = goal_decision(trace, grounding, cfg.min_goal_confidence)
+            if answer.goal_sent:
                 answer.target_pose = {
                     "position": grounding.approach_position,
                     "orientation": grounding.approach_orientation,
                     "frame_id": grounding.frame_id,
                 }
-            elif answer.error is None:
-                answer.error = f"no target: {grounding.reason}"
-        if cfg.trace_root:
-            name = time.strftime("%Y%m%d_%H%M%S") + f"_{int(time.time() * 1000) % 1000:03d}_{_safe(query.id)}"
-            directory = (Path(cfg.trace_root) / name).resolve()
-            answer.trace_dir = str(directory)
+        store = self.store()
+        if store is not None:
+            name = time.strftime("%Y%m%d_%H%M%S") + f"_{int(time.time() * 1000) % 1000:03d}_{safe_name(query.id or 'noid', 48)}"
+            answer.trace_dir = str(store.path(name))
             if cfg.save_async:
-                self._writer.submit(_save, trace, directory)
+                self._writer.submit(store.save, trace, name)
             else:
-                _save(trace, directory)
-        answer.elapsed_s = round(time.perf_counter() - t0, 4)
+                store.save(trace, name)
         return Result(answer, trace, grounding)
-
-
-def _save(trace: Trace, directory: Path) -> None:
-    try:
-        trace.save(directory)
-    except OSError as exc:
-        logger.error("cannot save trace to %s: %s", directory, exc)
-
-
-def _safe(query_id: str | None) -> str:
-    text = "".join(c if c.isalnum() or c in "-_." else "_" for c in (query_id or "noid"))
-    return text[:48] or "noid"

@@ -4,6 +4,12 @@ Camera callbacks ``add`` frames at sensor rate; a frame becomes a keyframe when 
 turned enough since the last keyframe, or enough time passed. The buffer is bounded by count and
 by bytes (oldest keyframes go first). A query takes k frames: uniformly over a time window (the
 VSI-Bench protocol samples 16 frames uniformly), the latest k, or a pose-diverse set.
+
+Time: staleness ("is the camera still publishing?") is measured by *arrival* on a monotonic clock,
+never by header stamps, so no stamp — however wrong — can switch it off. A frame stamped more than
+``max_future_s`` ahead of the wall clock is dropped (counted); a stamp more than
+``max_backward_jump_s`` before the last keyframe's means the clock was reset (a bag restarted, sim
+time) and the buffer starts over, as tf2 buffers do on a backward time jump.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vilasr_ros.errors import VilasrError
-from vilasr_ros.frames import Frame, FrameError
+from vilasr_ros.frames import Frame
+from vilasr_ros.health import SensorHealth
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +49,8 @@ class BufferConfig:
         min_translation_m: Accept a keyframe when the camera moved more than this...
         min_rotation_deg: ...or turned more than this...
         max_interval_s: ...or this much time passed since the last keyframe.
+        max_future_s: Frames stamped further ahead of the wall clock are dropped (seconds).
+        max_backward_jump_s: A stamp this much older than the last keyframe's resets the buffer.
     """
 
     max_frames: int = 256
@@ -49,12 +58,16 @@ class BufferConfig:
     min_translation_m: float = 0.10
     min_rotation_deg: float = 10.0
     max_interval_s: float = 1.0
+    max_future_s: float = 2.0
+    max_backward_jump_s: float = 1.0
 
     def __post_init__(self):
         if self.max_frames < 1 or self.max_bytes < 1:
             raise ValueError("max_frames and max_bytes must be >= 1")
         if self.min_translation_m < 0 or self.min_rotation_deg < 0 or self.max_interval_s < 0:
             raise ValueError("keyframe thresholds must be >= 0")
+        if not self.max_future_s > 0 or not self.max_backward_jump_s > 0:
+            raise ValueError("max_future_s and max_backward_jump_s must be > 0")
 
 
 def _rotation_deg(Ra: np.ndarray, Rb: np.ndarray) -> float:
@@ -104,20 +117,26 @@ class FrameBuffer:
 
     Args:
         config: Bounds and keyframe policy.
-        clock: Time source in seconds for staleness checks (default ``time.time``, matching ROS
-            wall-clock stamps).
+        clock: Monotonic time source in seconds (arrival times, staleness).
+        wall_clock: Time source of header stamps (``time.time``, as ROS wall-clock stamps; a node on
+            sim time passes its clock) — used only to refuse stamps from the future.
+        health: Where drops are counted (a new :class:`~vilasr_ros.health.SensorHealth` by default).
     """
 
-    def __init__(self, config: BufferConfig | None = None, clock=time.time):
+    def __init__(self, config: BufferConfig | None = None, clock=time.monotonic, wall_clock=time.time,
+                 health: SensorHealth | None = None):
         self.config = config or BufferConfig()
         self._clock = clock
+        self._wall_clock = wall_clock
+        self.health = health or SensorHealth(clock)
         self._lock = threading.Lock()
         self._frames: deque[Frame] = deque()
         self._bytes = 0
         self._latest: Frame | None = None
-        self._latest_stamp: float | None = None
+        self._arrival: float | None = None
         self.received = 0
         self.accepted = 0
+        self.resets = 0
 
     def __len__(self) -> int:
         with self._lock:
@@ -128,12 +147,15 @@ class FrameBuffer:
         with self._lock:
             return self._bytes
 
+    def _future(self, stamp_s: float) -> bool:
+        return stamp_s > self._wall_clock() + self.config.max_future_s
+
     def _is_keyframe(self, stamp_s: float, T: np.ndarray | None, last: Frame | None) -> bool:
         cfg = self.config
         if last is None:
             return True
-        if stamp_s - last.stamp_s >= cfg.max_interval_s:
-            return True
+        if stamp_s - last.stamp_s >= cfg.max_interval_s or stamp_s < last.stamp_s - cfg.max_backward_jump_s:
+            return True  # time passed, or the clock jumped back (add() restarts the buffer)
         if T is None or last.T_world_camera is None:
             return False
         moved = np.linalg.norm(T[:3, 3] - last.T_world_camera[:3, 3])
@@ -141,38 +163,63 @@ class FrameBuffer:
             return True
         return _rotation_deg(last.T_world_camera[:3, :3], T[:3, :3]) > cfg.min_rotation_deg
 
+    def _drop_future(self, stamp_s: float) -> None:
+        ahead = stamp_s - self._wall_clock()
+        self.health.drop("future_stamp", f"frame stamped {ahead:.1f} s ahead of the clock "
+                         f"(max {self.config.max_future_s:g} s): check the camera's time source")
+
     def wants(self, stamp_s: float, T_world_camera: np.ndarray | None) -> bool:
         """Would a frame with this stamp and pose be kept as a keyframe? Lets a caller skip decoding
-        frames that :meth:`add` would drop (then report them with :meth:`note`)."""
+        frames that :meth:`add` would drop (then report them with :meth:`note`). A stamp from the
+        future is counted as dropped here."""
+        if self._future(stamp_s):
+            self._drop_future(stamp_s)
+            return False
         with self._lock:
             last = self._frames[-1] if self._frames else None
         return self._is_keyframe(stamp_s, T_world_camera, last)
 
     def note(self, stamp_s: float) -> None:
-        """Count a frame that was received but not decoded: it keeps :meth:`latest` fresh."""
+        """Count a valid frame that was received but not decoded (not a keyframe): the camera is alive."""
+        if self._future(stamp_s):
+            return  # already counted as dropped by wants()
         with self._lock:
             self.received += 1
-            self._latest_stamp = max(self._latest_stamp or stamp_s, stamp_s)
+            self._arrival = self._clock()
 
     def add(self, frame: Frame) -> bool:
         """Offer a frame; returns True when it was kept as a keyframe.
 
-        Every frame updates :meth:`latest`; only keyframes are stored. Eviction keeps both bounds.
+        Every valid frame updates :meth:`latest` and the arrival time; only keyframes are stored;
+        eviction keeps both bounds. A frame from the future or larger than the whole byte bound is
+        dropped and counted in :attr:`health` (returns False) — never raised: a sensor fault must
+        not stop the caller.
 
         Raises:
-            FrameError: ``frame`` is larger than the whole byte bound.
+            TypeError: ``frame`` is not a :class:`~vilasr_ros.frames.Frame` (a programming error).
         """
         if not isinstance(frame, Frame):
             raise TypeError(f"expected a Frame, got {type(frame).__name__}")
         if frame.nbytes > self.config.max_bytes:
-            raise FrameError(f"a frame of {frame.nbytes} bytes exceeds the buffer's max_bytes {self.config.max_bytes}")
+            self.health.drop("too_large", f"a frame of {frame.nbytes} bytes exceeds the buffer's max_bytes "
+                             f"{self.config.max_bytes}: raise buffer.max_bytes_mb")
+            return False
+        if self._future(frame.stamp_s):
+            self._drop_future(frame.stamp_s)
+            return False
         with self._lock:
             self.received += 1
             self._latest = frame
-            self._latest_stamp = max(self._latest_stamp or frame.stamp_s, frame.stamp_s)
+            self._arrival = self._clock()
             last = self._frames[-1] if self._frames else None
             if not self._is_keyframe(frame.stamp_s, frame.T_world_camera, last):
                 return False
+            if last is not None and frame.stamp_s < last.stamp_s - self.config.max_backward_jump_s:
+                logger.warning("time jumped back %.2f s (stamp %.3f after %.3f): keyframe buffer restarted",
+                               last.stamp_s - frame.stamp_s, frame.stamp_s, last.stamp_s)
+                self._frames.clear()
+                self._bytes = 0
+                self.resets += 1
             self._frames.append(frame)
             self._bytes += frame.nbytes
             while len(self._frames) > self.config.max_frames or self._bytes > self.config.max_bytes:
@@ -184,18 +231,19 @@ class FrameBuffer:
         """The newest frame added (keyframe or not).
 
         Raises:
-            EmptyBufferError: Nothing received.
-            StaleBufferError: The newest frame received — added, or only :meth:`note` d — is older
-                than ``max_age_s`` (by its stamp).
+            EmptyBufferError: Nothing received (the message says what arrived and what was dropped).
+            StaleBufferError: No valid frame arrived for more than ``max_age_s`` (monotonic arrival
+                time — stamps play no part).
         """
         with self._lock:
-            frame, newest = self._latest, self._latest_stamp
+            frame, arrival = self._latest, self._arrival
         if frame is None:
-            raise EmptyBufferError("the frame buffer is empty: no frame received yet (is the camera publishing?)")
-        if max_age_s is not None:
-            age = self._clock() - newest
+            raise EmptyBufferError("the frame buffer is empty: no usable frame yet; " + self.health.sentence())
+        if max_age_s is not None and arrival is not None:
+            age = self._clock() - arrival
             if age > max_age_s:
-                raise StaleBufferError(f"newest frame is {age:.2f} s old (max {max_age_s:.2f} s)")
+                raise StaleBufferError(f"no usable frame for {age:.2f} s (max {max_age_s:.2f} s); "
+                                       + self.health.sentence())
         return frame
 
     def snapshot(self, window_s: float | None = None) -> list[Frame]:
@@ -220,7 +268,7 @@ class FrameBuffer:
             self.latest(max_age_s)
         frames = self.snapshot(window_s)
         if not frames:
-            raise EmptyBufferError("the keyframe buffer is empty")
+            raise EmptyBufferError("the keyframe buffer is empty; " + self.health.sentence())
         return select_frames(frames, k, strategy)
 
     def clear(self) -> None:
@@ -228,4 +276,4 @@ class FrameBuffer:
             self._frames.clear()
             self._bytes = 0
             self._latest = None
-            self._latest_stamp = None
+            self._arrival = None

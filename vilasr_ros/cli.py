@@ -1,15 +1,20 @@
-"""The ``vilasr`` command line: ``vilasr ask`` runs the draw-to-reason loop offline.
+"""The ``vilasr`` command line.
 
 Examples::
 
+    vilasr ask --source sim:seed=3 --question "Where is the sofa? Go to it." --target sofa
     vilasr ask --images room.png --question "Is the chair left of the table?" \\
-        --type multiple-choice --option "A. yes" --option "B. no" --engine transformers
+        --type multiple-choice --option "A. yes" --option "B. no" --model /models/ViLaSR
     vilasr ask --images frames/ --question "How many chairs?" --type numerical \\
-        --engine openai --base-url http://127.0.0.1:8000/v1 --out runs/q1
-    vilasr eval run --dataset vsi_bench --data vsi_bench.json --engine openai \\
-        --base-url http://127.0.0.1:8000/v1 --out runs/vsi && vilasr eval score --results runs/vsi \\
-        --dataset vsi_bench --out runs/vsi/scored.jsonl && vilasr eval report runs/vsi
+        --base-url http://127.0.0.1:8000/v1 --out runs/q1
+    vilasr agent --localhost --query '{"question": "Go to the sofa", "target": "sofa"}'
+    vilasr view runs/q1                                  # runs/q1/trace.html
+    vilasr eval run --dataset vsi_bench --data vsi_bench.json --base-url http://127.0.0.1:8000/v1 --out runs/vsi
     vilasr train sft --config config/training/sft.yaml --set args.output_dir=runs/sft
+
+Every command takes its engine the same way: ``--engine auto`` (the default) means a server when
+``--base-url`` is given, else the ViLaSR weights when they are here, else the scripted demo (said so).
+A mistake on the command line is one line on stderr and exit code 2; a run that fails is exit code 1.
 """
 
 from __future__ import annotations
@@ -19,16 +24,82 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
-from vilasr_ros.errors import VilasrError
+from vilasr_ros.errors import MissingDependencyError, VilasrError
 
 logger = logging.getLogger("vilasr_ros.cli")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+TYPE_SPELLINGS = ("free-form", "multiple-choice", "numerical", "regression", "vci")
+ENGINE_FLAGS = {
+    "model": "--model", "base_url": "--base-url", "api_key_env": "--api-key-env", "responses": "--responses",
+    "device": "--device", "turn_reuse": "--no-turn-reuse", "reflect": "--reflect",
+    "timeout_s": "--request-timeout", "image_format": "--image-format", "token_env": "--token-env",
+}
 
 
-def _collect_images(paths: list[str]) -> list[Path]:
+class UserError(VilasrError, ValueError):
+    """A mistake on the command line: printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage block is one ``--help`` away)."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def problem_type(text: str) -> str:
+    """argparse ``type=`` for ``--type``: the CLI spellings, normalised to the reference's keys."""
+    from vilasr_ros.errors import QueryError
+    from vilasr_ros.protocol import normalize_problem_type
+
+    try:
+        return normalize_problem_type(text)
+    except QueryError:
+        raise argparse.ArgumentTypeError(f"unknown --type {text!r}; use one of {', '.join(TYPE_SPELLINGS)}") from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def collect_images(paths: list[str]) -> list[Path]:
+    """Image files named, or found (sorted by name) in folders named.
+
+    Raises:
+        UserError: A path that does not exist, or no image found.
+    """
     files: list[Path] = []
     for item in paths:
         path = Path(item)
@@ -37,64 +108,126 @@ def _collect_images(paths: list[str]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise VilasrError(f"image not found: {path}")
+            raise UserError(f"--images: {path} does not exist")
     if not files:
-        raise VilasrError(f"no images in {' '.join(paths)}")
+        raise UserError(f"--images: no .png/.jpg/.bmp/.webp images in {' '.join(paths)}")
     return files
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """Engine flags shared by ``ask``, ``agent`` and ``eval``."""
-    from vilasr_ros.engines import ENGINE_NAMES
+# ----------------------------------------------------------------------------- engines
 
-    g = parser.add_argument_group("engine")
-    g.add_argument("--engine", default="transformers", choices=ENGINE_NAMES, help="model backend")
-    g.add_argument("--model", default=None, help="model folder or Hugging Face id (default AntResearchNLP/ViLaSR)")
-    g.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    g.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
-    g.add_argument("--responses", default=None, help="replay engine: JSON list of model turns")
-    g.add_argument("--temperature", type=float, default=None, help="0 for greedy (default 0.75)")
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--max-tokens", type=int, default=None, help="new tokens per turn (default 16384)")
-    g.add_argument("--max-pixels", type=int, default=None, help="smart_resize area cap (default 351232)")
-    g.add_argument("--max-turns", type=int, default=None, help="model calls per question (default 10)")
+
+def add_engine_arguments(parser: argparse.ArgumentParser, *, sampling: bool = True) -> None:
+    """Engine flags shared by ``ask``, ``agent``, ``eval run`` and ``serve``."""
+    from vilasr_ros.engines import engine_names
+
+    g = parser.add_argument_group("engine (the same for every command)")
+    g.add_argument("--engine", default="auto", choices=("auto",) + engine_names(),
+                   help="auto (default): a server with --base-url, else local ViLaSR weights, else the scripted demo")
+    g.add_argument("--model", help="model folder or Hugging Face id (default AntResearchNLP/ViLaSR); teacher: a sim dataset")
+    g.add_argument("--base-url", help="server: OpenAI-compatible (http://gpu:8000/v1) or a `vilasr serve`")
+    g.add_argument("--api-key-env", help="environment variable holding the server's API key")
+    g.add_argument("--token-env", help="remote engine: environment variable holding the `vilasr serve` token")
+    g.add_argument("--responses", help="replay engine: JSON list of model turns or a trace.json (default: the demo)")
+    g.add_argument("--device", help="transformers engine: cpu | cuda | cuda:N (default: cuda when available)")
+    g.add_argument("--request-timeout", type=non_negative_float, help="server engines: deadline of one model call (s)")
+    g.add_argument("--image-format", choices=("png", "jpeg", "bmp"), help="server engines: how frames travel (png)")
     g.add_argument("--no-turn-reuse", action="store_true",
                    help="transformers engine: re-run the whole conversation every turn (no KV/vision reuse)")
-    g.add_argument("--reflect", type=float, default=None,
+    g.add_argument("--reflect", type=non_negative_float,
                    help="teacher engine: probability of a deliberate wrong box followed by its correction")
+    if sampling:
+        s = parser.add_argument_group("reasoning loop")
+        s.add_argument("--temperature", type=non_negative_float, help="0 for greedy (default 0.75)")
+        s.add_argument("--top-p", type=float, help="nucleus sampling (default 0.9)")
+        s.add_argument("--max-tokens", type=positive_int, help="new tokens per turn (default 16384)")
+        s.add_argument("--max-pixels", type=positive_int, help="smart_resize area cap (default 351232)")
+        s.add_argument("--max-turns", type=positive_int, help="model calls per question (default 10)")
 
 
-def build_reasoner(args: argparse.Namespace):
-    """Engine + Reasoner from parsed engine flags."""
-    from vilasr_ros.engines import SamplingConfig, create_engine
-    from vilasr_ros.reasoner import Reasoner, ReasonerConfig
+def given_engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options the user set on the command line (None = not set)."""
+    return {
+        "model": args.model, "base_url": args.base_url, "api_key_env": args.api_key_env,
+        "token_env": getattr(args, "token_env", None), "responses": args.responses, "device": args.device,
+        "turn_reuse": False if args.no_turn_reuse else None, "reflect": args.reflect,
+        "timeout_s": args.request_timeout, "image_format": args.image_format,
+    }
 
-    engine = create_engine(
-        args.engine,
-        model=args.model,
-        base_url=args.base_url,
-        api_key_env=args.api_key_env,
-        responses=args.responses,
-        reflect=getattr(args, "reflect", None),
-        turn_reuse=False if args.engine == "transformers" and getattr(args, "no_turn_reuse", False) else None,
-    )
-    defaults = SamplingConfig()
-    sampling = SamplingConfig(
-        temperature=defaults.temperature if args.temperature is None else args.temperature,
-        top_p=defaults.top_p if args.top_p is None else args.top_p,
-        max_tokens=defaults.max_tokens if args.max_tokens is None else args.max_tokens,
-    )
-    cfg = ReasonerConfig(sampling=sampling)
-    overrides = {k: v for k, v in (("max_pixels", args.max_pixels), ("max_turns", args.max_turns)) if v is not None}
-    if overrides:
-        cfg = ReasonerConfig(**{**vars(cfg), **overrides})
-    return Reasoner(engine, cfg)
+
+@dataclass
+class EngineChoice:
+    """An engine chosen and its config validated — nothing loaded yet."""
+
+    name: str
+    config: Any
+    sentence: str
+    options: dict[str, Any]
+
+
+def choose(args: argparse.Namespace, *, standalone: bool = True) -> EngineChoice:
+    """Resolve ``--engine`` and check every engine flag against that engine (no model is loaded).
+
+    Raises:
+        UserError: A flag the engine does not take, a missing or invalid value.
+    """
+    from vilasr_ros.engines import choose_engine, engine_class, engine_config, engine_options
+    from vilasr_ros.errors import QueryError
+
+    try:
+        name, sentence = choose_engine(args.engine, model=args.model, base_url=args.base_url)
+        options = engine_options(name, given_engine_options(args), ENGINE_FLAGS)
+        config = engine_config(name, **options)
+    except QueryError as exc:
+        raise UserError(str(exc)) from None
+    if standalone:
+        for option in engine_class(name).standalone_requires:
+            if getattr(config, option, None) is None:
+                raise UserError(f"the {name} engine needs {ENGINE_FLAGS.get(option, option)} here "
+                                f"(see `vilasr ask --help`)")
+    return EngineChoice(name, config, sentence, options)
+
+
+def loop_config(args: argparse.Namespace):
+    from vilasr_ros.errors import QueryError
+    from vilasr_ros.reasoner import reasoner_config
+
+    try:
+        return reasoner_config(max_pixels=args.max_pixels, max_turns=args.max_turns, temperature=args.temperature,
+                               top_p=args.top_p, max_tokens=args.max_tokens)
+    except QueryError as exc:
+        raise UserError(str(exc)) from None
+
+
+def build_reasoner(choice: EngineChoice, config):
+    from vilasr_ros.engines import create_engine
+    from vilasr_ros.reasoner import Reasoner
+
+    return Reasoner(create_engine(choice.name, choice.config), config)
+
+
+# ----------------------------------------------------------------------------- ask
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from PIL import Image
+    from vilasr_ros.grounding import GroundingConfig
 
-    reasoner = build_reasoner(args)
+    # Every argument is checked before anything heavy is loaded.
+    if bool(args.images) == bool(args.source):
+        raise UserError("give exactly one of --images FILE|DIR ... or --source SOURCE")
+    if args.target and not args.source:
+        raise UserError("--target needs --source (depth and poses come from an RGB-D frame source)")
+    if args.type == "multiple choice" and not args.option:
+        raise UserError('--type multiple-choice needs its options: --option "A. ..." --option "B. ..."')
+    image_files = collect_images(args.images) if args.images else None
+    if args.source:
+        _check_source_spec(args.source)
+    choice = choose(args)
+    cfg = loop_config(args)
+    grounding = GroundingConfig(standoff_m=args.standoff, remove_floor=args.remove_floor)
+
+    print(choice.sentence)
+    reasoner = build_reasoner(choice, cfg)
     frames = None
     if args.source:
         from vilasr_ros.sources import open_source, select_frames
@@ -102,87 +235,149 @@ def cmd_ask(args: argparse.Namespace) -> int:
         with open_source(args.source) as source:
             frames = select_frames(list(source), args.frames, args.selection)
         images = [f.rgb for f in frames]
-        logger.info("selected %d frames from %s", len(frames), args.source)
-    elif args.images:
-        images = [Image.open(p) for p in _collect_images(args.images)]
+        print(f"frames: {len(frames)} selected from {args.source}")
     else:
-        raise VilasrError("give --images FILE|DIR ... or --source SOURCE")
+        from PIL import Image
+
+        images = []
+        for p in image_files:
+            try:
+                with Image.open(p) as im:
+                    images.append(im.convert("RGB"))
+            except OSError as exc:
+                raise UserError(f"--images: cannot read {p}: {exc}") from None
     kind = args.kind or ("single" if len(images) == 1 else "video")
     trace = reasoner.run(images, args.question, args.type, args.option or None, kind=kind)
+    result = None
     if args.target:
-        if frames is None:
-            raise VilasrError("--target needs --source (depth and poses come from the frame source)")
-        from vilasr_ros.grounding import GroundingConfig, ground_trace
+        from vilasr_ros.grounding import ground_trace
 
-        result = ground_trace(trace, frames, args.target, GroundingConfig(standoff_m=args.standoff, remove_floor=args.remove_floor))
+        result = ground_trace(trace, frames, args.target, grounding)
         trace.target = result.to_dict()
     out = Path(args.out or f"runs/ask_{time.strftime('%Y%m%d_%H%M%S')}")
     trace.save(out)
-    print(f"engine: {trace.engine.get('engine')} ({trace.engine.get('model', 'scripted')})")
     print(f"answer: {trace.answer if trace.answer is not None else '(none)'}")
     print(f"finish_reason: {trace.finish_reason}" + (f" ({trace.error})" if trace.error else ""))
-    if args.target:
-        print("target: " + json.dumps(trace.target))
+    if result is not None:
+        print(_target_line(result))
     print(f"turns: {len(trace.turns)}  images: {len(trace.images)}  time: {trace.total_s:.2f}s")
-    print(f"trace: {out / 'trace.json'}")
-    return 0 if trace.finish_reason not in ("error",) else 1
+    print(f"trace: {out / 'trace.json'}   (look at it: vilasr view {out})")
+    return 0 if trace.finish_reason != "error" else 1
+
+
+def _target_line(result) -> str:
+    if not result.ok:
+        return f"target: none ({result.reason})"
+    p, q = result.approach_position, result.approach_orientation
+    return (f"target_pose ({result.frame_id}): position [{p[0]:.3f}, {p[1]:.3f}, {p[2]:.3f}] m, "
+            f"orientation xyzw [{q[0]:.3f}, {q[1]:.3f}, {q[2]:.3f}, {q[3]:.3f}]; object at "
+            f"[{', '.join(f'{v:.3f}' for v in result.position_world)}] m, confidence {result.confidence}")
+
+
+def _check_source_spec(spec: str) -> None:
+    from vilasr_ros.sources import source_kinds
+
+    kind = spec.partition(":")[0]
+    if kind not in source_kinds():
+        raise UserError(f"--source {spec!r}: unknown kind {kind!r}; use one of "
+                        + ", ".join(f"{k}:..." for k in source_kinds()))
+
+
+# ----------------------------------------------------------------------------- agent
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
+    query = None
+    if args.query is not None:
+        from vilasr_ros.agent import BadQueryError, parse_query
+
+        try:
+            parse_query(args.query, max_bytes=1 << 20)
+        except BadQueryError as exc:
+            raise UserError(f"--query: {exc} (example: --query '{{\"question\": \"Go to the sofa\", "
+                            f"\"target\": \"sofa\"}}')") from None
+        query = args.query
+    if args.source:
+        _check_source_spec(args.source)
+    choice = choose(args)
+    cfg = loop_config(args)
     if args.localhost or args.domain_id is not None:
         from vilasr_ros.ros.env import apply_loopback_environment
 
         apply_loopback_environment(args.domain_id)  # before rclpy is imported
     from vilasr_ros.errors import require
 
-    require("rclpy", "ros (pip: ros-jazzy-rclpy and the ros-jazzy-*-msgs wheels, or source /opt/ros/jazzy)")
-    from vilasr_ros.ros.launcher import pick_engine, run_agent
+    require("rclpy", "ros (pip: the ros-jazzy-* wheels of the [ros] extra, or source /opt/ros/jazzy)")
+    from vilasr_ros.ros.launcher import run_agent
 
-    engine, extra, sentence = pick_engine(args.engine, args.model)
-    print(sentence)
-    agent = {"engine": engine, **extra}
-    for key, value in (("model", args.model), ("base_url", args.base_url), ("responses", args.responses),
-                       ("trace_root", args.trace_root)):
-        if value is not None:
-            agent[key] = value
+    print(choice.sentence)
+    agent: dict[str, Any] = {"engine": choice.name}
+    node_names = {"timeout_s": "request_timeout_s"}
+    for option, value in choice.options.items():
+        agent[node_names.get(option, option)] = value
+    for name in ("temperature", "top_p", "max_tokens", "max_pixels", "max_turns"):
+        value = getattr(cfg.sampling, name, None) if name in ("temperature", "top_p", "max_tokens") else getattr(cfg, name)
+        if getattr(args, name) is not None:
+            agent[name] = value
+    if args.trace_root is not None:
+        agent["trace_root"] = args.trace_root
     if args.max_age is not None:
         agent["max_age_s"] = args.max_age
+    if args.remove_floor is not None:
+        agent["remove_floor"] = args.remove_floor
     camera = {"source": args.source} if args.source is not None else {}
-    if args.query is not None:
-        camera.setdefault("loop", True)
-    return run_agent(args.config, camera=camera, agent=agent, query=args.query, wait_frames=args.wait_frames,
+    if query is not None and args.source:
+        camera.setdefault("loop", False)  # a finite source ends: its frames are the keyframes, no copies
+    return run_agent(args.config, camera=camera, agent=agent, query=query, wait_frames=args.wait_frames,
                      timeout_s=args.timeout)
 
 
-def cmd_sim_generate(args: argparse.Namespace) -> int:
-    from vilasr_ros_sim.dataset import generate_dataset
-    from vilasr_ros_sim.render import RenderConfig
-    from vilasr_ros_sim.trajectory import TrajectoryConfig
+# ----------------------------------------------------------------------------- view
 
-    items = generate_dataset(args.out, args.scenes, args.seed, mazes=args.mazes, per_type=args.per_type,
-                             render=RenderConfig(args.width, args.height, shadows=not args.no_shadows),
-                             trajectory=TrajectoryConfig(frames=args.frames))
-    print(f"{len(items)} questions in {Path(args.out) / 'questions.json'}")
+
+def cmd_view(args: argparse.Namespace) -> int:
+    trace_dir = Path(args.trace_dir)
+    if not (trace_dir / "trace.json").is_file():
+        raise UserError(f"{trace_dir} holds no trace.json (a folder written by vilasr ask, the agent or eval)")
+    if args.rerun:
+        from vilasr_ros.rerun_view import write_rerun
+
+        out = write_rerun(trace_dir, args.out, source=args.source)
+    else:
+        from vilasr_ros.view import write_html
+
+        out = write_html(trace_dir, args.out)
+    print(out)
     return 0
 
 
-def cmd_sim_view(args: argparse.Namespace) -> int:
-    from vilasr_ros_sim.dataset import contact_sheet
-
-    print(contact_sheet(args.dir, args.out, scenes=args.scenes, frames_per_scene=args.frames))
-    return 0
+# ----------------------------------------------------------------------------- eval
 
 
 def cmd_eval_run(args: argparse.Namespace) -> int:
     from vilasr_ros.evaluation.runner import parse_shard, run_eval
 
-    reasoner = build_reasoner(args)
+    shard = parse_shard(args.shard)
+    choice = choose(args, standalone=False)
+    if choice.name == "replay" and choice.config.responses is None:
+        raise UserError("nothing to evaluate: no ViLaSR weights here and no --base-url "
+                        "(give --model PATH, --base-url URL or --engine NAME)")
+    cfg = loop_config(args)
+    print(choice.sentence, file=sys.stderr)
+    reasoner = build_reasoner(choice, cfg)
     summary = run_eval(args.dataset, args.data, reasoner.engine, args.out, config=reasoner.config,
-                       shard=parse_shard(args.shard), image_folder=args.image_folder, frames=args.frames,
+                       shard=shard, image_folder=args.image_folder, frames=args.frames,
                        batch_size=args.batch_size, save_traces=not args.no_traces, max_turns_override=args.max_turns,
-                       progress=print)
+                       progress=not args.quiet)
+    skipped_path = Path(args.out) / "skipped.jsonl"
+    lines = skipped_path.read_text(encoding="utf-8").splitlines() if skipped_path.exists() else []
+    for line in lines[:20]:
+        entry = json.loads(line)
+        print(f"SKIPPED {entry['id']}: {entry['reason']} {' '.join(entry.get('missing') or [])}".rstrip())
+    if len(lines) > 20:
+        print(f"... and {len(lines) - 20} more in {skipped_path}")
     print(f"{summary.total} items in shard: {summary.resumed} already done, {summary.ran} run now, "
-          f"{summary.skipped} skipped (see {Path(args.out) / 'skipped.jsonl'})")
+          f"{summary.skipped} skipped (see {skipped_path})")
     print(f"results: {summary.results_path}")
     return 0
 
@@ -203,62 +398,36 @@ def cmd_eval_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from vilasr_ros_training.config import load_config
-
-    config = load_config(args.config, args.set)
-    if args.stage == "sft":
-        from vilasr_ros_training.sft import train_sft
-
-        summary = train_sft(config)
-    elif args.stage == "rrs":
-        from vilasr_ros_training.rrs import run_rrs
-
-        summary = run_rrs(config, progress=print)
-        print(f"kept {summary['kept']} of {summary['samples']} samples (yield {100 * summary['yield']:.1f} %), "
-              f"{summary['items_with_kept']} of {summary['items']} items with at least one")
-    else:
-        from vilasr_ros_training.grpo import train_grpo
-
-        summary, _ = train_grpo(config)
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("losses",)}, indent=1, default=str))
-    return 0
+# ----------------------------------------------------------------------------- parser
 
 
-def cmd_train_site(args: argparse.Namespace) -> int:
-    from vilasr_ros_training.site import convert_site
+def _version() -> str:
+    from vilasr_ros import __version__
 
-    items = convert_site(args.questions, args.out, frames=args.frames)
-    print(f"{len(items)} questions in {Path(args.out) / 'questions.json'}")
-    return 0
-
-
-def cmd_train_tiny_model(args: argparse.Namespace) -> int:
-    from vilasr_ros.tiny_model import build_tiny_qwen2_5_vl
-
-    print(build_tiny_qwen2_5_vl(args.out, seed=args.seed))
-    return 0
+    return f"vilasr {__version__} (vilasr_ros, Python {sys.version.split()[0]})"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vilasr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="vilasr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     ask = sub.add_parser("ask", help="ask one spatial question about images or a frame source")
-    src = ask.add_argument_group("input")
+    src = ask.add_argument_group("input (one of --images / --source)")
     src.add_argument("--images", nargs="+", help="image files or a folder (sorted by name)")
     src.add_argument("--source", help="frame source: rgbd_folder:PATH, bag:PATH, realsense[:SERIAL|FILE.db3], sim:...")
-    src.add_argument("--frames", type=int, default=16, help="frames to select from --source (default 16)")
+    src.add_argument("--frames", type=positive_int, default=16, help="frames to select from --source (default 16)")
     src.add_argument("--selection", default="uniform", choices=("uniform", "latest", "coverage"))
     src.add_argument("--kind", choices=("single", "video", "multi_view"), help="prompt layout (default by count)")
     ask.add_argument("--question", required=True)
-    ask.add_argument("--type", default="free-form", help="multiple-choice, numerical, regression, free-form")
+    ask.add_argument("--type", default="free-form", type=problem_type, help=", ".join(TYPE_SPELLINGS))
     ask.add_argument("--option", action="append", help="multiple-choice option, repeatable ('A. yes')")
-    ask.add_argument("--target", help="ground the last box with this label into a world-frame target")
-    ask.add_argument("--standoff", type=float, default=0.8, help="approach distance to the target in metres")
-    ask.add_argument("--remove-floor", action="store_true",
-                     help="drop floor and background-wall pixels before placing the target (z-up world, floor at z=0)")
+    ask.add_argument("--target", help="ground the model's boxes with this label into a world-frame target")
+    ask.add_argument("--standoff", type=non_negative_float, default=0.8, help="approach distance to the target (m)")
+    ask.add_argument("--remove-floor", action=argparse.BooleanOptionalAction, default=True,
+                     help="drop floor and background-wall pixels before placing the target (default on: "
+                          "z-up world, floor at z=0, as every robot's map/odom; off for y-up data)")
     ask.add_argument("--out", help="trace folder (default runs/ask_<time>)")
     add_engine_arguments(ask)
     ask.set_defaults(func=cmd_ask)
@@ -269,54 +438,41 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--config", help="ROS 2 parameter file (default: the shipped config/agent.yaml)")
     ag.add_argument("--source", help="camera_node source (rgbd_folder:PATH, bag:PATH, realsense[:...], sim:...); "
                     "empty string: no camera node, frames come from other processes")
-    ag.add_argument("--engine", default="auto", choices=("auto", "replay", "transformers", "openai", "vllm"),
-                    help="auto: ViLaSR weights if present locally, else the scripted replay demo (says so)")
-    ag.add_argument("--model", help="model folder or Hugging Face id")
-    ag.add_argument("--base-url", help="openai engine: OpenAI-compatible server URL")
-    ag.add_argument("--responses", help="replay engine: JSON list of model turns")
     ag.add_argument("--trace-root", help="folder for per-query traces")
-    ag.add_argument("--max-age", type=float, help="refuse queries when the newest frame is older (s; 0: never)")
-    ag.add_argument("--query", help='query JSON, e.g. \'{"question": "Go to the chair", "target": "chair"}\'')
-    ag.add_argument("--wait-frames", type=int, default=16, help="keyframes to buffer before sending --query")
-    ag.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for frames and the answer")
+    ag.add_argument("--max-age", type=non_negative_float, help="refuse queries when no frame arrived for this long (s; 0: never)")
+    ag.add_argument("--remove-floor", action=argparse.BooleanOptionalAction, default=None,
+                    help="floor and background-wall removal in grounding (default: the YAML's, on)")
+    ag.add_argument("--query", help='query JSON, e.g. \'{"question": "Go to the sofa", "target": "sofa"}\'')
+    ag.add_argument("--wait-frames", type=positive_int, default=16,
+                    help="keyframes to buffer before sending --query (a finite source may end with fewer)")
+    ag.add_argument("--timeout", type=non_negative_float, default=600.0, help="seconds to wait for frames and the answer")
     ag.add_argument("--localhost", action="store_true",
                     help="keep DDS on this machine: loopback discovery, the shipped Fast DDS profile, temp log dir")
     ag.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID (implies --localhost)")
+    add_engine_arguments(ag)
     ag.set_defaults(func=cmd_agent)
 
-    sim = sub.add_parser("sim", help="simulated MuJoCo scenes with ground truth (vilasr_ros_sim)")
-    sim_sub = sim.add_subparsers(dest="sim_command", required=True)
-    gen = sim_sub.add_parser("generate", help="render scenes and mazes, write DIR/questions.json (ViLaSR-eval format)")
-    gen.add_argument("--out", required=True, help="dataset folder")
-    gen.add_argument("--scenes", type=int, default=10, help="rooms to generate (default 10)")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--mazes", type=int, help="maze images (default: one per scene)")
-    gen.add_argument("--per-type", type=int, default=1, help="questions per task type and scene (default 1)")
-    gen.add_argument("--frames", type=int, default=16, help="walkthrough frames per scene (default 16)")
-    gen.add_argument("--width", type=int, default=640)
-    gen.add_argument("--height", type=int, default=480)
-    gen.add_argument("--no-shadows", action="store_true")
-    gen.set_defaults(func=cmd_sim_generate)
-    view = sim_sub.add_parser("view", help="contact sheet PNG of generated frames with ground-truth boxes")
-    view.add_argument("dir", help="dataset folder written by `vilasr sim generate`")
-    view.add_argument("--out", help="PNG path (default DIR/contact_sheet.png)")
-    view.add_argument("--scenes", type=int, default=4)
-    view.add_argument("--frames", type=int, default=6, help="frames per scene")
-    view.set_defaults(func=cmd_sim_view)
+    view = sub.add_parser("view", help="look at a trace: one self-contained HTML page (or a rerun .rrd)")
+    view.add_argument("trace_dir", help="a trace folder (trace.json + images/)")
+    view.add_argument("--out", help="output file (default TRACE_DIR/trace.html, or trace.rrd with --rerun)")
+    view.add_argument("--rerun", action="store_true", help="write a rerun recording (3D: poses, depth, target)")
+    view.add_argument("--source", help="--rerun: the frame source the trace was asked on (depth and poses)")
+    view.set_defaults(func=cmd_view)
 
     from vilasr_ros.evaluation.datasets import DATASETS
 
     ev = sub.add_parser("eval", help="benchmarks and sim datasets: run, score as the authors do, report")
-    ev_sub = ev.add_subparsers(dest="eval_command", required=True)
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True, parser_class=Parser)
     run = ev_sub.add_parser("run", help="run an engine over a dataset; resumable JSON lines in OUT")
     run.add_argument("--dataset", required=True, choices=DATASETS)
     run.add_argument("--data", required=True, help="question file (.json/.jsonl) or its folder")
     run.add_argument("--image-folder", help="root of image_path (default: the question file's folder)")
     run.add_argument("--out", required=True, help="run folder (an existing one is resumed)")
     run.add_argument("--shard", default="0/1", help="i/n: run the i-th of n contiguous slices (default 0/1)")
-    run.add_argument("--frames", type=int, default=16, help="frames per video item (default 16)")
-    run.add_argument("--batch-size", type=int, default=8, help="items in flight for engines that batch (default 8)")
+    run.add_argument("--frames", type=positive_int, default=16, help="frames per video item (default 16)")
+    run.add_argument("--batch-size", type=positive_int, default=8, help="items in flight for engines that batch (default 8)")
     run.add_argument("--no-traces", action="store_true", help="do not save traces/<id>/")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_engine_arguments(run)
     run.set_defaults(func=cmd_eval_run)
     sc = ev_sub.add_parser("score", help="add scores (spec §6), print the per-type table, write a JSON summary")
@@ -330,26 +486,21 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--gallery", type=int, default=4, help="traces shown per run")
     rep.set_defaults(func=cmd_eval_report)
 
-    tr = sub.add_parser("train", help="the three-stage recipe (vilasr_ros_training): sft, rrs, grpo; data tools")
-    tr_sub = tr.add_subparsers(dest="train_command", required=True)
-    for stage, text in (("sft", "stage 1 (cold start) or any SFT: trl SFTTrainer, assistant-only loss"),
-                        ("rrs", "stage 2: reflective rejection sampling with the stage-1 model, then SFT"),
-                        ("grpo", "stage 3: trl GRPOTrainer with multi-turn drawing rollouts")):
-        st = tr_sub.add_parser(stage, help=text)
-        st.add_argument("--config", required=True, help=f"YAML, e.g. config/training/{stage}.yaml")
-        st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (dotted path, YAML value), e.g. args.max_steps=5; repeatable")
-        st.set_defaults(func=cmd_train, stage=stage)
-    site = tr_sub.add_parser("site", help="ROS 2 bags + a JSONL of questions about time windows -> ViLaSR-eval items")
-    site.add_argument("--questions", required=True, help="JSONL: id, bag, window [start_s, end_s], question, answer, type")
-    site.add_argument("--out", required=True, help="output folder (questions.json, frames/)")
-    site.add_argument("--frames", type=int, default=16, help="frames per question (default 16)")
-    site.set_defaults(func=cmd_train_site)
-    tiny = tr_sub.add_parser("tiny-model", help="build a tiny random Qwen2.5-VL offline (CPU smoke runs)")
-    tiny.add_argument("out", help="model folder")
-    tiny.add_argument("--seed", type=int, default=0)
-    tiny.set_defaults(func=cmd_train_tiny_model)
+    # Commands of installed subpackages (vilasr_ros_sim: sim; vilasr_ros_training: train; serve).
+    for ep in sorted(entry_points(group="vilasr_ros.commands"), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except ImportError as exc:  # its extra is not installed: say so when it is asked for
+            missing = sub.add_parser(ep.name, help=f"(unavailable: {exc})")
+            missing.set_defaults(func=_unavailable(ep.name, exc))
     return parser
+
+
+def _unavailable(name: str, exc: Exception):
+    def run(args):
+        raise MissingDependencyError(f"`vilasr {name}` cannot run here: {exc}")
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,11 +510,29 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    prog = f"vilasr {args.command}"
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     except (VilasrError, ValueError, OSError) as exc:
-        print(f"vilasr: error: {exc}", file=sys.stderr)
-        return 2
+        if args.verbose:
+            logger.exception("failed")
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, (UserError, ValueError, MissingDependencyError, FileNotFoundError)) else 1
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback with -v
+        if args.verbose:
+            logger.exception("internal error")
+        print(f"{prog}: internal error: {type(exc).__name__}: {_one_line(exc)} (run with -v for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    from vilasr_ros.sanitize import clean_text
+
+    return " ".join(clean_text(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Grounding a trace: the model's box for a target → source frame → 3D position → approach pose.
 
-Box choice (documented, never silent): among every box the model wrote (turn order, then order in
-the turn), take the **last** whose label matches the target — exact match (case-insensitive) first,
+Box choice (documented, never silent): among every box the model wrote in a turn whose tool call was
+accepted (turn order, then order in the turn; boxes of a rejected turn never count), take the
+**last** whose label matches the target — exact match (case-insensitive) first,
 else the last label that contains the target or is contained in it, else the last label sharing a
 word with it. ``match`` in the result says which rule applied; no match gives a "no target" reason.
 Provenance: the box's ``index`` names an image; a drawn image leads back through ``source_frame`` to
@@ -37,8 +38,8 @@ class GroundingConfig:
     line_samples: Waypoints per Path Tracer line.
     remove_floor: Drop box pixels within 3 cm of the floor plane and on a wall behind the object
         before placing it (``geometry.surface_in_box``). Needs a z-up world frame with the floor at
-        ``floor_z_m``, as REP-103 ``map``/``odom`` are; off by default because the Open3D/ICL-NUIM
-        demo folder's world frame is not z-up.
+        ``floor_z_m``, as REP-103 ``map``/``odom`` are — every robot's, and the sim's — so it is on
+        by default; turn it off for y-up data such as the Open3D/ICL-NUIM sample folder.
     """
 
     standoff_m: float = 0.8
@@ -46,7 +47,7 @@ class GroundingConfig:
     min_depth_m: float = 0.1
     max_depth_m: float = 10.0
     line_samples: int = 10
-    remove_floor: bool = False
+    remove_floor: bool = True
 
     def __post_init__(self):
         if self.standoff_m < 0 or self.min_depth_m < 0 or self.max_depth_m <= self.min_depth_m:
@@ -64,6 +65,7 @@ class GroundingResult:
         reason: Why not (None when ok).
         target: The label asked for.
         label: The label of the chosen box; ``match`` says how it was matched.
+        turn: 0-based turn that wrote the box.
         image_index: 1-based model image the box was drawn on.
         frame_index: Index of the source frame in the source's order; ``stamp_s`` its stamp.
         box_px: ``[x1, y1, x2, y2]`` in sensor pixels.
@@ -79,6 +81,7 @@ class GroundingResult:
     target: str = ""
     label: str | None = None
     match: str | None = None
+    turn: int | None = None
     image_index: int | None = None
     frame_index: int | None = None
     stamp_s: float | None = None
@@ -96,7 +99,9 @@ class GroundingResult:
         return asdict(self)
 
 
-def _match(label: str, target: str) -> str | None:
+def label_match(label: str, target: str) -> str | None:
+    """How a drawn label matches a target: ``exact`` (case-insensitive), ``substring`` (either way),
+    ``word`` (a shared word), or None."""
     a, b = label.strip().lower(), target.strip().lower()
     if a == b:
         return "exact"
@@ -107,13 +112,15 @@ def _match(label: str, target: str) -> str | None:
     return None
 
 
-def choose_box(trace: Trace, target: str) -> tuple[dict, str] | None:
-    """The box for ``target`` by the module's rule; None when no label matches."""
-    boxes = [b for turn in trace.turns for b in turn.boxes if isinstance(b.get("label"), str)]
+def choose_box(trace: Trace, target: str) -> tuple[dict, str, int] | None:
+    """The box for ``target`` by the module's rule: ``(box, rule, turn index)``; None when no label
+    of an accepted turn matches."""
+    boxes = [(b, t) for t, turn in enumerate(trace.turns) if not turn.error
+             for b in turn.boxes if isinstance(b, dict) and isinstance(b.get("label"), str)]
     for rule in ("exact", "substring", "word"):
-        hits = [b for b in boxes if _match(b["label"], target) == rule]
+        hits = [(b, t) for b, t in boxes if label_match(b["label"], target) == rule]
         if hits:
-            return hits[-1], rule
+            return hits[-1][0], rule, hits[-1][1]
     return None
 
 
@@ -135,10 +142,11 @@ def ground_trace(trace: Trace, frames: list[Frame], target: str, config: Groundi
     result = GroundingResult(ok=False, target=target)
     chosen = choose_box(trace, target)
     if chosen is None:
-        labels = sorted({b.get("label") for t in trace.turns for b in t.boxes if isinstance(b.get("label"), str)})
+        labels = sorted({b.get("label") for t in trace.turns if not t.error for b in t.boxes
+                         if isinstance(b, dict) and isinstance(b.get("label"), str)})
         result.reason = f"no box labelled like {target!r} (labels drawn: {labels or 'none'})"
         return result
-    box, result.match = chosen
+    box, result.match, result.turn = chosen
     result.label = box["label"]
     index = box.get("index")
     if not isinstance(index, int) or not 1 <= index <= len(trace.images):

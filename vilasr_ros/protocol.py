@@ -32,6 +32,9 @@ VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 EOS_TOKEN = "<|im_end|>"
 MAX_COORDINATE_PX = 100_000
 """A coordinate beyond this (in absolute value) is hostile output, not a drawing (spec §4)."""
+MAX_BLOCK_CHARS = 256 * 1024
+"""A ```json block longer than this is skipped unread: 16384 tokens (the turn cap) are ~64 KB, so no
+turn the reference could generate holds one; ``ast.literal_eval`` of megabytes takes minutes."""
 
 PROBLEM_TYPES = ("multiple choice", "free-form", "regression", "numerical", "vci")
 
@@ -318,7 +321,8 @@ def parse_tool_calls(text: str) -> tuple[list[dict], list[dict]]:
 
     A block opens at a line that is exactly ```` ```json ```` after stripping and runs to the next
     ```` ``` ```` (or to ``</think>`` when none follows). Each block is read with
-    ``ast.literal_eval`` (never ``eval``); blocks that do not parse are skipped. Items with
+    ``ast.literal_eval`` (never ``eval``); blocks that do not parse, or are longer than
+    :data:`MAX_BLOCK_CHARS`, are skipped. Items with
     ``bbox_2d`` and ``label`` are boxes; items with ``start_point_2d``, ``end_point_2d`` and
     ``label`` are lines; everything else is ignored. Unlike the reference this never raises: a
     block that is not a list/tuple, or items that are not dicts, are skipped.
@@ -337,6 +341,8 @@ def parse_tool_calls(text: str) -> tuple[list[dict], list[dict]]:
     if not isinstance(text, str):
         return boxes, lines
     for block in _fenced_blocks(text):
+        if len(block) > MAX_BLOCK_CHARS:
+            continue
         value = _literal(block)
         if not isinstance(value, (list, tuple)):
             continue

@@ -19,7 +19,8 @@ from typing import Any, Callable
 from vilasr_ros import protocol
 from vilasr_ros.drawing import draw_annotations
 from vilasr_ros.engines.base import Engine, GenerationRequest, SamplingConfig
-from vilasr_ros.errors import EngineError, ModelOutputError, QueryError
+from vilasr_ros.errors import ModelOutputError, QueryError
+from vilasr_ros.sanitize import clean_text
 from vilasr_ros.trace import Trace, TraceImage, Turn
 
 logger = logging.getLogger(__name__)
@@ -34,12 +35,16 @@ class ReasonerConfig:
         max_turns: Model calls per query (10; 20 for mazes). The call before the last gets the
             final prompt.
         max_images: Image budget (45) after which the final prompt is shown.
+        max_drawings_per_turn: A turn with more boxes + lines than this ends the loop with
+            ``ToolError`` (a bound on hostile or runaway output; the reference has none, and its
+            models write a handful).
         sampling: Decoding settings.
     """
 
     max_pixels: int = protocol.prompts()["image_max_pixels"]["eval_default"]
     max_turns: int = protocol.prompts()["max_turns"]["default"]
     max_images: int = protocol.prompts()["max_images"]
+    max_drawings_per_turn: int = 512
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self):
@@ -49,6 +54,25 @@ class ReasonerConfig:
             raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
         if self.max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {self.max_images}")
+        if self.max_drawings_per_turn < 1:
+            raise ValueError(f"max_drawings_per_turn must be >= 1, got {self.max_drawings_per_turn}")
+
+
+def reasoner_config(**options: Any) -> ReasonerConfig:
+    """A validated :class:`ReasonerConfig` from loose options (None = default): ``max_pixels``,
+    ``max_turns``, ``max_images``, ``max_drawings_per_turn`` and the :class:`SamplingConfig` fields
+    ``temperature``, ``top_p``, ``max_tokens``, ``seed``.
+
+    Raises:
+        QueryError: An unknown option, a wrong type or a value out of range.
+    """
+    from vilasr_ros.configs import build_config
+
+    options = {k: v for k, v in options.items() if v is not None}
+    sampling_keys = {"temperature", "top_p", "max_tokens", "seed"}
+    sampling = build_config(SamplingConfig, {k: v for k, v in options.items() if k in sampling_keys}, "sampling")
+    rest = {k: v for k, v in options.items() if k not in sampling_keys}
+    return build_config(ReasonerConfig, {**rest, "sampling": sampling}, "the reasoning loop")
 
 
 def to_pil(image) -> Any:
@@ -153,15 +177,17 @@ class Reasoner:
             t0 = time.perf_counter()
             try:
                 result = self.engine.generate(request)
-            except EngineError as exc:
-                trace.finish_reason, trace.error = "error", f"{type(exc).__name__}: {exc}"
-                logger.error("engine failed on turn %d: %s", call, exc)
+                text = clean_text(result.text if isinstance(result.text, str) else str(result.text))
+                reason = result.finish_reason if result.finish_reason in (protocol.FINISH_STOP, protocol.FINISH_LENGTH) \
+                    else protocol.FINISH_STOP
+            except Exception as exc:  # noqa: BLE001 - any engine failure ends this query, never the caller
+                trace.finish_reason, trace.error = "error", clean_text(f"{type(exc).__name__}: {exc}")
+                logger.error("engine failed on turn %d: %s", call, trace.error)
                 break
             t1 = time.perf_counter()
-            text = result.text if isinstance(result.text, str) else str(result.text)
             turn = Turn(
                 text=text,
-                finish_reason=result.finish_reason,
+                finish_reason=reason,
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens,
                 cached_tokens=result.cached_tokens,
@@ -203,6 +229,9 @@ class Reasoner:
         try:
             if not boxes and not lines:
                 raise ModelOutputError("no box or line could be parsed from the tool call")
+            if len(boxes) + len(lines) > cfg.max_drawings_per_turn:
+                raise ModelOutputError(f"{len(boxes)} boxes and {len(lines)} lines in one turn; "
+                                       f"at most {cfg.max_drawings_per_turn} are drawn")
             edits = state.plan(boxes, lines, n_images)
             if n_images >= cfg.max_images + 1:
                 trace.finish_reason = protocol.FINISH_TOO_MANY_IMAGES

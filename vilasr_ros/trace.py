@@ -1,17 +1,24 @@
 """``Trace``: everything one run of the draw-to-reason loop did, savable and re-renderable.
 
-On disk: ``DIR/trace.json`` plus ``DIR/images/image_<k>.png`` (k = 0-based position in the model's
-image list, the reference's ``save_samples_info`` naming).
+On disk: ``DIR/trace.json`` plus ``DIR/images/image_<k>.png`` with k the 1-based index the model
+uses for the image ("The index of the given image is k"); traces written before that naming
+(0-based, the reference's ``save_samples_info``) still load. A trace is written into a temporary
+sibling folder and renamed into place, so a reader never sees half a trace; text that cannot be
+encoded (lone surrogates) is replaced, never fatal.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vilasr_ros.protocol import EOS_TOKEN, FINISH_LENGTH, render_chat
+from vilasr_ros.sanitize import clean_json
 
 
 @dataclass
@@ -130,26 +137,60 @@ class Trace:
         data = asdict(self)
         data.pop("pil_images")
         data["chat_text"] = self.chat_text
-        data["images"] = [dict(img, path=f"images/image_{i}.png") for i, img in enumerate(data["images"])]
-        return data
+        data["images"] = [dict(img, path=f"images/image_{img['index']}.png") for img in data["images"]]
+        return clean_json(data)
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``trace.json`` and ``images/image_<k>.png``.
+        """Write ``trace.json`` and ``images/image_<k>.png`` (k = the model's 1-based image index),
+        atomically: into a temporary sibling folder, then renamed over ``directory``.
 
         Returns:
             Path of ``trace.json``.
+
+        Raises:
+            OSError: The folder cannot be written (nothing is left behind at ``directory``).
         """
         directory = Path(directory)
-        (directory / "images").mkdir(parents=True, exist_ok=True)
-        for k, image in enumerate(self.pil_images):
-            image.save(directory / "images" / f"image_{k}.png", compress_level=1)  # lossless; 4x faster than 6
-        path = directory / "trace.json"
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-        return path
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            (tmp / "images").mkdir(parents=True)
+            for info, image in zip(self.images, self.pil_images):
+                image.save(tmp / "images" / f"image_{info.index}.png", compress_level=1)  # lossless; 4x faster than 6
+            text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+            with open(tmp / "trace.json", "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.rename(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory / "trace.json"
+
+    @staticmethod
+    def image_paths(directory: str | Path, n_images: int | None = None) -> list[Path]:
+        """Paths of a saved trace's images in the model's order (1-based names, or the older 0-based).
+
+        Args:
+            directory: The trace folder.
+            n_images: How many (default: read ``trace.json``).
+        """
+        directory = Path(directory)
+        if n_images is None:
+            n_images = len(json.loads((directory / "trace.json").read_text(encoding="utf-8"))["images"])
+        first = 0 if (directory / "images" / "image_0.png").is_file() else 1
+        return [directory / "images" / f"image_{first + k}.png" for k in range(n_images)]
 
     @classmethod
     def load(cls, directory: str | Path) -> "Trace":
-        """Read a saved trace (images opened lazily from ``images/``)."""
+        """Read a saved trace (images opened lazily from ``images/``).
+
+        Raises:
+            OSError: Missing files. ValueError: ``trace.json`` is not a trace.
+        """
         from PIL import Image
 
         directory = Path(directory)
@@ -160,7 +201,10 @@ class Trace:
             img.pop("path", None)
             img["size"] = tuple(img["size"])
             images.append(TraceImage(**img))
-        turns = [Turn(**t) for t in data.pop("turns")]
-        trace = cls(**data, turns=turns, images=images)
-        trace.pil_images = [Image.open(directory / "images" / f"image_{k}.png") for k in range(len(images))]
+        try:
+            turns = [Turn(**t) for t in data.pop("turns")]
+            trace = cls(**data, turns=turns, images=images)
+        except TypeError as exc:
+            raise ValueError(f"{directory / 'trace.json'} is not a vilasr trace: {exc}") from exc
+        trace.pil_images = [Image.open(p) for p in cls.image_paths(directory, len(images))]
         return trace

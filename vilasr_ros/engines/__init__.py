@@ -1,68 +1,158 @@
-"""Engines by name: ``replay``, ``transformers``, ``openai``, ``vllm`` (and ``teacher`` from training).
+"""Engines by name — one front end for ``vilasr ask``, ``vilasr agent``, the ROS node, evaluation and
+training.
 
-Heavy engines import their libraries only when created.
+Built in: ``replay``, ``transformers``, ``openai`` and ``vllm``.
+Other packages add engines through the ``vilasr_ros.engines`` entry-point group (``vilasr_ros_training``
+registers ``teacher``); the core never imports them. Each engine class carries ``config_class``, a
+frozen dataclass validated in ``__post_init__``, and ``from_config``; :func:`engine_config` builds
+and checks a config from loose options (flags, parameters, YAML) before anything heavy is imported
+or loaded, and :func:`create_engine` builds the engine from it.
 """
 
 from __future__ import annotations
 
+import importlib
+from importlib.metadata import entry_points
 from typing import Any
 
+from vilasr_ros.configs import build_config
 from vilasr_ros.engines.base import Engine, GenerationRequest, GenerationResult, SamplingConfig
 from vilasr_ros.errors import QueryError
 
 DEFAULT_MODEL_ID = "AntResearchNLP/ViLaSR"
-ENGINE_NAMES = ("replay", "transformers", "openai", "vllm", "teacher")
+ENTRY_POINT_GROUP = "vilasr_ros.engines"
+BUILTIN_ENGINES = {
+    "replay": "vilasr_ros.engines.replay:ReplayEngine",
+    "transformers": "vilasr_ros.engines.hf:TransformersEngine",
+    "openai": "vilasr_ros.engines.openai_compat:OpenAIEngine",
+    "vllm": "vilasr_ros.engines.vllm_engine:VLLMEngine",
+}
 
 __all__ = [
     "DEFAULT_MODEL_ID",
-    "ENGINE_NAMES",
     "Engine",
     "GenerationRequest",
     "GenerationResult",
     "SamplingConfig",
     "create_engine",
+    "engine_class",
+    "engine_config",
+    "engine_names",
 ]
 
 
-def create_engine(name: str, **options: Any) -> Engine:
+def _plugins() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def engine_names() -> tuple[str, ...]:
+    """Every engine name: the built-in ones, then those registered by installed packages."""
+    return tuple(BUILTIN_ENGINES) + tuple(sorted(set(_plugins()) - set(BUILTIN_ENGINES)))
+
+
+def engine_class(name: str) -> type:
+    """The engine class registered under ``name`` (its module is imported; the engine is not built).
+
+    Raises:
+        QueryError: Unknown name.
+        MissingDependencyError: Its package cannot be imported.
+    """
+    if name in BUILTIN_ENGINES:
+        module, _, attr = BUILTIN_ENGINES[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+    plugin = _plugins().get(name)
+    if plugin is None:
+        raise QueryError(f"unknown engine {name!r}; use one of {', '.join(engine_names())}")
+    return plugin.load()
+
+
+def engine_config(name: str, **options: Any) -> Any:
+    """A validated config of engine ``name`` from options; None values mean "the default".
+
+    Raises:
+        QueryError: Unknown engine, an option that engine does not have, a wrong type or range.
+    """
+    cls = engine_class(name)
+    return build_config(cls.config_class, {k: v for k, v in options.items() if v is not None}, f"the {name} engine")
+
+
+def create_engine(name: str, config: Any = None, **options: Any) -> Engine:
     """Build an engine by name.
 
     Args:
-        name: One of :data:`ENGINE_NAMES`.
-        **options: ``responses`` (replay); ``model`` (transformers/vllm/openai: path or HF id);
-            ``base_url``, ``api_key_env``, ``timeout_s``, ``max_retries`` (openai); ``device``,
-            ``dtype`` (transformers); ``model`` (teacher: a generated sim dataset folder),
-            ``reflect``, ``seed`` (teacher); extra keyword arguments are passed to the engine class.
+        name: One of :func:`engine_names`.
+        config: Its config (``engine_class(name).config_class``); built from ``options`` when None.
+        **options: Fields of that config (None values are ignored).
 
     Returns:
         The engine.
 
     Raises:
-        QueryError: Unknown engine name or a missing required option.
+        QueryError: Unknown engine name, unknown options, missing or invalid values.
         ModelNotFoundError: Weights absent (transformers, vllm).
         MissingDependencyError: The engine's optional extra is not installed.
     """
-    options = {k: v for k, v in options.items() if v is not None}
-    if name == "replay":
-        from vilasr_ros.engines.replay import ReplayEngine
+    cls = engine_class(name)
+    if config is None:
+        config = engine_config(name, **options)
+    return cls.from_config(config)
 
-        if "responses" not in options:
-            raise QueryError("the replay engine needs --responses FILE (a JSON list of model turns)")
-        return ReplayEngine(options["responses"])
-    if name == "transformers":
-        from vilasr_ros.engines.hf import TransformersEngine
 
-        return TransformersEngine(options.pop("model", DEFAULT_MODEL_ID), **options)
-    if name == "openai":
-        from vilasr_ros.engines.openai_compat import OpenAIEngine
+def choose_engine(name: str, *, model: str | None = None, base_url: str | None = None) -> tuple[str, str]:
+    """Resolve ``auto`` the same way for every front end (``vilasr ask``, ``vilasr agent``, the node).
 
-        return OpenAIEngine(model=options.pop("model", DEFAULT_MODEL_ID), **options)
-    if name == "vllm":
-        from vilasr_ros.engines.vllm_engine import VLLMEngine
+    ``auto``: a ``base_url`` means a server (``openai``); else the ``transformers`` engine when the
+    weights (``model``, default ``AntResearchNLP/ViLaSR``) are in a local folder or the local Hugging
+    Face cache; else the ``replay`` engine with the shipped demo script — and the sentence says, in
+    capitals, that its answer is scripted.
 
-        return VLLMEngine(options.pop("model", DEFAULT_MODEL_ID), **options)
-    if name == "teacher":
-        from vilasr_ros_training.teacher import TeacherEngine
+    Returns:
+        ``(engine name, a plain sentence saying which engine answers and why)``.
 
-        return TeacherEngine(**options)
-    raise QueryError(f"unknown engine {name!r}; use one of {', '.join(ENGINE_NAMES)}")
+    Raises:
+        QueryError: An unknown engine name.
+    """
+    if name != "auto":
+        if name not in engine_names():
+            raise QueryError(f"unknown engine {name!r}; use auto or one of {', '.join(engine_names())}")
+        return name, f"engine: {name}"
+    if base_url:
+        from vilasr_ros.sanitize import redact_url
+
+        return "openai", f"engine: openai — the server at {redact_url(base_url)}"
+    from vilasr_ros.errors import VilasrError
+
+    try:
+        from vilasr_ros.engines.hf import resolve_model_path
+
+        path = resolve_model_path(model or DEFAULT_MODEL_ID)
+        return "transformers", f"engine: transformers — ViLaSR weights at {path}"
+    except (VilasrError, ImportError, OSError) as exc:
+        return "replay", (
+            f"engine: replay — no ViLaSR weights here ({exc}); the answer below is SCRIPTED (the shipped "
+            "demo script), not a model's. Download the weights or pass --base-url to a server.")
+
+
+def engine_options(name: str, given: dict[str, Any], spelling: dict[str, str] | None = None) -> dict[str, Any]:
+    """The options in ``given`` (values the user set; None = not set) for engine ``name``.
+
+    Args:
+        name: A resolved engine name.
+        given: ``{option: value}``; None values are dropped.
+        spelling: How the user wrote each option (``{"base_url": "--base-url"}``), for messages.
+
+    Raises:
+        QueryError: The user set an option the engine does not take (``--reflect`` with ``openai``):
+            silently ignoring it would run something other than what was asked.
+    """
+    spelling = spelling or {}
+    fields = set(getattr(engine_class(name).config_class, "__dataclass_fields__", {}))
+    out = {}
+    for option, value in given.items():
+        if value is None:
+            continue
+        if option not in fields:
+            takes = ", ".join(spelling.get(f, f) for f in sorted(fields) if f in spelling or not spelling) or "nothing"
+            raise QueryError(f"{spelling.get(option, option)} does not apply to the {name} engine (it takes: {takes})")
+        out[option] = value
+    return out

@@ -9,6 +9,7 @@ the assistant turn without the end token, and why generation stopped.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,9 +89,19 @@ class Engine(abc.ABC):
     """A model that writes one assistant turn at a time."""
 
     name: str = "engine"
+    #: The frozen, validated settings dataclass of this engine (built by ``engines.engine_config``).
+    config_class: type | None = None
+    #: Options that must be set when the engine answers on its own (``vilasr ask``/``agent``), not
+    #: from an evaluation item (the teacher needs its dataset folder there).
+    standalone_requires: tuple[str, ...] = ()
     #: How many conversations may call :meth:`generate` at once from different threads (servers
     #: batch concurrent requests; in-process engines with per-conversation state take one).
     max_concurrency: int = 1
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Engine":
+        """Build the engine from its :attr:`config_class` instance (fields are constructor keywords)."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> GenerationResult:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,28 @@ def expand_image_tokens(text: str, grids, merge_size: int) -> str:
     return "".join(out)
 
 
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+@dataclass(frozen=True)
+class TransformersConfig:
+    """Settings of the ``transformers`` engine (see :class:`TransformersEngine`)."""
+
+    model: str = "AntResearchNLP/ViLaSR"
+    device: str | None = None
+    dtype: str | None = None
+    attn_implementation: str | None = None
+    turn_reuse: bool = True
+
+    def __post_init__(self):
+        if not self.model:
+            raise ValueError("model must name a folder or a Hugging Face id")
+        if self.device is not None and not (self.device == "cpu" or self.device.startswith(("cuda", "mps", "xpu"))):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+
 class TransformersEngine(Engine):
     """Qwen2.5-VL through ``Qwen2_5_VLForConditionalGeneration``, with turn reuse (module docstring).
 
@@ -104,6 +127,7 @@ class TransformersEngine(Engine):
     """
 
     name = "transformers"
+    config_class = TransformersConfig
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ model turn: a string (a turn that ended normally) or ``{"text": ..., "finish_rea
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,42 @@ def load_responses(source: str | Path | list) -> list[dict[str, Any]]:
     return out
 
 
+def demo_responses() -> Path:
+    """The scripted model turns shipped with the package (the demo scene's answer, see README);
+    what ``replay`` plays when no file is given."""
+    from importlib import resources
+
+    return Path(str(resources.files("vilasr_ros.resources").joinpath("demo_responses.json")))
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Attributes:
+    responses: A replay file (JSON list of turns, or a saved ``trace.json``) or the list itself; None
+        plays the shipped demo script (:func:`demo_responses`) and says so in :meth:`ReplayEngine.describe`.
+    """
+
+    responses: str | list | None = None
+
+    def __post_init__(self):
+        if isinstance(self.responses, str) and not Path(self.responses).is_file():
+            raise QueryError(f"replay file not found: {self.responses}")
+
+
 class ReplayEngine(Engine):
-    """Returns scripted turns in order; each new query starts from the first one again."""
+    """Returns scripted turns in order; each new query starts from the first one again.
+
+    Args:
+        responses: A replay list, a file holding one, or a ``trace.json``; None: the shipped demo.
+    """
 
     name = "replay"
+    config_class = ReplayConfig
 
-    def __init__(self, responses: str | Path | list):
-        self.responses = load_responses(responses)
+    def __init__(self, responses: str | Path | list | None = None):
+        self.scripted_demo = responses is None
+        self.responses = load_responses(demo_responses() if responses is None else responses)
+        self._source = "demo" if responses is None else (str(responses) if isinstance(responses, (str, Path)) else "list")
         self._position = 0
 
     def reset(self) -> None:
@@ -71,4 +101,7 @@ class ReplayEngine(Engine):
         return GenerationResult(text=entry["text"], finish_reason=entry["finish_reason"])
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "turns": len(self.responses)}
+        out: dict[str, Any] = {"engine": self.name, "turns": len(self.responses), "model": "scripted"}
+        if self.scripted_demo:
+            out["responses"] = "shipped demo script"
+        return out

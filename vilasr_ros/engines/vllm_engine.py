@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from vilasr_ros.engines.base import Engine, GenerationRequest, GenerationResult
@@ -16,6 +17,24 @@ from vilasr_ros.engines.hf import resolve_model_path
 from vilasr_ros.errors import EngineError, require
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VLLMConfig:
+    """Settings of the ``vllm`` engine (see :class:`VLLMEngine`)."""
+
+    model: str = "AntResearchNLP/ViLaSR"
+    tensor_parallel_size: int | None = None
+    gpu_memory_utilization: float = 0.85
+    max_images: int = 62
+
+    def __post_init__(self):
+        if self.tensor_parallel_size is not None and self.tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be >= 1")
+        if not 0.05 <= self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in [0.05, 1], got {self.gpu_memory_utilization}")
+        if self.max_images < 1:
+            raise ValueError("max_images must be >= 1")
 
 
 class VLLMEngine(Engine):
@@ -30,6 +49,7 @@ class VLLMEngine(Engine):
     """
 
     name = "vllm"
+    config_class = VLLMConfig
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ class EvalItem:
         kind: ``single``, ``video`` or ``multi_view``.
         max_turns: Turn budget (10; 20 for mazes).
         missing: Image paths that do not exist or cannot be decoded (the item is then skipped).
+        invalid: Why the item cannot be asked (a field of the wrong type); the item is skipped.
     """
 
     id: str
@@ -64,6 +65,7 @@ class EvalItem:
     kind: str
     max_turns: int
     missing: list[str] = field(default_factory=list)
+    invalid: str | None = None
 
 
 def find_data_file(data: str | Path, dataset: str) -> Path:
@@ -115,16 +117,30 @@ def _paths(raw: dict, root: Path) -> list[Path]:
 
 
 def _check_images(paths: list[Path]) -> list[str]:
+    """Paths that do not open *and decode* (``verify()`` alone passes truncated JPEGs)."""
     from PIL import Image
 
     missing = []
     for p in paths:
         try:
             with Image.open(p) as im:
-                im.verify()
-        except (OSError, SyntaxError, ValueError):
+                im.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             missing.append(str(p))
     return missing
+
+
+def _invalid(raw: dict[str, Any]) -> str | None:
+    """Why an item's fields cannot be asked, or None."""
+    question = raw.get("question")
+    if not isinstance(question, str) or not question.strip():
+        return f"'question' must be non-empty text, got {question!r}"[:200]
+    options = raw.get("options")
+    if options is not None and (not isinstance(options, list) or not all(isinstance(o, str) for o in options)):
+        return f"'options' must be a list of strings, got {options!r}"[:200]
+    if isinstance(raw.get("answer"), (dict, list)) or raw.get("answer") is None:
+        return f"'answer' must be text or a number, got {raw.get('answer')!r}"[:200]
+    return None
 
 
 def prepare_item(dataset: str, raw: dict[str, Any], position: int, root: Path, frames: int = DEFAULT_FRAMES) -> EvalItem:
@@ -142,11 +158,18 @@ def prepare_item(dataset: str, raw: dict[str, Any], position: int, root: Path, f
     """
     if dataset not in DATASETS:
         raise QueryError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+    item_id = str(raw["id"]) if raw.get("id") is not None else f"item_{position}"
     for key in ("question", "answer", "problem_type", "image_path"):
         if key not in raw:
             raise QueryError(f"item {position} has no {key!r}")
-    ptype = protocol.normalize_problem_type(raw["problem_type"])
-    paths = _paths(raw, root)
+    invalid = _invalid(raw)
+    try:
+        ptype = protocol.normalize_problem_type(raw["problem_type"])
+        paths = _paths(raw, root)
+    except QueryError as exc:
+        ptype, paths, invalid = "free-form", [], invalid or str(exc)
+    if invalid:
+        return EvalItem(item_id, position, raw, paths, "", None, ptype, "single", 1, [], invalid)
     qtype = str(raw.get("original_question_type") or "")
     question, options = str(raw["question"]), raw.get("options") or None
     max_turns = protocol.prompts()["max_turns"]["default"]
@@ -173,7 +196,6 @@ def prepare_item(dataset: str, raw: dict[str, Any], position: int, root: Path, f
             kind = "multi_view"
         else:
             raise QueryError(f"item {position}: data_type must be single_view or multi_view, got {data_type!r}")
-    item_id = str(raw["id"]) if raw.get("id") is not None else f"item_{position}"
     return EvalItem(item_id, position, raw, paths, question, options, ptype, kind, max_turns, _check_images(paths))
 
 
@@ -191,6 +213,8 @@ def load_dataset(dataset: str, data: str | Path, image_folder: str | Path | None
     path = find_data_file(data, dataset)
     root = Path(image_folder) if image_folder else path.parent
     items = [prepare_item(dataset, raw, i, root, frames) for i, raw in enumerate(read_items(path))]
+    if items and all(it.invalid for it in items):
+        raise QueryError(f"{path}: no item can be asked (item 0: {items[0].invalid})")
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
         raise QueryError(f"{path}: item ids are not unique")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vilasr_ros.sanitize import is_inside, safe_name
 from vilasr_ros.evaluation.scores import load_results, score_records, summarize
 
 
@@ -117,16 +118,20 @@ def _gallery(run: dict, out: Path, count: int) -> list[str]:
     picked, seen_types = [], set()
     for r in sorted(run["records"], key=lambda r: -(r.get("drawings") or 0)):
         qtype = r.get("original_question_type")
-        if r.get("trace_dir") and qtype not in seen_types and len(picked) < count:
+        if isinstance(r.get("trace_dir"), str) and is_inside(run["dir"], run["dir"] / r["trace_dir"]) \
+                and qtype not in seen_types and len(picked) < count:
             picked.append(r)
             seen_types.add(qtype)
     for r in picked:
         images = sorted((run["dir"] / r["trace_dir"] / "images").glob("image_*.png"), key=lambda p: int(p.stem.split("_")[1]))
         lines.append(f"#### {run['name']} · {r['id']} · {r.get('original_question_type', '')}\n")
-        lines.append(f"**Q:** {r['question']}  \n**ground truth:** {r['answer']} · **answer:** "
+        options = r.get("options") or []
+        shown_options = "  \n".join(str(o) for o in options) if isinstance(options, list) else str(options)
+        lines.append(f"**Q:** {r['question']}  \n" + (f"**options:**  \n{shown_options}  \n" if options else "")
+                     + f"**ground truth:** {r['answer']} · **answer:** "
                      f"{r.get('extracted_answer')} · **score:** {r['score']:.2f} · finish: {r.get('finish_reason')}\n")
         if images:
-            dest = out / "gallery" / f"{run['name']}_{r['id']}.png"
+            dest = out / "gallery" / f"{safe_name(run['name'] + '_' + str(r['id']), 96)}.png"
             dest.parent.mkdir(exist_ok=True)
             shutil.copyfile(images[-1], dest)
             lines.append(f"![last drawn image]({dest.relative_to(out).as_posix()})\n")

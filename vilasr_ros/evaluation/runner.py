@@ -11,9 +11,12 @@ Layout of ``OUT``:
 - ``skipped.jsonl`` — items not run, with the reason (missing or unreadable images);
 - ``traces/<id>/`` — each item's saved :class:`~vilasr_ros.trace.Trace` (drawn images included).
 
-Resuming: items whose id is already in the results file are not run again; a line cut short by a
-kill is dropped (the file is truncated to its last complete line) and that item runs again. Lines
-are flushed and fsync'ed one by one. Sharding takes the contiguous slice
+Resuming: items whose id is already in the results file are not run again; a last line cut short by
+a kill is dropped (the file is truncated to its last complete line) and that item runs again. A
+garbled line *inside* the file (a disk error, a hand edit) is reported, skipped and left in place for
+inspection — nothing after it is lost or re-run. Lines are flushed and fsync'ed one by one. An item
+that fails for any reason (an image that does not decode, an unexpected error) is listed in
+``skipped.jsonl`` with the reason and the run goes on. Sharding takes the contiguous slice
 ``[len·i/n, len·(i+1)/n)`` of the data file, as the reference's ``--split/--all``.
 """
 
@@ -28,12 +31,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from vilasr_ros.engines.base import Engine
 from vilasr_ros.errors import QueryError
 from vilasr_ros.evaluation.datasets import DEFAULT_FRAMES, EvalItem, load_dataset
 from vilasr_ros.reasoner import Reasoner, ReasonerConfig
+from vilasr_ros.sanitize import clean_text, safe_name
 from vilasr_ros.trace import Trace
 
 logger = logging.getLogger(__name__)
@@ -70,25 +73,34 @@ def results_name(shard: tuple[int, int]) -> str:
 
 
 def read_results(path: Path, repair: bool = False) -> list[dict[str, Any]]:
-    """Complete JSON lines of a results file. With ``repair``, a trailing partial line (a run killed
-    while writing) is cut off the file."""
+    """The JSON records of a results file.
+
+    A last line without its newline (a run killed while writing) is dropped — and with ``repair``
+    cut off the file. A line that is not a JSON object anywhere else is logged with its line number
+    and skipped, never truncated: every finished result around it is kept.
+    """
     if not path.exists():
         return []
     data = path.read_bytes()
-    records, good = [], 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
+    lines = data.splitlines(keepends=True)
+    records = []
+    torn = bool(lines) and not lines[-1].endswith(b"\n")
+    for number, line in enumerate(lines[:-1] if torn else lines, start=1):
+        if not line.strip():
+            continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good += len(line)
-    if good != len(data):
-        logger.warning("%s: dropping %d bytes of an unfinished last line", path, len(data) - good)
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        if not isinstance(record, dict):
+            logger.warning("%s:%d is not a JSON result line (kept in the file, skipped): %r", path, number, line[:120])
+            continue
+        records.append(record)
+    if torn:
+        logger.warning("%s: dropping %d bytes of an unfinished last line", path, len(lines[-1]))
         if repair:
             with open(path, "r+b") as f:
-                f.truncate(good)
+                f.truncate(len(data) - len(lines[-1]))
     return records
 
 
@@ -101,31 +113,14 @@ def reflective(trace: Trace) -> bool:
     return any(len(v) > 1 for v in seen.values())
 
 
-def _sim_grounding(item: EvalItem, trace: Trace, root: Path) -> dict[str, Any]:
-    """Ground a sim navigation answer and measure it against the scene (metres)."""
-    from vilasr_ros.grounding import GroundingConfig, ground_trace
-    from vilasr_ros.sources import open_source
-    from vilasr_ros_sim.views import visible_surface_point
+def _measure(dataset: str):
+    """The ``vilasr_ros.eval_measures`` entry registered for ``dataset`` (sim: navigation error), or None."""
+    from importlib.metadata import entry_points
 
-    target = item.raw["target"]
-    scene_dir = root / item.raw["scene"]
-    with open_source(f"sim:{scene_dir}") as source:
-        frames_by_index = {f.index: f for f in source}
-    frames = [frames_by_index[int(p.stem)] for p in item.image_paths]
-    result = ground_trace(trace, frames, target["category"], GroundingConfig(remove_floor=True))
-    out: dict[str, Any] = {"grounding": result.to_dict(), "position_error_m": None, "error_reference": None}
-    if not result.ok:
-        return out
-    world = np.array(result.position_world)
-    try:
-        reference = visible_surface_point(scene_dir, result.frame_index, int(target["instance_id"]))
-        out["error_reference"] = "visible_surface"
-    except ValueError:  # the chosen frame does not show the target: measure to its centre
-        reference = np.array(target["position"])
-        out["error_reference"] = "centre"
-    out["position_error_m"] = round(float(np.linalg.norm(world - reference)), 4)
-    out["centre_error_xy_m"] = round(float(np.linalg.norm(world[:2] - np.array(target["position"][:2]))), 4)
-    return out
+    for ep in entry_points(group="vilasr_ros.eval_measures"):
+        if ep.name == dataset:
+            return ep.load()
+    return None
 
 
 def _record(item: EvalItem, trace: Trace, trace_dir: str | None) -> dict[str, Any]:
@@ -161,7 +156,7 @@ def for_each(fn: Callable[[Any], None], items: list, workers: int) -> None:
 def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *, config: ReasonerConfig | None = None,
              shard: tuple[int, int] = (0, 1), image_folder: str | Path | None = None, frames: int = DEFAULT_FRAMES,
              batch_size: int = 1, save_traces: bool = True, max_turns_override: int | None = None,
-             progress: Callable[[str], None] | None = None) -> RunSummary:
+             progress: bool = False) -> RunSummary:
     """Run ``engine`` over a dataset shard, appending to ``OUT/results*.jsonl`` (see module docstring).
 
     Args:
@@ -176,7 +171,7 @@ def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *,
         frames: Frames per video item.
         batch_size: Items in flight at once (capped by ``engine.max_concurrency``).
         save_traces: Save each trace under ``OUT/traces/<id>``.
-        progress: Called with a line per item.
+        progress: Show a progress bar (n/N, rate, ETA) on stderr.
 
     Returns:
         A :class:`RunSummary`.
@@ -204,46 +199,69 @@ def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *,
     results_path = out / results_name(shard)
     done = {r.get("id") for r in read_results(results_path, repair=True)}
     todo = [it for it in items if it.id not in done]
-    skipped = [it for it in todo if it.missing]
-    with open(out / "skipped.jsonl", "w", encoding="utf-8") as f:
-        for it in skipped:
-            f.write(json.dumps({"id": it.id, "position": it.position, "reason": "missing or unreadable image",
-                                "missing": it.missing}) + "\n")
-            logger.warning("skipping %s: missing or unreadable image(s): %s", it.id, ", ".join(it.missing))
-            if progress:
-                progress(f"SKIPPED {it.id}: missing image(s) {', '.join(it.missing)}")
-    todo = [it for it in todo if not it.missing]
+    skipped = [it for it in todo if it.missing or it.invalid]
+    skipped_file = open(out / "skipped.jsonl", "w", encoding="utf-8")
+    for it in skipped:
+        reason = it.invalid or "missing or unreadable image"
+        skipped_file.write(json.dumps({"id": it.id, "position": it.position, "reason": reason,
+                                       "missing": it.missing}, ensure_ascii=False) + "\n")
+        logger.warning("skipping %s: %s %s", it.id, reason, ", ".join(it.missing))
+    skipped_file.flush()
+    failed: list[str] = []
+    todo = [it for it in todo if not (it.missing or it.invalid)]
+    from tqdm import tqdm
+
+    measure = _measure(dataset)
+    bar = tqdm(total=len(todo), desc=f"eval {dataset}", unit="item", disable=not progress, dynamic_ncols=True)
     lock = threading.Lock()
     results_file = open(results_path, "a", encoding="utf-8")
 
     def one(item: EvalItem) -> None:
+        try:
+            run_one(item)
+        except Exception as exc:  # noqa: BLE001 - one item's failure is reported, the run goes on
+            reason = f"{type(exc).__name__}: {clean_text(exc)}"
+            logger.warning("skipping %s: %s", item.id, reason)
+            with lock:
+                skipped_file.write(json.dumps({"id": item.id, "position": item.position, "reason": reason},
+                                              ensure_ascii=False) + "\n")
+                skipped_file.flush()
+                failed.append(item.id)
+            bar.update(1)
+
+    def run_one(item: EvalItem) -> None:
         from PIL import Image
 
         cfg = replace(config, max_turns=max_turns_override or item.max_turns)
         images = []
         for p in item.image_paths:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
+            try:
+                with Image.open(p) as im:
+                    images.append(im.convert("RGB"))
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise QueryError(f"image {p} cannot be decoded: {exc}") from exc
         trace = Reasoner(engine, cfg).run(images, item.question, item.problem_type, item.options, kind=item.kind,
                                           metadata={"item": item.raw, "root": str(root)})
         trace_dir = None
         if save_traces:
-            trace_dir = f"traces/{item.id}"
+            trace_dir = f"traces/{safe_name(item.id)}"
             trace.save(out / trace_dir)
         record = _record(item, trace, trace_dir)
-        if dataset == "sim" and item.raw.get("target") and item.raw.get("scene"):
-            record.update(_sim_grounding(item, trace, root))
+        if measure is not None:
+            record.update(measure(item.raw, item.image_paths, trace, root))
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with lock:
             results_file.write(line)
             results_file.flush()
             os.fsync(results_file.fileno())
-        if progress:
-            progress(f"{item.id}: {trace.finish_reason} answer={trace.answer!r} turns={len(trace.turns)}")
+        bar.set_postfix_str(f"{item.id}: {trace.finish_reason}", refresh=False)
+        bar.update(1)
 
     try:
         for_each(one, todo, max(1, min(batch_size, engine.max_concurrency)))
     finally:
         results_file.close()
-    return RunSummary(total=len(items), resumed=len(items) - len(todo) - len(skipped), ran=len(todo),
-                      skipped=len(skipped), results_path=results_path)
+        skipped_file.close()
+        bar.close()
+    return RunSummary(total=len(items), resumed=len(items) - len(todo) - len(skipped), ran=len(todo) - len(failed),
+                      skipped=len(skipped) + len(failed), results_path=results_path)

@@ -8,19 +8,26 @@ Serves ``~/query`` (``std_msgs/String`` JSON, see :mod:`vilasr_ros.agent`) and p
 ``~/answer`` (String JSON), ``~/target_pose`` and, when ``publish_goal_pose`` is true,
 ``/goal_pose`` (``PoseStamped`` in the world frame — what Nav2's ``bt_navigator`` follows),
 ``~/path`` (``nav_msgs/Path`` along Path Tracer lines), ``~/annotated_image`` (each drawn image as
-it is made), ``~/markers`` (``MarkerArray``) and ``~/progress`` (String JSON per turn).
-Services: ``~/cancel`` and ``~/clear_buffer`` (``std_srvs/Trigger``).
+it is made), ``~/markers`` (``MarkerArray``), ``~/progress`` (String JSON per turn) and
+``/diagnostics`` (``diagnostic_msgs/DiagnosticArray`` once a second: frames received and dropped by
+reason, queue, answers). Services: ``~/cancel`` and ``~/clear_buffer`` (``std_srvs/Trigger``).
+
+Failure behaviour (README "Failure behaviour"): every callback is a boundary — whatever a message
+holds, the node logs or answers and keeps spinning. Every query that reaches the node gets exactly
+one answer (served, or ``rejected`` with the reason: queue full, shutting down). Goals are published
+only under the safety rule of :func:`vilasr_ros.agent.goal_decision`. Parameters that write files
+(``trace_root``) or move the robot (``publish_goal_pose``) are read-only at run time: no DDS peer
+can redirect the disk or switch goals on.
 
 Threading: sensor callbacks share one mutually exclusive group; query intake and services
 another; the reasoner runs in a third (a guard condition, triggered by the intake, that takes
-queries off a bounded queue), all on a
-``MultiThreadedExecutor`` — a long query never stalls image callbacks. A full queue, a bad query,
-an empty or stale buffer or a failing engine each produce an ``~/answer`` with ``error`` set and the
-request ``id``; the node keeps serving.
+queries off a bounded queue), all on a ``MultiThreadedExecutor`` — a long query never stalls
+image callbacks.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import sys
@@ -29,6 +36,7 @@ import time
 from typing import Any
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
@@ -57,6 +65,7 @@ from vilasr_ros.ros.conversions import (
     transform_from_xyz_quat,
 )
 from vilasr_ros.ros.sync import FrameAssembler
+from vilasr_ros.sanitize import clean_text, redact
 
 
 def _f(lo: float, hi: float) -> dict:
@@ -79,6 +88,8 @@ PARAMETERS: dict[str, tuple[Any, str, dict, bool]] = {
     "expect_depth": (True, "wait for a depth image per colour image", {}, False),
     "sync_tolerance_s": (0.02, "max colour/depth stamp difference (s)", _f(0.0, 1.0), False),
     "pose_tolerance_s": (0.1, "max colour/odometry stamp difference (s)", _f(0.0, 5.0), False),
+    "max_speed_mps": (5.0, "odometry implying a faster motion is rejected as a jump (m/s)", _f(0.01, 1000.0), False),
+    "max_future_stamp_s": (2.0, "frames stamped further ahead of the node clock are dropped (s)", _f(0.001, 3600.0), False),
     # keyframe buffer
     "buffer.max_frames": (256, "keyframes kept at most", _i(1, 100000), False),
     "buffer.max_bytes_mb": (512, "RGB-D bytes kept at most (MiB)", _i(1, 1 << 20), False),
@@ -89,34 +100,64 @@ PARAMETERS: dict[str, tuple[Any, str, dict, bool]] = {
     "frames": (16, "frames per query (VSI-Bench protocol: 16)", _i(1, 64), True),
     "selection": ("uniform", "frame selection: uniform | latest | coverage", {}, True),
     "window_s": (0.0, "only keyframes this recent (s); 0 = whole buffer", _f(0.0, 86400.0), True),
-    "max_age_s": (5.0, "refuse queries when the newest frame is older (s); 0 = never", _f(0.0, 86400.0), True),
-    "max_queued_queries": (8, "queries waiting at most; more are answered with an error", _i(1, 1000), False),
+    "max_age_s": (5.0, "refuse queries when no usable frame arrived for this long (s); 0 = never", _f(0.0, 86400.0), True),
+    "max_queued_queries": (8, "queries waiting at most; more are answered 'rejected'", _i(1, 1000), False),
     "max_query_bytes": (4096, "largest accepted query JSON (bytes)", _i(64, 1 << 20), True),
-    "trace_root": ("runs/agent", "folder for per-query traces; empty = do not save", {}, True),
-    "publish_goal_pose": (False, "also publish targets on /goal_pose for Nav2", {}, True),
+    "trace_root": ("runs/agent", "folder for per-query traces; empty = do not save (read-only at run time)", {}, False),
+    "trace_max_total_mb": (2048.0, "traces kept at most, all together (MiB); oldest removed first", _f(1.0, 1.0e7), False),
+    "trace_max_age_h": (168.0, "traces older than this are removed (hours); 0 = size bound only", _f(0.0, 1.0e6), False),
+    "publish_goal_pose": (False, "also publish targets on /goal_pose for Nav2 (read-only at run time)", {}, False),
+    "min_goal_confidence": (0.3, "grounding confidence needed before a target is published as a goal", _f(0.0, 1.0), True),
     "standoff_m": (0.8, "approach distance from the target (m)", _f(0.0, 10.0), True),
     "floor_z_m": (0.0, "floor height in the world frame (m, z up)", _f(-100.0, 100.0), True),
-    "remove_floor": (False, "drop floor and background-wall pixels in the box before placing the target "
-                     "(needs a z-up world frame with the floor at floor_z_m, as REP-103 map/odom)", {}, True),
+    "remove_floor": (True, "drop floor and background-wall pixels in the box before placing the target "
+                     "(z-up world frame with the floor at floor_z_m, as REP-103 map/odom)", {}, True),
     # engine (read-only: restart the node to change)
-    "engine": ("transformers", "replay | transformers | openai | vllm", {}, False),
+    "engine": ("transformers", "auto | replay | transformers | openai | vllm | remote | (installed plug-ins)", {}, False),
     "model": ("", "model folder or HF id (empty: AntResearchNLP/ViLaSR)", {}, False),
-    "base_url": ("", "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1", {}, False),
-    "api_key_env": ("OPENAI_API_KEY", "environment variable holding the API key", {}, False),
-    "responses": ("", "replay engine: JSON list of model turns", {}, False),
-    "request_timeout_s": (300.0, "openai engine: HTTP timeout per call (s)", _f(1.0, 3600.0), False),
+    "base_url": ("", "server: OpenAI-compatible (http://gpu:8000/v1) or a vilasr serve", {}, False),
+    "api_key_env": ("", "openai: environment variable holding the API key (empty: OPENAI_API_KEY)", {}, False),
+    "responses": ("", "replay engine: JSON list of model turns (empty: the shipped demo)", {}, False),
+    "request_timeout_s": (300.0, "server engines: wall-clock deadline of one model call (s)", _f(0.1, 3600.0), False),
+    "image_format": ("", "server engines: png | jpeg | bmp (empty: png)", {}, False),
     "device": ("", "transformers engine: cuda | cpu (empty: cuda when available)", {}, False),
+    "turn_reuse": (True, "transformers engine: reuse KV cache and vision features across turns", {}, False),
     "max_pixels": (351232, "smart_resize area cap per input image", _i(3136, 16777216), False),
     "max_turns": (10, "model calls per query", _i(1, 100), False),
     "temperature": (0.75, "sampling temperature (0 = greedy)", _f(0.0, 5.0), False),
-    "top_p": (0.9, "nucleus sampling", _f(0.0, 1.0), False),
+    "top_p": (0.9, "nucleus sampling", _f(0.001, 1.0), False),
     "max_tokens": (16384, "new tokens per model call", _i(1, 1 << 20), False),
 }
-CHOICES = {"selection": ("uniform", "latest", "coverage"), "engine": ("replay", "transformers", "openai", "vllm")}
+CHOICES = {"selection": ("uniform", "latest", "coverage")}
+# Engine parameters → engine options (engines.engine_options checks they apply to the engine chosen).
+ENGINE_PARAMETERS = {"model": "model", "base_url": "base_url", "api_key_env": "api_key_env", "responses": "responses",
+                     "request_timeout_s": "timeout_s", "image_format": "image_format", "device": "device",
+                     "turn_reuse": "turn_reuse"}
+QUERY_QOS_DEPTH = 1000
+"""``~/query`` and ``~/answer`` keep this many messages (reliable): a client bursting queries must
+publish reliable with a history at least as deep (README "Queries in bursts")."""
 
 
 def _reliable(depth: int) -> QoSProfile:
     return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def engine_from_parameters(p: dict[str, Any]):
+    """Engine name, validated config and a sentence saying which engine answers — from the node's
+    parameters, through the same front end as ``vilasr ask`` (nothing is loaded here).
+
+    Raises:
+        QueryError: An engine parameter set for an engine that does not take it, or a bad value.
+    """
+    from vilasr_ros.engines import choose_engine, engine_class, engine_config, engine_options
+
+    name, sentence = choose_engine(p["engine"], model=p["model"] or None, base_url=p["base_url"] or None)
+    given = {option: p[param] for param, option in ENGINE_PARAMETERS.items()
+             if p[param] not in ("", None) and p[param] != PARAMETERS[param][0]}
+    options = engine_options(name, given, {o: f"parameter {k}" for k, o in ENGINE_PARAMETERS.items()})
+    if "timeout_s" in engine_class(name).config_class.__dataclass_fields__:
+        options.setdefault("timeout_s", p["request_timeout_s"])
+    return name, engine_config(name, **options), sentence
 
 
 class VilasrAgentNode(Node):
@@ -128,7 +169,8 @@ class VilasrAgentNode(Node):
 
     Raises (at construction):
         QueryError / ModelNotFoundError / MissingDependencyError: The engine cannot be built.
-        ValueError: A parameter value outside its choices.
+        ValueError: A parameter value outside its choices, or the scripted demo engine with
+            ``publish_goal_pose`` (a scripted answer never drives a robot).
     """
 
     def __init__(self, node_name: str = "vilasr_agent", *, reasoner=None, **kwargs):
@@ -142,17 +184,24 @@ class VilasrAgentNode(Node):
             if p[name] not in choices:
                 raise ValueError(f"parameter {name}={p[name]!r} is not one of {choices}")
 
-        self.buffer = FrameBuffer(BufferConfig(
-            max_frames=p["buffer.max_frames"], max_bytes=p["buffer.max_bytes_mb"] * 2**20,
-            min_translation_m=p["buffer.min_translation_m"], min_rotation_deg=p["buffer.min_rotation_deg"],
-            max_interval_s=p["buffer.max_interval_s"]))
+        self.buffer = FrameBuffer(
+            BufferConfig(max_frames=p["buffer.max_frames"], max_bytes=p["buffer.max_bytes_mb"] * 2**20,
+                         min_translation_m=p["buffer.min_translation_m"], min_rotation_deg=p["buffer.min_rotation_deg"],
+                         max_interval_s=p["buffer.max_interval_s"], max_future_s=p["max_future_stamp_s"]),
+            wall_clock=lambda: self.get_clock().now().nanoseconds * 1e-9)
+        self.health = self.buffer.health
         self.reasoner = reasoner or self._build_reasoner()
+        engine = self.reasoner.engine.describe()
+        if engine.get("responses") == "shipped demo script" and p["publish_goal_pose"]:
+            raise ValueError("publish_goal_pose is true but the engine is the scripted demo (no weights, no "
+                             "base_url): a scripted answer never drives a robot; give model or base_url")
         self.agent = SpatialAgent(self.reasoner, self.buffer, self._agent_config())
         self.assembler = FrameAssembler(
             decode_color_msg, decode_depth_msg, T_base_camera=transform_from_xyz_quat(p["T_base_camera"]),
             tolerance_s=p["sync_tolerance_s"], pose_tolerance_s=p["pose_tolerance_s"],
             expect_depth=p["expect_depth"], world_frame_id=p["world_frame_id"] or None, source_id="ros:" + p["color_topic"],
-            keep=self.buffer.wants, on_skip=self.buffer.note)  # only keyframes are decoded
+            keep=self.buffer.wants, on_skip=self.buffer.note, health=self.health,  # only keyframes are decoded
+            max_speed_mps=p["max_speed_mps"])
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.sensor_group = MutuallyExclusiveCallbackGroup()
@@ -165,53 +214,59 @@ class VilasrAgentNode(Node):
         quiet_pub = {"event_callbacks": PublisherEventCallbacks(use_default_callbacks=False)}
         sensor = {"qos_profile": qos_profile_sensor_data, "callback_group": self.sensor_group,
                   "event_callbacks": quiet_sub}
-        self.create_subscription(Image, p["color_topic"], self._on_colour, **sensor)
-        self.create_subscription(Image, p["depth_topic"], self._on_depth, **sensor)
-        self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_info, **sensor)
-        self.create_subscription(Odometry, p["odom_topic"], self._on_odom, **sensor)
-        self.create_subscription(String, "~/query", self._on_query, _reliable(200), callback_group=self.control_group)
+        self.create_subscription(Image, p["color_topic"], self._guard(self._on_colour, "colour"), **sensor)
+        self.create_subscription(Image, p["depth_topic"], self._guard(self._on_depth, "depth"), **sensor)
+        self.create_subscription(CameraInfo, p["camera_info_topic"], self._guard(self._on_info, "camera_info"), **sensor)
+        self.create_subscription(Odometry, p["odom_topic"], self._guard(self._on_odom, "odometry"), **sensor)
+        self.create_subscription(String, "~/query", self._on_query, _reliable(QUERY_QOS_DEPTH),
+                                 callback_group=self.control_group)
         self.create_service(Trigger, "~/cancel", self._on_cancel, callback_group=self.control_group)
         self.create_service(Trigger, "~/clear_buffer", self._on_clear, callback_group=self.control_group)
 
-        self.answer_pub = self.create_publisher(String, "~/answer", _reliable(200), **quiet_pub)
+        self.answer_pub = self.create_publisher(String, "~/answer", _reliable(QUERY_QOS_DEPTH), **quiet_pub)
         self.progress_pub = self.create_publisher(String, "~/progress", _reliable(50), **quiet_pub)
         self.target_pub = self.create_publisher(PoseStamped, "~/target_pose", _reliable(10), **quiet_pub)
         self.goal_pub = self.create_publisher(PoseStamped, "/goal_pose", _reliable(10), **quiet_pub)
         self.path_pub = self.create_publisher(Path, "~/path", _reliable(10), **quiet_pub)
         self.image_pub = self.create_publisher(Image, "~/annotated_image", _reliable(20), **quiet_pub)
         self.marker_pub = self.create_publisher(MarkerArray, "~/markers", _reliable(10), **quiet_pub)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", _reliable(10), **quiet_pub)
 
         self.queries: queue.Queue[Query] = queue.Queue(maxsize=p["max_queued_queries"])
         self._cancel = threading.Event()
         self._current: Query | None = None
+        self._closing = False
         self.answered = 0
+        self.received_queries = 0
+        self.callback_errors = 0
         # Event-driven worker: the intake triggers this guard condition (no polling timer).
         self._wake = self.create_guard_condition(self._work, callback_group=self.reasoning_group)
-        engine = self.reasoner.engine.describe()
+        self.create_timer(1.0, self._guard(self._publish_diagnostics, "diagnostics"), callback_group=self.control_group)
+        self.create_timer(0.25, self._guard(self._flush, "flush"), callback_group=self.sensor_group)
         self.get_logger().info(
-            f"ready: engine {engine.get('engine')} ({engine.get('model', 'scripted')}), colour {p['color_topic']}")
+            f"ready: engine {engine.get('engine')} ({engine.get('model', 'scripted')}), colour {p['color_topic']}, "
+            f"goals {'on /goal_pose' if p['publish_goal_pose'] else 'on ~/target_pose only'}")
 
     # ------------------------------------------------------------------ configuration
 
     def _build_reasoner(self):
-        from vilasr_ros.engines import SamplingConfig, create_engine
-        from vilasr_ros.reasoner import Reasoner, ReasonerConfig
+        from vilasr_ros.engines import create_engine
+        from vilasr_ros.reasoner import Reasoner, reasoner_config
 
         p = self.p
-        options: dict[str, Any] = {"model": p["model"] or None, "responses": p["responses"] or None}
-        if p["engine"] == "openai":
-            options.update(base_url=p["base_url"] or None, api_key_env=p["api_key_env"], timeout_s=p["request_timeout_s"])
-        if p["engine"] == "transformers" and p["device"]:
-            options["device"] = p["device"]
-        engine = create_engine(p["engine"], **options)
-        sampling = SamplingConfig(temperature=p["temperature"], top_p=p["top_p"], max_tokens=p["max_tokens"])
-        return Reasoner(engine, ReasonerConfig(max_pixels=p["max_pixels"], max_turns=p["max_turns"], sampling=sampling))
+        name, config, sentence = engine_from_parameters(p)
+        self.get_logger().info(redact(sentence))
+        loop = reasoner_config(max_pixels=p["max_pixels"], max_turns=p["max_turns"], temperature=p["temperature"],
+                               top_p=p["top_p"], max_tokens=p["max_tokens"])
+        return Reasoner(create_engine(name, config), loop)
 
     def _agent_config(self) -> AgentConfig:
         p = self.p
         return AgentConfig(
             frames=p["frames"], selection=p["selection"], window_s=p["window_s"] or None,
             max_age_s=p["max_age_s"] or None, trace_root=p["trace_root"] or None,
+            trace_max_total_mb=p["trace_max_total_mb"], trace_max_age_h=p["trace_max_age_h"],
+            min_goal_confidence=p["min_goal_confidence"],
             grounding=GroundingConfig(standoff_m=p["standoff_m"], floor_z_m=p["floor_z_m"],
                                       remove_floor=p["remove_floor"]))
 
@@ -229,6 +284,25 @@ class VilasrAgentNode(Node):
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
 
+    # ------------------------------------------------------------------ boundaries
+
+    def _guard(self, callback, what: str):
+        """Wrap a callback so no message can raise out of it into the executor (which would stop
+        the node): the failure is counted as a dropped message and logged, throttled."""
+
+        @functools.wraps(callback)
+        def guarded(*args):
+            try:
+                return callback(*args)
+            except Exception as exc:  # noqa: BLE001 - the callback boundary
+                self.callback_errors += 1
+                reason = f"{what} callback: {type(exc).__name__}: {clean_text(exc)[:300]}"
+                self.health.drop("callback", reason)
+                self.get_logger().error(reason, throttle_duration_sec=5.0)
+                return None
+
+        return guarded
+
     # ------------------------------------------------------------------ sensors
 
     def _add_frames(self, frames) -> None:
@@ -243,37 +317,83 @@ class VilasrAgentNode(Node):
 
     def _on_info(self, msg: CameraInfo) -> None:
         try:
-            self.assembler.add_camera_info(camera_info_to_intrinsics(msg))
+            intrinsics = camera_info_to_intrinsics(msg)
         except ValueError as exc:
+            self.health.drop("camera_info", f"CameraInfo rejected: {exc}")
             self.get_logger().warning(f"ignoring CameraInfo: {exc}", throttle_duration_sec=5.0)
+            return
+        self._add_frames(self.assembler.add_camera_info(intrinsics))
 
     def _on_odom(self, msg: Odometry) -> None:
         try:
             T = pose_to_matrix(msg.pose.pose)
         except ValueError as exc:
+            self.health.drop("odometry", f"odometry rejected: {exc}")
             self.get_logger().warning(f"ignoring odometry: {exc}", throttle_duration_sec=5.0)
             return
-        self._add_frames(self.assembler.add_pose(stamp_to_s(msg.header.stamp), T, msg.header.frame_id))
+        frames = self.assembler.add_pose(stamp_to_s(msg.header.stamp), T, msg.header.frame_id)
+        if self.assembler.stats.odometry_rejected and self.health.last_reason and "odometry" in self.health.last_reason:
+            self.get_logger().warning(self.health.last_reason, throttle_duration_sec=5.0)
+        self._add_frames(frames)
+
+    def _flush(self) -> None:
+        """Settle a last colour image still waiting for depth or odometry that will not come."""
+        self._add_frames(self.assembler.flush())
+
+    def _publish_diagnostics(self) -> None:
+        s = self.health.summary()
+        level = DiagnosticStatus.OK
+        message = "frames flowing"
+        if not s["received"].get("colour"):
+            level, message = DiagnosticStatus.WARN, "no colour image received"
+        elif s["last_drop_age_s"] is not None and s["last_drop_age_s"] < 5.0:
+            level, message = DiagnosticStatus.WARN, f"dropping frames: {s['last_drop_reason']}"
+        values = {"keyframes": len(self.buffer), "frames_accepted": self.buffer.received,
+                  "dropped_total": s["dropped"], "last_drop_reason": s["last_drop_reason"] or "",
+                  "queries_received": self.received_queries, "answers_published": self.answered,
+                  "queries_waiting": self.queries.qsize(), "callback_errors": self.callback_errors}
+        values.update({f"received_{k}": v for k, v in s["received"].items()})
+        values.update({f"dropped_{k}": v for k, v in s["dropped_by_reason"].items()})
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: sensors and queries", message=message,
+                                  hardware_id=self.p["color_topic"],
+                                  values=[KeyValue(key=k, value=clean_text(v)) for k, v in values.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(array)
 
     # ------------------------------------------------------------------ queries
 
     def _publish_answer(self, answer: Answer) -> None:
-        self.answer_pub.publish(String(data=answer.to_json()))
+        try:
+            self.answer_pub.publish(String(data=answer.to_json()))
+        except Exception as exc:  # noqa: BLE001 - one answer that cannot be published must not stop the node
+            self.get_logger().error(f"cannot publish the answer to {answer.id!r}: {exc!r}")
+            self.answer_pub.publish(String(data=Answer.failure(clean_text(answer.id), "answer could not be "
+                                                               f"published: {type(exc).__name__}").to_json()))
         self.answered += 1
 
     def _on_query(self, msg: String) -> None:
+        self.received_queries += 1
         try:
-            query = parse_query(msg.data, max_bytes=self.p["max_query_bytes"])
-        except BadQueryError as exc:
-            self.get_logger().warning(f"bad query {exc.query_id!r}: {exc}")
-            self._publish_answer(Answer.failure(exc.query_id, f"bad query: {exc}"))
-            return
-        try:
-            self.queries.put_nowait(query)
-            self._wake.trigger()
-        except queue.Full:
-            self._publish_answer(Answer.failure(
-                query.id, f"query queue full ({self.queries.maxsize} waiting); retry later", finish_reason="rejected"))
+            try:
+                query = parse_query(msg.data, max_bytes=self.p["max_query_bytes"])
+            except BadQueryError as exc:
+                self.get_logger().warning(f"bad query {exc.query_id!r}: {exc}")
+                self._publish_answer(Answer.failure(exc.query_id, f"bad query: {exc}"))
+                return
+            if self._closing:
+                self._publish_answer(Answer.failure(query.id, "the node is shutting down", finish_reason="rejected"))
+                return
+            try:
+                self.queries.put_nowait(query)
+                self._wake.trigger()
+            except queue.Full:
+                self._publish_answer(Answer.failure(
+                    query.id, f"query queue full ({self.queries.maxsize} waiting); retry later", finish_reason="rejected"))
+        except Exception as exc:  # noqa: BLE001 - the intake boundary: an answer, never a crash
+            self.callback_errors += 1
+            self.get_logger().error(f"query intake failed: {exc!r}")
+            self._publish_answer(Answer.failure(None, f"internal error reading the query: {type(exc).__name__}"))
 
     def _on_cancel(self, request, response):
         current = self._current
@@ -281,7 +401,7 @@ class VilasrAgentNode(Node):
             response.success, response.message = False, "no query is running"
         else:
             self._cancel.set()
-            response.success, response.message = True, f"cancelling query {current.id!r} after its current turn"
+            response.success, response.message = True, clean_text(f"cancelling query {current.id!r} after its current turn")
         return response
 
     def _on_clear(self, request, response):
@@ -292,18 +412,19 @@ class VilasrAgentNode(Node):
         return response
 
     def _work(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 query = self.queries.get_nowait()
             except queue.Empty:
                 return
-            self._serve(query)
+            try:
+                self._serve(query)
+            except Exception as exc:  # noqa: BLE001 - the worker boundary: the query is answered, the node lives
+                self.callback_errors += 1
+                self.get_logger().error(f"query {query.id!r} failed: {exc!r}")
+                self._publish_answer(Answer.failure(query.id, f"internal error: {type(exc).__name__}: {clean_text(exc)}"))
 
-    def _serve(self, query: Query) -> None:
-        self._current = query
-        self._cancel.clear()
-        start = time.perf_counter()
-
+    def _on_turn(self, query: Query, start: float):
         def on_turn(trace, turn):
             stamp = self.get_clock().now().to_msg()
             for k in turn.new_images:  # 1-based indices of the images this turn drew
@@ -312,32 +433,41 @@ class VilasrAgentNode(Node):
             self.progress_pub.publish(String(data=json.dumps({
                 "id": query.id, "turn": len(trace.turns), "boxes": len(turn.boxes), "lines": len(turn.lines),
                 "new_images": turn.new_images, "finish_reason": turn.finish_reason, "error": turn.error,
-                "elapsed_s": round(time.perf_counter() - start, 3)})))
+                "elapsed_s": round(time.perf_counter() - start, 3)}, ensure_ascii=True)))
 
+        return on_turn
+
+    def _serve(self, query: Query) -> None:
+        self._current = query
+        self._cancel.clear()
         try:
-            result = self.agent.answer(query, cancel=self._cancel, on_turn=on_turn)
-        except Exception as exc:  # never let one query take the node down
-            self.get_logger().error(f"query {query.id!r} failed: {exc!r}")
-            result = None
-            self._publish_answer(Answer.failure(query.id, f"internal error: {exc!r}"))
+            result = self.agent.answer(query, cancel=self._cancel, on_turn=self._on_turn(query, time.perf_counter()))
         finally:
             self._current = None
-        if result is None:
-            return
         answer, grounding = result.answer, result.grounding
-        stamp = self.get_clock().now().to_msg()
-        if grounding is not None and grounding.ok:
-            pose = pose_stamped(grounding.approach_position, grounding.approach_orientation, grounding.frame_id, stamp)
-            self.target_pub.publish(pose)
-            if self.p["publish_goal_pose"]:
-                self.goal_pub.publish(pose)
-            if len(grounding.waypoints) >= 2:
-                self.path_pub.publish(path_msg(grounding.waypoints, grounding.frame_id, stamp))
-            self.marker_pub.publish(markers_msg(grounding.to_dict(), stamp))
+        if answer.goal_sent and grounding is not None:
+            try:
+                self._publish_target(grounding)
+            except Exception as exc:  # noqa: BLE001 - a pose that cannot be published is no goal
+                answer.goal_sent, answer.target_pose = False, None
+                answer.goal_reason = f"the target could not be published: {type(exc).__name__}: {exc}"
         self._publish_answer(answer)
-        self.get_logger().info(
+        self.get_logger().info(clean_text(
             f"query {query.id!r}: answer {answer.answer!r} ({answer.finish_reason}) in {answer.elapsed_s:.2f} s"
-            + (f"; error: {answer.error}" if answer.error else ""))
+            + (f"; error: {answer.error}" if answer.error else "")
+            + ("; goal sent" if answer.goal_sent else (f"; no goal: {answer.goal_reason}" if query.target else ""))))
+
+    def _publish_target(self, grounding) -> None:
+        stamp = self.get_clock().now().to_msg()
+        pose = pose_stamped(grounding.approach_position, grounding.approach_orientation, grounding.frame_id, stamp)
+        markers = markers_msg(grounding.to_dict(), stamp)
+        path = path_msg(grounding.waypoints, grounding.frame_id, stamp) if len(grounding.waypoints) >= 2 else None
+        self.target_pub.publish(pose)
+        if self.p["publish_goal_pose"]:
+            self.goal_pub.publish(pose)
+        if path is not None:
+            self.path_pub.publish(path)
+        self.marker_pub.publish(markers)
 
     def _optical_frame_id(self) -> str:
         """Optical frame id for annotated images (the camera's; images are model-resized)."""
@@ -347,6 +477,18 @@ class VilasrAgentNode(Node):
             return "camera_color_optical_frame"
 
     def destroy_node(self):
+        """Answer every query still waiting ('rejected: shutting down'), stop, wait for trace writes."""
+        self._closing = True
+        self._cancel.set()
+        while True:
+            try:
+                query = self.queries.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                self._publish_answer(Answer.failure(query.id, "the node is shutting down", finish_reason="rejected"))
+            except Exception:  # noqa: BLE001 - the context may already be gone
+                break
         self.agent.close()
         return super().destroy_node()
 

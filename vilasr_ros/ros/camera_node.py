@@ -15,6 +15,11 @@ colour optical frame in the base frame; the default identity with ``base_frame_i
 ``camera_color_optical_frame`` means the odometry is the camera's own pose), ``wait_for_subscribers``
 (hold the first frame until this many colour subscribers, and at least one depth, CameraInfo and
 odometry subscriber, are matched; 0 = start at once).
+
+A recorded sequence (a source with ``playback_rate_hz``) is published no faster than that rate, so
+consecutive poses imply walking pace, not a teleport. A frame the source cannot read is skipped by the
+source (logged); a source that fails outright (a bag corrupted mid-file) ends the playback with one
+error line — the process, and an agent sharing it, keep running.
 """
 
 from __future__ import annotations
@@ -77,14 +82,21 @@ class CameraNode(Node):
         self.source = open_source(p["source"])
         self._frames = iter(self.source)
         self.published = 0
+        self.error: str | None = None
         self._t0: float | None = None
+        rate = p["rate_hz"]
+        limit = getattr(self.source, "playback_rate_hz", None)
+        if limit is not None and limit < rate:
+            self.get_logger().info(f"{p['source']} is a recorded sequence: published at {limit:.1f} Hz (not "
+                                   f"{rate:.1f}) so its poses move at walking pace")
+            rate = limit
         self.color_pub = self.create_publisher(Image, p["color_topic"], qos_profile_sensor_data)
         self.depth_pub = self.create_publisher(Image, p["depth_topic"], qos_profile_sensor_data)
         self.info_pub = self.create_publisher(CameraInfo, p["camera_info_topic"], qos_profile_sensor_data)
         self.odom_pub = self.create_publisher(Odometry, p["odom_topic"], qos_profile_sensor_data)
         self._done = threading.Event()
-        self.timer = self.create_timer(1.0 / p["rate_hz"], self._tick)
-        self.get_logger().info(f"publishing {p['source']} at {p['rate_hz']:.1f} Hz on {p['color_topic']}")
+        self.timer = self.create_timer(1.0 / rate, self._tick)
+        self.get_logger().info(f"publishing {p['source']} at {rate:.1f} Hz on {p['color_topic']}")
 
     @property
     def finished(self) -> threading.Event:
@@ -93,12 +105,18 @@ class CameraNode(Node):
 
     def _next_frame(self):
         try:
-            return next(self._frames)
-        except StopIteration:
-            if not self.params["loop"]:
-                return None
-            self._frames = iter(self.source)
-            return next(self._frames, None)
+            try:
+                return next(self._frames)
+            except StopIteration:
+                if not self.params["loop"]:
+                    return None
+                self._frames = iter(self.source)
+                return next(self._frames, None)
+        except Exception as exc:  # noqa: BLE001 - a source that fails ends playback, not the process
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"source {self.params['source']} failed after {self.published} frames: "
+                                    f"{self.error}; playback stopped")
+            return None
 
     def _consumers_matched(self) -> bool:
         n = self.params["wait_for_subscribers"]
@@ -108,6 +126,13 @@ class CameraNode(Node):
         return self.color_pub.get_subscription_count() >= n and all(p.get_subscription_count() >= 1 for p in others)
 
     def _tick(self) -> None:
+        try:
+            self._publish_next()
+        except Exception as exc:  # noqa: BLE001 - one bad frame (encoding, size) is skipped, logged
+            self.get_logger().error(f"frame {self.published} not published: {type(exc).__name__}: {exc}",
+                                    throttle_duration_sec=5.0)
+
+    def _publish_next(self) -> None:
         if self.published == 0 and not self._consumers_matched():
             return  # hold the first frame until the consumers are matched
         frame = self._next_frame()

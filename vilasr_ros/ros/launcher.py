@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,7 +47,12 @@ def load_parameters(path: str | Path) -> dict[str, dict[str, Any]]:
     Raises:
         ValueError: Not a ROS 2 parameter file.
     """
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        raise ValueError(f"{path}:{where} YAML error: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a ROS 2 parameter file")
     out: dict[str, dict[str, Any]] = {}
@@ -58,12 +64,21 @@ def load_parameters(path: str | Path) -> dict[str, dict[str, Any]]:
     return {node: {**common, **params} for node, params in out.items()}
 
 
-def _coerce(value: Any, default: Any) -> Any:
-    """YAML ``1`` for a float parameter → ``1.0`` (rclpy refuses type changes)."""
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """YAML ``1`` for a float parameter → ``1.0`` (rclpy refuses type changes); any other type
+    mismatch is a one-line error naming the parameter.
+
+    Raises:
+        ValueError: ``value`` is not of the parameter's type.
+    """
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(default, list) and isinstance(value, list) and default and isinstance(default[0], float):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"parameter {name} must be a list of numbers, got {value!r}")
         return [float(v) for v in value]
+    if type(value) is not type(default):
+        raise ValueError(f"parameter {name} must be {type(default).__name__} (like {default!r}), got {value!r}")
     return value
 
 
@@ -78,35 +93,7 @@ def overrides(params: dict[str, Any], defaults: dict[str, Any]):
     unknown = sorted(set(params) - set(defaults))
     if unknown:
         raise ValueError(f"unknown parameters {unknown}")
-    return [Parameter(name, value=_coerce(value, defaults[name])) for name, value in params.items()]
-
-
-def demo_responses() -> Path:
-    """The scripted model turns the agent replays when no weights are present (a keyboard box on
-    the first frame, then an answer) — shipped with the package."""
-    from importlib import resources
-
-    return Path(str(resources.files("vilasr_ros.resources").joinpath("demo_responses.json")))
-
-
-def pick_engine(engine: str, model: str | None) -> tuple[str, dict[str, Any], str]:
-    """Resolve ``auto``: the transformers engine when ViLaSR weights are available locally, else
-    the replay engine with :func:`demo_responses`. Returns (engine, agent parameters, a plain
-    sentence saying which engine answers)."""
-    if engine != "auto":
-        return engine, {}, f"engine: {engine}"
-    from vilasr_ros.engines import DEFAULT_MODEL_ID
-    from vilasr_ros.errors import VilasrError
-
-    try:
-        from vilasr_ros.engines.hf import resolve_model_path
-
-        path = resolve_model_path(model or DEFAULT_MODEL_ID)
-        return "transformers", {}, f"engine: transformers — ViLaSR weights at {path}"
-    except (VilasrError, ImportError, OSError) as exc:
-        return "replay", {"responses": str(demo_responses())}, (
-            f"engine: replay — no ViLaSR weights here ({exc}); the answer below is SCRIPTED "
-            f"({demo_responses().name}), not a model's. Download the weights or pass --base-url to a server.")
+    return [Parameter(name, value=_coerce(name, value, defaults[name])) for name, value in params.items()]
 
 
 def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None = None,
@@ -119,19 +106,23 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
         config: Parameter file (default: the shipped ``config/agent.yaml``).
         camera, agent: Parameter overrides per node; an empty camera ``source`` runs the agent
             alone (frames from other processes).
-        query: Query JSON to send once ``wait_frames`` keyframes are buffered; the process then
-            exits after the answer (exit code 0 when it has no ``error``).
+        query: Query JSON to send once ``wait_frames`` keyframes are buffered — or once a finite
+            source has published its last frame; the process then exits after the answer (exit code
+            0 when it has no ``error``). When the source knows the scene's ground truth (a sim
+            scene), the target's error in metres is printed too.
         timeout_s: Give up waiting for frames or the answer after this long.
 
     Returns:
         Process exit code.
+
+    Raises:
+        ValueError: A parameter file or override that is not valid (one line).
     """
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from std_msgs.msg import String
 
-    from vilasr_ros.ros.agent_node import PARAMETERS, VilasrAgentNode
+    from vilasr_ros.ros.agent_node import PARAMETERS, QUERY_QOS_DEPTH, VilasrAgentNode, _reliable
     from vilasr_ros.ros.camera_node import DEFAULTS as CAMERA_DEFAULTS
     from vilasr_ros.ros.camera_node import CameraNode
 
@@ -139,16 +130,20 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
     cam_params = {**params.get("camera_node", {}), **(camera or {})}
     agent_params = {**params.get("vilasr_agent", {}), **(agent or {})}
     agent_defaults = {k: v[0] for k, v in PARAMETERS.items()}
+    cam_overrides = overrides(cam_params, CAMERA_DEFAULTS) if cam_params.get("source") else []
+    agent_overrides = overrides(agent_params, agent_defaults)
 
     rclpy.init()
     executor = MultiThreadedExecutor(num_threads=6)
     nodes = []
     code = 0
     try:
+        camera_node = None
         if cam_params.get("source"):
-            cam_params.setdefault("wait_for_subscribers", 1)  # no frame lost before the agent is matched
-            nodes.append(CameraNode(parameter_overrides=overrides(cam_params, CAMERA_DEFAULTS)))
-        node = VilasrAgentNode(reasoner=reasoner, parameter_overrides=overrides(agent_params, agent_defaults))
+            cam_overrides.append(_wait_param(cam_params))
+            camera_node = CameraNode(parameter_overrides=cam_overrides)
+            nodes.append(camera_node)
+        node = VilasrAgentNode(reasoner=reasoner, parameter_overrides=agent_overrides)
         nodes.append(node)
         for n in nodes:
             executor.add_node(n)
@@ -161,18 +156,20 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
         data = json.loads(query)
         data.setdefault("id", uuid.uuid4().hex[:8])
         answers: list[dict] = []
-        client.create_subscription(String, "/vilasr_agent/answer",
-                                   lambda m: answers.append(json.loads(m.data)),
-                                   QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-        publisher = client.create_publisher(String, "/vilasr_agent/query",
-                                            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        client.create_subscription(String, "/vilasr_agent/answer", lambda m: answers.append(json.loads(m.data)),
+                                   _reliable(QUERY_QOS_DEPTH))
+        publisher = client.create_publisher(String, "/vilasr_agent/query", _reliable(QUERY_QOS_DEPTH))
         deadline = time.monotonic() + timeout_s
         want = min(wait_frames, data.get("frames") or wait_frames)
         while len(node.buffer) < want and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.1)
-            if nodes[0] is not node and getattr(nodes[0], "finished", None) and nodes[0].finished.is_set():
+            if camera_node is not None and camera_node.finished.is_set():
+                for _ in range(20):  # let the last frames' callbacks run
+                    executor.spin_once(timeout_sec=0.05)
                 break
-        print_fn(f"buffer: {len(node.buffer)} keyframes of {node.buffer.received} frames received")
+        print_fn(f"buffer: {len(node.buffer)} keyframes of {node.buffer.received} frames received"
+                 + (f" (the source ended after {camera_node.published} frames)"
+                    if camera_node is not None and camera_node.finished.is_set() else ""))
         while publisher.get_subscription_count() < 1 and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
         publisher.publish(String(data=json.dumps(data)))
@@ -185,17 +182,7 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
             print_fn(f"no answer within {timeout_s:.0f} s")
             return 1
         node.agent.close()  # wait for the trace to be written
-        print_fn(f"answer: {mine['answer']}")
-        print_fn(f"finish_reason: {mine['finish_reason']}" + (f"  error: {mine['error']}" if mine["error"] else ""))
-        pose = mine.get("target_pose")
-        if pose:
-            p, q = pose["position"], pose["orientation"]
-            print_fn(f"target_pose ({pose['frame_id']}): position [{p[0]:.3f}, {p[1]:.3f}, {p[2]:.3f}] m, "
-                     f"orientation xyzw [{q[0]:.3f}, {q[1]:.3f}, {q[2]:.3f}, {q[3]:.3f}]")
-        elif data.get("target"):
-            print_fn("target_pose: none")
-        print_fn(f"trace: {mine['trace_dir']}")
-        code = 0 if not mine["error"] else 1
+        code = print_answer(mine, data, camera_node.source if camera_node is not None else None, print_fn)
     except KeyboardInterrupt:
         pass
     finally:
@@ -204,3 +191,33 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
             n.destroy_node()
         rclpy.try_shutdown()
     return code
+
+
+def _wait_param(cam_params: dict[str, Any]):
+    from rclpy.parameter import Parameter
+
+    # no frame lost before the agent is matched
+    return Parameter("wait_for_subscribers", value=int(cam_params.get("wait_for_subscribers") or 1))
+
+
+def print_answer(answer: dict[str, Any], query: dict[str, Any], source=None, print_fn=print) -> int:
+    """Print an answer as ``vilasr agent --query`` does; returns the exit code (0: no error)."""
+    print_fn(f"answer: {answer['answer']}")
+    print_fn(f"finish_reason: {answer['finish_reason']}" + (f"  error: {answer['error']}" if answer["error"] else ""))
+    pose = answer.get("target_pose")
+    if pose:
+        p, q = pose["position"], pose["orientation"]
+        print_fn(f"target_pose ({pose['frame_id']}): position [{p[0]:.3f}, {p[1]:.3f}, {p[2]:.3f}] m, "
+                 f"orientation xyzw [{q[0]:.3f}, {q[1]:.3f}, {q[2]:.3f}, {q[3]:.3f}]")
+    elif query.get("target"):
+        print_fn(f"target_pose: none — no goal sent ({answer.get('goal_reason')})")
+    target = answer.get("target") or {}
+    if target.get("position_world") is not None:
+        print_fn(f"target object ({target.get('label')}): [{', '.join(f'{v:.3f}' for v in target['position_world'])}] m "
+                 f"in {target.get('frame_id')}, confidence {target.get('confidence')}")
+        error = source.target_error(query["target"], target["position_world"]) if source is not None else None
+        if error is not None:
+            print_fn(f"ground truth: target error {error['distance_m']:.3f} m (distance to the {error['object']}'s bounding box; "
+                     f"{error['centre_m']:.3f} m from its centre)")
+    print_fn(f"trace: {answer['trace_dir']}")
+    return 0 if not answer["error"] else 1

@@ -10,11 +10,20 @@ seen, a colour image also waits (up to ``wait_s``) for an odometry message at or
 and the pose is interpolated between the two odometry messages around it (linear position,
 slerp rotation); otherwise the nearest within ``pose_tolerance_s``; without one the frame has no
 pose (``without_pose`` counts them).
+
+Faults never raise out of here: each dropped frame or message is counted in the shared
+:class:`~vilasr_ros.health.SensorHealth` with its reason — an image that does not decode, a
+CameraInfo of another size than the image, odometry that is not finite, beyond ``max_position_m``,
+or that jumps faster than ``max_speed_mps`` from the pose before it (AMCL-style relocalisations are
+not odometry; a new track that stays consistent for ``odometry_reset_after`` messages is accepted
+as an odometry reset and logged).
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -23,8 +32,10 @@ import numpy as np
 
 from scipy.spatial.transform import Rotation, Slerp
 
-from vilasr_ros.errors import VilasrError
 from vilasr_ros.frames import CameraIntrinsics, Frame
+from vilasr_ros.health import SensorHealth
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,6 +48,8 @@ class SyncStats:
     no_camera_info: int = 0
     decode_errors: int = 0
     skipped: int = 0
+    odometry_rejected: int = 0
+    odometry_resets: int = 0
 
 
 class FrameAssembler:
@@ -51,6 +64,10 @@ class FrameAssembler:
         source_id: ``Frame.source_id`` of the frames made.
         keep: ``(stamp_s, T_world_camera) -> bool``; frames it refuses are not decoded (the keyframe
             policy, :meth:`FrameBuffer.wants`) and are passed to ``on_skip(stamp_s)`` instead.
+        health: Where drops are counted (shared with the buffer).
+        max_speed_mps: Odometry implying a faster motion from the previous pose is rejected.
+        max_position_m: Odometry farther than this from the origin is rejected.
+        odometry_reset_after: Consecutive mutually consistent rejected poses accepted as a reset.
 
     Not thread-safe: call from one callback group.
     """
@@ -59,8 +76,16 @@ class FrameAssembler:
                  T_base_camera: np.ndarray | None = None, tolerance_s: float = 0.02, pose_tolerance_s: float = 0.1,
                  wait_s: float = 0.2, expect_depth: bool = True, world_frame_id: str | None = None,
                  source_id: str = "ros", keep: Callable[[float, np.ndarray | None], bool] | None = None,
-                 on_skip: Callable[[float], None] | None = None):
+                 on_skip: Callable[[float], None] | None = None, health: SensorHealth | None = None,
+                 max_speed_mps: float = 5.0, max_position_m: float = 1.0e5, odometry_reset_after: int = 10,
+                 clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
         self.keep, self.on_skip = keep, on_skip
+        self.health = health or SensorHealth()
+        self.max_speed_mps, self.max_position_m = max_speed_mps, max_position_m
+        self.odometry_reset_after = odometry_reset_after
+        self._rejected_track: list[tuple[float, np.ndarray, str]] = []
+        self.last_error: str | None = None
         self.decode_color, self.decode_depth = decode_color, decode_depth
         self.T_base_camera = np.eye(4) if T_base_camera is None else np.asarray(T_base_camera, dtype=float)
         self.tolerance_s, self.pose_tolerance_s, self.wait_s = tolerance_s, pose_tolerance_s, wait_s
@@ -84,11 +109,43 @@ class FrameAssembler:
         self._pose_stamps.clear()
         self._poses.clear()
 
-    def add_camera_info(self, intrinsics: CameraIntrinsics) -> None:
+    def add_camera_info(self, intrinsics: CameraIntrinsics) -> list[Frame]:
+        """Returns the frames that were waiting for the first CameraInfo."""
+        self.health.receive("camera_info")
         self.intrinsics = intrinsics
+        return self._emit()
+
+    def _pose_fault(self, stamp_s: float, T: np.ndarray) -> str | None:
+        """Why an odometry pose cannot be right, or None."""
+        p = T[:3, 3]
+        if not np.isfinite(T).all() or not np.isfinite(stamp_s):
+            return "odometry pose or stamp is not finite"
+        if np.abs(p).max() > self.max_position_m:
+            return f"odometry position {np.round(p, 1).tolist()} m is beyond max_position_m={self.max_position_m:g}"
+        if not self._pose_stamps:
+            return None
+        j = min(bisect.bisect_left(self._pose_stamps, stamp_s), len(self._pose_stamps) - 1)
+        k = min((x for x in (j - 1, j) if x >= 0), key=lambda x: abs(self._pose_stamps[x] - stamp_s))
+        dt = abs(stamp_s - self._pose_stamps[k])
+        jump = float(np.linalg.norm(p - self._poses[k][0][:3, 3]))
+        allowed = self.max_speed_mps * dt + 0.05
+        if jump > allowed:
+            return (f"odometry jumped {jump:.2f} m in {dt:.3f} s (faster than max_speed_mps="
+                    f"{self.max_speed_mps:g}); pose rejected")
+        return None
 
     def add_pose(self, stamp_s: float, T_world_base: np.ndarray, world_frame_id: str) -> list[Frame]:
-        """Returns the frames that were waiting for this pose."""
+        """Returns the frames that were waiting for this pose. A faulty pose is counted, not used."""
+        self.health.receive("odometry")
+        T_world_base = np.asarray(T_world_base, dtype=float)
+        fault = self._pose_fault(stamp_s, T_world_base)
+        if fault is not None:
+            if not self._accept_as_reset(stamp_s, T_world_base, world_frame_id, fault):
+                self.stats.odometry_rejected += 1
+                self.health.drop("odometry", fault)
+                return []
+        else:
+            self._rejected_track.clear()
         i = bisect.bisect_right(self._pose_stamps, stamp_s)
         self._pose_stamps.insert(i, stamp_s)
         self._poses.insert(i, (np.asarray(T_world_base, dtype=float), world_frame_id))
@@ -96,15 +153,45 @@ class FrameAssembler:
             del self._pose_stamps[0], self._poses[0]
         return self._emit()
 
+    def _accept_as_reset(self, stamp_s: float, T: np.ndarray, world: str, fault: str) -> bool:
+        """A jump followed by a consistent track (odometry restarted): accept it after N poses."""
+        if not np.isfinite(T).all() or np.abs(T[:3, 3]).max() > self.max_position_m:
+            return False
+        track = self._rejected_track
+        if track:
+            t0, T0, _ = track[-1]
+            if np.linalg.norm(T[:3, 3] - T0[:3, 3]) > self.max_speed_mps * abs(stamp_s - t0) + 0.05:
+                track.clear()
+        track.append((stamp_s, T, world))
+        if len(track) < self.odometry_reset_after:
+            return False
+        logger.warning("odometry reset: %d consistent poses after a jump (%s); earlier poses discarded",
+                       len(track), fault)
+        self._pose_stamps.clear()
+        self._poses.clear()
+        self.stats.odometry_resets += 1
+        for t, T_track, w in track[:-1]:
+            self._pose_stamps.append(t)
+            self._poses.append((T_track, w))
+        track.clear()
+        return True
+
     def add_depth(self, stamp_s: float, msg: Any) -> list[Frame]:
+        self.health.receive("depth")
         self.stats.depth += 1
         self._depth.append((stamp_s, msg))
         return self._emit()
 
     def add_colour(self, stamp_s: float, msg: Any, frame_id: str) -> list[Frame]:
         """Returns the frames completed by this message (usually 0 or 1)."""
+        self.health.receive("colour")
         self.stats.colour += 1
-        self._colour.append((stamp_s, (msg, frame_id)))
+        if len(self._colour) == self._colour.maxlen:  # the oldest waiting image falls out: count it
+            t_old = self._colour[0][0]
+            self.stats.unpaired += 1
+            self.health.drop("unpaired", f"colour at {t_old:.3f} s still waiting for depth/odometry when "
+                             f"{self._colour.maxlen} newer images arrived")
+        self._colour.append((stamp_s, (msg, frame_id, self._clock())))
         return self._emit()
 
     def _pose(self, t: float) -> tuple[np.ndarray | None, str | None]:
@@ -130,11 +217,21 @@ class FrameAssembler:
             return False  # no odometry at all: frames carry no pose
         return self._pose_stamps[-1] < t - 1e-9 and newest - t <= self.wait_s
 
-    def _emit(self) -> list[Frame]:
+    def flush(self) -> list[Frame]:
+        """Settle colour images that have waited more than ``wait_s`` since they *arrived*
+        (monotonic clock): when a stream stops, the last image would otherwise wait for a newer
+        message forever. Returns the frames this completes (others are counted as dropped)."""
+        return self._emit(flush=True)
+
+    def _emit(self, flush: bool = False) -> list[Frame]:
         out = []
-        newest = max([t for t, _ in self._colour] + [t for t, _ in self._depth] + self._pose_stamps[-1:], default=0.0)
+        stamp_newest = max([t for t, _ in self._colour] + [t for t, _ in self._depth] + self._pose_stamps[-1:],
+                           default=0.0)
+        now = self._clock()
         while self._colour:
-            t, (msg, frame_id) = self._colour[0]
+            t, (msg, frame_id, arrival) = self._colour[0]
+            # Waited long enough: by stamps (newer messages arrived) or, when flushing, by arrival time.
+            newest = float("inf") if flush and now - arrival > self.wait_s else stamp_newest
             depth_msg = None
             if self.expect_depth:
                 match = min(self._depth, key=lambda d: abs(d[0] - t), default=None)
@@ -142,11 +239,15 @@ class FrameAssembler:
                     if newest - t > self.wait_s:
                         self._colour.popleft()
                         self.stats.unpaired += 1
+                        self.health.drop("unpaired", f"colour at {t:.3f} s got no depth image within "
+                                         f"{self.tolerance_s:g} s (sync_tolerance_s)")
                         continue
                     break
                 depth_msg = match[1]
             if self._waiting_for_pose(t, newest):
                 break
+            if self.intrinsics is None and newest - t <= self.wait_s:
+                break  # the first CameraInfo may arrive after the first images
             self._colour.popleft()
             frame = self._make(t, msg, frame_id, depth_msg)
             if frame is not None:
@@ -156,6 +257,7 @@ class FrameAssembler:
     def _make(self, t: float, msg: Any, frame_id: str, depth_msg: Any) -> Frame | None:
         if self.intrinsics is None:
             self.stats.no_camera_info += 1
+            self.health.drop("camera_info", "no CameraInfo received yet: is camera_info_topic right?")
             return None
         T, world = self._pose(t)
         if T is None:
@@ -172,9 +274,13 @@ class FrameAssembler:
                           frame_id=frame_id or "camera_color_optical_frame",
                           world_frame_id=self.world_frame_id or world or "map",
                           source_id=self.source_id, index=self._index)
-        except (VilasrError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any malformed message is a counted drop, never a crash
             self.stats.decode_errors += 1
-            self.last_error = str(exc)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            key = "camera_info" if "intrinsics are for" in str(exc) else \
+                "depth_byte_order" if "byte order" in str(exc) else "decode"
+            prefix = "CameraInfo does not match the colour image: " if key == "camera_info" else ""
+            self.health.drop(key, prefix + self.last_error)
             return None
         self._index += 1
         self.stats.frames += 1

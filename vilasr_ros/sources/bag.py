@@ -6,6 +6,12 @@ image_transport's compressed_depth plugin: a 12-byte ``ConfigHeader`` then PNG),
 ``sensor_msgs/CameraInfo`` and the camera pose from ``nav_msgs/Odometry`` or
 ``geometry_msgs/PoseStamped``. A frame is made for every colour message, paired with the depth and
 pose messages nearest in header stamp (within ``sync_tolerance_s``) and the latest CameraInfo.
+
+Bad bags: a file that cannot be read on (sqlite "database disk image is malformed", an MCAP chunk
+whose CRC does not match, fewer messages than ``metadata.yaml`` lists) raises one
+:class:`SourceError` naming the bag, the topic and how far it got; one message that does not
+deserialize or decode is skipped, logged and listed in ``skipped``. MCAP files whose chunks carry no
+CRC (rosbags' own writer) cannot be checked for corrupted payloads: a warning says so once.
 """
 
 from __future__ import annotations
@@ -62,14 +68,17 @@ def decode_color(msg, msgtype: str) -> np.ndarray:
 
         try:
             return np.asarray(Image.open(io.BytesIO(bytes(msg.data))).convert("RGB"))
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
             raise SourceError(f"cannot decode compressed colour image ({msg.format}): {exc}") from exc
     enc = msg.encoding
     if enc not in COLOR_ENCODINGS:
         raise SourceError(f"unsupported colour encoding {enc!r}; use one of {', '.join(COLOR_ENCODINGS)}")
     ch = COLOR_ENCODINGS[enc]
-    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
-    rows = data.reshape(msg.height, msg.step)[:, : msg.width * ch].reshape(msg.height, msg.width, ch)
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    data = bytes(msg.data)
+    if step < w * ch or len(data) < h * step or h < 1 or w < 1:
+        raise SourceError(f"{enc} image {w}x{h} with step {step} needs {h * step} bytes, got {len(data)}")
+    rows = np.frombuffer(data[: h * step], dtype=np.uint8).reshape(h, step)[:, : w * ch].reshape(h, w, ch)
     if enc == "mono8":
         return np.repeat(rows, 3, axis=2)
     if enc.startswith("bgr"):
@@ -93,7 +102,7 @@ def decode_depth(msg, msgtype: str) -> np.ndarray:
         _, quant_a, quant_b = struct.unpack("<iff", raw[:12])
         try:
             values = np.asarray(Image.open(io.BytesIO(raw[12:])))
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
             raise SourceError(f"cannot decode compressedDepth PNG: {exc}") from exc
         if fmt.startswith("16UC1") or fmt.startswith("mono16"):
             return (values.astype(np.float32) / np.float32(1000.0)).astype(np.float32)
@@ -107,12 +116,70 @@ def decode_depth(msg, msgtype: str) -> np.ndarray:
     data = bytes(msg.data)
     big = bool(msg.is_bigendian)
     if enc in ("16UC1", "mono16"):
-        arr = np.frombuffer(data, dtype=">u2" if big else "<u2").reshape(msg.height, msg.step // 2)[:, : msg.width]
+        arr = _rows(data, ">u2" if big else "<u2", msg, 2)
+        _check_byte_order(arr.astype(np.float32) / 1000.0, arr.byteswap().astype(np.float32) / 1000.0, big)
         return (arr.astype(np.float32) / np.float32(1000.0)).astype(np.float32)
     if enc == "32FC1":
-        arr = np.frombuffer(data, dtype=">f4" if big else "<f4").reshape(msg.height, msg.step // 4)[:, : msg.width]
+        arr = _rows(data, ">f4" if big else "<f4", msg, 4)
+        with np.errstate(all="ignore"):
+            _check_byte_order(arr.astype(np.float32), arr.byteswap().astype(np.float32), big)
         return np.ascontiguousarray(arr.astype(np.float32))
     raise SourceError(f"unsupported depth encoding {enc!r}; use 16UC1 (mm) or 32FC1 (m)")
+
+
+def _rows(data: bytes, dtype: str, msg, itemsize: int) -> np.ndarray:
+    """(height, width) values of an Image's data honouring ``step`` (row padding).
+
+    Raises:
+        SourceError: ``data`` is shorter than ``height * step`` or ``step`` is shorter than a row.
+    """
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if step < w * itemsize or len(data) < h * step or h < 1 or w < 1:
+        raise SourceError(f"{msg.encoding} image {w}x{h} with step {step} needs {h * step} bytes, got {len(data)}")
+    return np.frombuffer(data[: h * step], dtype=dtype).reshape(h, step // itemsize)[:, :w]
+
+
+def _plausible(depth_m: np.ndarray) -> float:
+    """Share of non-zero readings between 5 cm and 30 m (what any RGB-D camera reports)."""
+    d = depth_m[::4, ::4]
+    nonzero = np.isfinite(d) & (d != 0)
+    n = int(nonzero.sum())
+    return float(((d > 0.05) & (d < 30.0) & nonzero).sum() / n) if n else 1.0
+
+
+def _check_byte_order(as_flagged: np.ndarray, swapped: np.ndarray, big: bool) -> None:
+    """Refuse depth whose bytes are in the other order than ``is_bigendian`` says: decoded as
+    flagged it is mostly implausible, swapped it is mostly plausible (a driver bug that otherwise
+    moves targets silently)."""
+    flagged, other = _plausible(as_flagged), _plausible(swapped)
+    if flagged < 0.5 and other >= 0.5 and other > 2 * flagged:
+        raise SourceError(
+            f"depth byte order: is_bigendian={int(big)} but the data reads as {'little' if big else 'big'}-endian "
+            f"({100 * flagged:.0f}% of readings plausible as flagged, {100 * other:.0f}% swapped); frame dropped")
+
+
+def mcap_has_crcs(path: Path) -> bool | None:
+    """Whether an MCAP file's first chunk carries a CRC (what ``ros2 bag record`` writes and
+    rosbags checks); None when it cannot be told (no ``mcap`` package, no chunk, unreadable)."""
+    try:
+        from mcap.reader import make_reader
+        from mcap.records import Chunk
+        from mcap.stream_reader import StreamReader
+    except ImportError:
+        return None
+    try:
+        with open(path, "rb") as f:
+            summary = make_reader(f).get_summary()
+            if summary is None or not summary.chunk_indexes:
+                return None
+            f.seek(summary.chunk_indexes[0].chunk_start_offset)
+            for record in StreamReader(f, skip_magic=True, emit_chunks=True).records:
+                if isinstance(record, Chunk):
+                    return record.uncompressed_crc != 0
+                return None
+    except Exception:  # noqa: BLE001 - a damaged file is reported by the reader itself
+        return None
+    return None
 
 
 def intrinsics_from_camera_info(msg) -> CameraIntrinsics:
@@ -181,10 +248,36 @@ class BagSource(FrameSource):
         self.sync_tolerance_s = sync_tolerance_s
         self.T_child_camera = np.eye(4) if T_child_camera is None else np.asarray(T_child_camera, dtype=float)
         self.world_frame_id = world_frame_id
+        self.skipped = []
+        for f in self.path.glob("*.mcap"):
+            if mcap_has_crcs(f) is False:
+                logger.warning("%s: its chunks carry no CRC (rosbags' writer): corrupted message data cannot be "
+                               "detected while reading", f)
+
+    def _skip(self, reason: str) -> None:
+        logger.warning("%s: skipping %s", self.path, reason)
+        self.skipped.append(reason)
 
     def _messages(self, conn):
-        for c, _, raw in self.reader.messages(connections=[conn]):
-            yield self.store.deserialize_cdr(raw, c.msgtype)
+        count = 0
+        try:
+            for c, _, raw in self.reader.messages(connections=[conn]):
+                count += 1
+                try:
+                    msg = self.store.deserialize_cdr(raw, c.msgtype)
+                except Exception as exc:  # noqa: BLE001 - one undecodable message is skipped, named
+                    self._skip(f"{conn.topic} message {count}: cannot deserialize ({type(exc).__name__}: {exc})")
+                    continue
+                yield msg
+        except SourceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - sqlite/mcap/rosbags errors: the file is damaged
+            raise SourceError(f"bag {self.path} is corrupt or truncated: reading {conn.topic} failed after "
+                              f"{count} messages ({type(exc).__name__}: {exc})") from exc
+        expected = getattr(conn, "msgcount", 0) or 0
+        if count < expected:
+            raise SourceError(f"bag {self.path}: metadata.yaml lists {expected} messages on {conn.topic} but the "
+                              f"file holds {count} (truncated or corrupt)")
 
     def __iter__(self) -> Iterator[Frame]:
         depth_msgs = []
@@ -200,17 +293,23 @@ class BagSource(FrameSource):
         pose_stamps = np.array([t for t, _ in poses])
         infos = [(stamp_s(m.header), m) for m in self._messages(self.info)]
         info_stamps = np.array([t for t, _ in infos])
+        if not infos:
+            raise SourceError(f"bag {self.path}: no readable CameraInfo on {self.info.topic}")
         for index, msg in enumerate(self._messages(self.color)):
             t = stamp_s(msg.header)
             k = int(np.searchsorted(info_stamps, t + 1e-9)) - 1
             info = infos[max(k, 0)][1]
-            rgb = decode_color(msg, self.color.msgtype)
-            depth = None
-            j = _nearest(depth_stamps, t, self.sync_tolerance_s)
-            if j is not None:
-                depth = decode_depth(depth_msgs[j][1], self.depth.msgtype)
-            elif self.depth is not None:
-                logger.debug("no depth within %.3f s of colour at %.3f", self.sync_tolerance_s, t)
+            try:
+                rgb = decode_color(msg, self.color.msgtype)
+                depth = None
+                j = _nearest(depth_stamps, t, self.sync_tolerance_s)
+                if j is not None:
+                    depth = decode_depth(depth_msgs[j][1], self.depth.msgtype)
+                elif self.depth is not None:
+                    logger.debug("no depth within %.3f s of colour at %.3f", self.sync_tolerance_s, t)
+            except SourceError as exc:
+                self._skip(f"{self.color.topic} message {index}: {exc}")
+                continue
             p = _nearest(pose_stamps, t, self.sync_tolerance_s)
             try:
                 yield Frame(
@@ -224,8 +323,8 @@ class BagSource(FrameSource):
                     source_id=self.source_id,
                     index=index,
                 )
-            except FrameError as exc:
-                raise SourceError(f"{self.path} message {index} on {self.color.topic}: {exc}") from exc
+            except (FrameError, ValueError) as exc:
+                self._skip(f"{self.color.topic} message {index}: {exc}")
 
     def close(self) -> None:
         self.reader.close()

@@ -16,12 +16,28 @@ class FrameSource:
     """Iterable of frames; use as a context manager so devices and files are released."""
 
     source_id: str = ""
+    #: Fastest rate (Hz) at which a recorded sequence should be replayed as a live camera so the
+    #: motion between its frames stays physically plausible (None: no limit, e.g. a live camera).
+    playback_rate_hz: float | None = None
+    #: Frames skipped while reading (unreadable files or messages), each logged with its reason.
+    skipped: list[str] = []
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
 
     def close(self) -> None:
         """Release files or devices."""
+
+    def target_error(self, label: str, position_world) -> dict | None:
+        """How far a grounded target is from the scene's ground truth, when the source knows it
+        (a simulated scene does; a camera does not: None).
+
+        Returns:
+            ``{"object": category, "distance_m": distance to the object's oriented bounding box
+            (0 inside it), "centre_m": distance to its centre}`` for the matching object nearest the
+            position, or None.
+        """
+        return None
 
     def __enter__(self) -> "FrameSource":
         return self

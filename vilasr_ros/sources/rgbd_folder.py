@@ -4,20 +4,32 @@ Layout (``shared/data/rgbd/README.md``): ``color/NNNNN.(jpg|png)``, ``depth/NNNN
 metres = value / depth_scale), ``camera_intrinsic.json`` (Open3D ``PinholeCameraIntrinsic``,
 column-major ``intrinsic_matrix``), ``rgbd.json`` (``depth_scale``, optional ``pose_file``) and
 optionally ``trajectory.log`` (Open3D log: ``i j k`` then a 4×4 camera-to-world matrix per frame).
+
+Bad files: metadata that cannot be read (JSON, a short intrinsic matrix, a ``pose_file`` outside
+the folder, a malformed pose) is one :class:`SourceError` naming the file and what is wrong; a colour
+or depth image that cannot be decoded is skipped, logged with its name and kept in ``skipped`` —
+one corrupt file must not stop a camera replaying the rest.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from vilasr_ros.frames import CameraIntrinsics, Frame, depth_to_metres
+from vilasr_ros.frames import CameraIntrinsics, Frame, FrameError, check_pose, depth_to_metres
+from vilasr_ros.sanitize import is_inside
 from vilasr_ros.sources.base import FrameSource, SourceError
 
+logger = logging.getLogger(__name__)
+
+PLAYBACK_SPEED_MPS = 1.0
+PLAYBACK_TURN_DEG_S = 90.0
+"""A recorded sequence is replayed no faster than walking pace between its frames."""
 
 def read_open3d_log(path: Path) -> list[np.ndarray]:
     """Poses from an Open3D ``.log`` trajectory (camera-to-world 4×4, one per frame).
@@ -25,22 +37,37 @@ def read_open3d_log(path: Path) -> list[np.ndarray]:
     Raises:
         SourceError: Malformed file.
     """
-    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        rows = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}: cannot read the pose log: {exc}") from exc
     if len(rows) % 5:
         raise SourceError(f"{path}: expected blocks of 5 lines (header + 4x4), got {len(rows)} lines")
     poses = []
     for b in range(0, len(rows), 5):
         try:
-            poses.append(np.array([[float(v) for v in row] for row in rows[b + 1 : b + 5]]))
-        except ValueError as exc:
+            poses.append(check_pose(np.array([[float(v) for v in row] for row in rows[b + 1 : b + 5]]),
+                                    f"pose {b // 5}"))
+        except (ValueError, FrameError) as exc:
             raise SourceError(f"{path}: bad matrix in block {b // 5}: {exc}") from exc
     return poses
 
 
 def read_open3d_intrinsics(path: Path) -> CameraIntrinsics:
-    data = json.loads(path.read_text())
-    m = data["intrinsic_matrix"]  # column-major
-    return CameraIntrinsics(int(data["width"]), int(data["height"]), float(m[0]), float(m[4]), float(m[6]), float(m[7]))
+    """Open3D ``PinholeCameraIntrinsic`` JSON (column-major ``intrinsic_matrix``).
+
+    Raises:
+        SourceError: Unreadable, not JSON, or not a width, height and 9-number matrix.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        m = data["intrinsic_matrix"]  # column-major
+        if not isinstance(m, list) or len(m) != 9:
+            raise ValueError(f"intrinsic_matrix must hold 9 numbers (column-major 3x3), got {m!r}"[:200])
+        return CameraIntrinsics(int(data["width"]), int(data["height"]), float(m[0]), float(m[4]), float(m[6]),
+                                float(m[7]))
+    except (OSError, KeyError, TypeError, ValueError, FrameError) as exc:
+        raise SourceError(f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
 class RGBDFolderSource(FrameSource):
@@ -61,11 +88,13 @@ class RGBDFolderSource(FrameSource):
         if not (self.root / "color").is_dir():
             raise SourceError(f"{self.root} has no color/ folder (layout: shared/data/rgbd/README.md)")
         try:
-            meta = json.loads((self.root / "rgbd.json").read_text())
+            meta = json.loads((self.root / "rgbd.json").read_text(encoding="utf-8"))
             self.depth_scale = float(meta["depth_scale"])
-            self.intrinsics = read_open3d_intrinsics(self.root / "camera_intrinsic.json")
-        except (OSError, KeyError, ValueError) as exc:
-            raise SourceError(f"{self.root}: cannot read rgbd.json / camera_intrinsic.json: {exc}") from exc
+            if not self.depth_scale > 0:
+                raise ValueError(f"depth_scale must be > 0, got {self.depth_scale}")
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise SourceError(f"{self.root / 'rgbd.json'}: {type(exc).__name__}: {exc}") from exc
+        self.intrinsics = read_open3d_intrinsics(self.root / "camera_intrinsic.json")
         self.colors = sorted(p for p in (self.root / "color").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         if not self.colors:
             raise SourceError(f"{self.root}/color has no images")
@@ -75,29 +104,61 @@ class RGBDFolderSource(FrameSource):
             missing = [p.name for p in self.depths if not p.exists()]
             raise SourceError(f"{self.root}: depth images missing for {missing[:5]}")
         pose_file = meta.get("pose_file")
+        if pose_file is not None and (not isinstance(pose_file, str) or not is_inside(self.root, self.root / pose_file)):
+            raise SourceError(f"{self.root / 'rgbd.json'}: pose_file {pose_file!r} must be a file inside the folder")
         self.poses = read_open3d_log(self.root / pose_file) if pose_file else None
         if self.poses is not None and len(self.poses) < len(self.colors):
             raise SourceError(f"{self.root}: {len(self.poses)} poses for {len(self.colors)} frames")
         self.frame_rate_hz = frame_rate_hz
         self.world_frame_id = world_frame_id
+        self.skipped = []
+        self.playback_rate_hz = self._playback_rate()
+
+    def _playback_rate(self) -> float | None:
+        """Hz at which consecutive poses imply at most walking pace (None without poses)."""
+        if not self.poses or len(self.poses) < 2:
+            return None
+        P = np.stack(self.poses[: len(self.colors)])
+        step_m = np.linalg.norm(np.diff(P[:, :3, 3], axis=0), axis=1)
+        cos = np.clip((np.einsum("nij,nij->n", P[:-1, :3, :3], P[1:, :3, :3]) - 1.0) / 2.0, -1.0, 1.0)
+        step_deg = np.degrees(np.arccos(cos))
+        worst = max(float(np.max(step_m)) / PLAYBACK_SPEED_MPS, float(np.max(step_deg)) / PLAYBACK_TURN_DEG_S)
+        return None if worst <= 0 else 1.0 / worst
 
     def __len__(self) -> int:
         return len(self.colors)
 
     def __iter__(self) -> Iterator[Frame]:
         for i, color_path in enumerate(self.colors):
-            rgb = np.asarray(Image.open(color_path).convert("RGB"))
-            depth = None
-            if self.depths is not None:
-                raw = np.asarray(Image.open(self.depths[i]))
-                depth = depth_to_metres(raw, self.depth_scale)
-            yield Frame(
-                rgb=rgb,
-                depth_m=depth,
-                intrinsics=self.intrinsics,
-                T_world_camera=self.poses[i] if self.poses is not None else None,
-                stamp_s=i / self.frame_rate_hz,
-                world_frame_id=self.world_frame_id,
-                source_id=self.source_id,
-                index=i,
-            )
+            try:
+                frame = self._frame(i, color_path)
+            except (OSError, SyntaxError, ValueError, FrameError) as exc:  # PIL raises all of these
+                reason = f"{color_path.name}: {type(exc).__name__}: {exc}"
+                logger.warning("%s: skipping frame %d (%s)", self.root, i, reason)
+                self.skipped.append(reason)
+                continue
+            yield frame
+
+    def _frame(self, i: int, color_path: Path) -> Frame:
+        with Image.open(color_path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+        depth = None
+        if self.depths is not None:
+            try:
+                with Image.open(self.depths[i]) as im:
+                    raw = np.asarray(im)
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise OSError(f"depth {self.depths[i].name}: {exc}") from exc
+            if raw.ndim != 2:
+                raise ValueError(f"depth {self.depths[i].name} must be one channel, got shape {raw.shape}")
+            depth = depth_to_metres(raw, self.depth_scale)
+        return Frame(
+            rgb=rgb,
+            depth_m=depth,
+            intrinsics=self.intrinsics,
+            T_world_camera=self.poses[i] if self.poses is not None else None,
+            stamp_s=i / self.frame_rate_hz,
+            world_frame_id=self.world_frame_id,
+            source_id=self.source_id,
+            index=i,
+        )

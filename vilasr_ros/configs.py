@@ -1,0 +1,121 @@
+"""Building frozen config dataclasses from loose options (CLI flags, ROS parameters, YAML, ``--set``).
+
+One rule everywhere: an option the config does not have is an error that lists the ones it has; a
+value of the wrong type is an error naming the field and the type; ints are accepted for float
+fields and numeric strings are not guessed at. Range checks live in each config's
+``__post_init__``, so what :func:`build_config` returns is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from typing import Any
+
+from vilasr_ros.errors import QueryError
+
+
+def _allowed_types(annotation: Any) -> tuple[type, ...] | None:
+    """The runtime types a field accepts; None when the annotation is too loose to check."""
+    if annotation is Any or annotation is None:
+        return None
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        out: list[type] = []
+        for arg in typing.get_args(annotation):
+            allowed = _allowed_types(arg)
+            if allowed is None:
+                return None
+            out.extend(allowed)
+        return tuple(out)
+    if annotation is type(None):
+        return (type(None),)
+    if origin in (list, tuple, dict):
+        return (origin,) if origin is not tuple else (tuple, list)
+    if annotation is float:
+        return (float, int)
+    if isinstance(annotation, type):
+        return (annotation,)
+    return None
+
+
+def check_value(name: str, value: Any, annotation: Any, context: str) -> Any:
+    """``value`` when it fits ``annotation`` (an int for a float field becomes a float).
+
+    Raises:
+        QueryError: It does not.
+    """
+    allowed = _allowed_types(annotation)
+    if allowed is None:
+        return value
+    if str in allowed and isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, bool) and bool not in allowed:  # True is an int; never a number here
+        raise QueryError(f"{context}: {name} must be {_type_name(allowed)}, got {value!r}")
+    if not isinstance(value, allowed):
+        raise QueryError(f"{context}: {name} must be {_type_name(allowed)}, got {value!r} ({type(value).__name__})")
+    declared = _declared(annotation)
+    if isinstance(value, int) and float in declared and int not in declared:
+        return float(value)
+    return value
+
+
+def _declared(annotation: Any) -> tuple:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _type_name(allowed: tuple[type, ...]) -> str:
+    names = []
+    for t in allowed:
+        if t is type(None):
+            names.append("null")
+        elif t is int and float in allowed:
+            continue
+        else:
+            names.append({"str": "a string", "float": "a number", "int": "an integer", "bool": "true or false",
+                          "list": "a list", "dict": "a mapping", "tuple": "a list"}.get(t.__name__, t.__name__))
+    return " or ".join(dict.fromkeys(names))
+
+
+def build_config(cls: type, options: dict[str, Any], context: str) -> Any:
+    """``cls(**options)`` for a dataclass ``cls``, with unknown names and wrong types refused.
+
+    Args:
+        cls: A dataclass (frozen, validating in ``__post_init__``).
+        options: Field values; keys not given keep the defaults.
+        context: What is being configured, for messages (``"openai engine"``).
+
+    Raises:
+        QueryError: An unknown option, a value of the wrong type, or what ``__post_init__`` raises
+            (a ``ValueError`` becomes a ``QueryError`` with the same text).
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise QueryError(f"{context} has no option {', '.join(unknown)} (its options: {', '.join(sorted(fields))})")
+    values = {name: check_value(name, value, hints.get(name, Any), context) for name, value in options.items()}
+    try:
+        return cls(**values)
+    except QueryError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise QueryError(f"{context}: {exc}") from exc
+
+
+def describe_fields(cls: type) -> dict[str, Any]:
+    """``{field: default}`` of a dataclass (``MISSING`` shown as ``None``)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+        else:
+            out[f.name] = None
+    return out
