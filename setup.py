@@ -19,7 +19,7 @@ EXTRAS = {
     "train": ["trl>=1.16,<1.17", "peft>=0.17", "datasets>=3.0", "tensorboard"],
     "realsense": ["pyrealsense2>=2.55"],
     "geometry": ["open3d>=0.18"],
-    "bags": ["rosbags>=0.10"],
+    "bags": ["rosbags>=0.10", "mcap>=1.2"],
     "test": ["pytest>=8", "requests>=2.28", "fastapi", "uvicorn"],
     # ROS 2 Jazzy from PyPI wheels (machines without /opt/ros); with apt/colcon ROS, skip this extra.
     "ros": [f"ros-jazzy-{p}" for p in ("rclpy", "rmw-fastrtps-cpp", "std-msgs", "std-srvs", "sensor-msgs",

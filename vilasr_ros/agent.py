@@ -97,9 +97,9 @@ def parse_query(text: str, *, max_bytes: int = 4096, max_frames: int = 64) -> Qu
         data = json.loads(text)
     except ValueError as exc:  # JSONDecodeError or too deep
         what = "too deeply nested" if "nested" in str(exc) else "not JSON"
-        raise BadQueryError(f"query is {what}: {clean_text(exc)}") from None
+        raise BadQueryError(f"query is {what}: {clean_text(exc)}", _peek_id(text)) from None
     except RecursionError:  # unreachable after the depth check; kept as the invariant's guard
-        raise BadQueryError("query is too deeply nested") from None
+        raise BadQueryError("query is too deeply nested", _peek_id(text)) from None
     if not isinstance(data, dict):
         raise BadQueryError(f"query must be a JSON object, got {type(data).__name__}")
     qid = data.get("id")
