@@ -156,7 +156,9 @@ class FrameBuffer:
             return True
         if stamp_s - last.stamp_s >= cfg.max_interval_s or stamp_s < last.stamp_s - cfg.max_backward_jump_s:
             return True  # time passed, or the clock jumped back (add() restarts the buffer)
-        if T is None or last.T_world_camera is None:
+        if (T is None) != (last.T_world_camera is None):
+            return True  # a pose appeared (odometry started after the camera) or vanished: new information
+        if T is None:
             return False
         moved = np.linalg.norm(T[:3, 3] - last.T_world_camera[:3, 3])
         if moved > cfg.min_translation_m:
