@@ -10,23 +10,29 @@ HERE = Path(__file__).parent
 PACKAGE = "vilasr_ros"
 VERSION = ET.parse(HERE / "package.xml").getroot().findtext("version")
 
+# What each command needs beyond the core (package.xml declares the same for rosdep; a test keeps them in step).
+ROS_JAZZY = {"rclpy": "7.1.6", "rmw-fastrtps-cpp": "8.4.3", "std-msgs": "5.3.6", "std-srvs": "5.3.6",
+             "sensor-msgs": "5.3.6", "geometry-msgs": "5.3.6", "nav-msgs": "5.3.6", "visualization-msgs": "5.3.6",
+             "diagnostic-msgs": "5.3.6", "lifecycle-msgs": "2.0.3"}
 EXTRAS = {
-    "transformers": ["torch>=2.4", "transformers>=4.57", "accelerate>=1.0"],
-    "openai": ["openai>=2.0"],
-    "vllm": ["vllm>=0.8"],
-    "sim": ["mujoco>=3.2"],
-    "eval": ["matplotlib>=3.7"],
-    "train": ["trl>=1.16,<1.17", "peft>=0.17", "datasets>=3.0", "tensorboard"],
-    "realsense": ["pyrealsense2>=2.55"],
-    "geometry": ["open3d>=0.18"],
-    "bags": ["rosbags>=0.10", "mcap>=1.2"],
-    "test": ["pytest>=8", "requests>=2.28", "fastapi", "uvicorn"],
-    # ROS 2 Jazzy from PyPI wheels (machines without /opt/ros); with apt/colcon ROS, skip this extra.
-    "ros": [f"ros-jazzy-{p}" for p in ("rclpy", "rmw-fastrtps-cpp", "std-msgs", "std-srvs", "sensor-msgs",
-                                       "geometry-msgs", "nav-msgs", "visualization-msgs")],
+    # vilasr ask/agent/eval --engine transformers (the core already has transformers for smart_resize)
+    "transformers": ["torch>=2.4", "accelerate>=1.0"],
+    "openai": ["openai>=2.0"],                      # --engine openai (the official SDK)
+    "vllm": ["vllm>=0.8"],                          # --engine vllm (GPU)
+    "sim": ["mujoco>=3.2"],                         # vilasr sim generate, sim:seed=N sources
+    "eval": ["matplotlib>=3.7"],                    # vilasr eval report
+    "train": ["torch>=2.4", "accelerate>=1.0", "trl>=1.16,<1.17", "peft>=0.17", "datasets>=3.0", "tensorboard"],
+    "realsense": ["pyrealsense2>=2.55"],            # realsense sources
+    "geometry": ["opencv-python-headless>=4.8"],    # distorted intrinsics (cv2.undistortPoints)
+    "bags": ["rosbags>=0.10", "mcap>=1.2"],         # bag: sources, vilasr train site
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29"],   # vilasr serve
+    "test": ["pytest>=8", "hypothesis>=6.100", "requests>=2.28", "fastapi>=0.110", "uvicorn>=0.29"],
+    # ROS 2 Jazzy from PyPI wheels, pinned to Jazzy (unpinned names resolve to newer distributions);
+    # with apt/colcon ROS (/opt/ros/jazzy) skip this extra.
+    "ros": [f"ros-jazzy-{name}=={version}" for name, version in ROS_JAZZY.items()],
 }
-EXTRAS["all-cpu"] = sorted({d for k in ("transformers", "openai", "bags", "ros", "realsense", "sim", "eval", "train", "test")
-                             for d in EXTRAS[k]})
+# Everything CI and `make setup` install on a CPU machine (not vllm: GPU; not geometry: optional).
+EXTRAS["all-cpu"] = sorted({d for k, deps in EXTRAS.items() if k not in ("vllm", "geometry") for d in deps})
 
 setup(
     name=PACKAGE,
@@ -48,7 +54,10 @@ setup(
         (f"share/{PACKAGE}/config/accelerate", glob("config/accelerate/*.yaml")),
     ],
     python_requires=">=3.10",
-    install_requires=["numpy>=1.24", "pillow>=10.0", "scipy>=1.10", "pyyaml>=6.0"],
+    # The core: arrays, images, poses, YAML, progress bars, and transformers for Qwen2.5-VL's
+    # smart_resize (imported lazily, no torch needed).
+    install_requires=["numpy>=1.24", "pillow>=10.0", "scipy>=1.10", "pyyaml>=6.0", "tqdm>=4.60",
+                      "transformers>=4.57", "huggingface_hub>=0.30"],
     extras_require=EXTRAS,
     zip_safe=True,
     maintainer="vilasr_ros developers",

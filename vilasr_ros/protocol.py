@@ -67,6 +67,26 @@ def normalize_problem_type(problem_type: str) -> str:
 # ----------------------------------------------------------------------------- images
 
 
+@functools.lru_cache(maxsize=1)
+def _smart_resize():
+    """transformers' ``smart_resize`` (PIL backend: no torch, no torchvision needed). Without torch
+    installed (a robot that reasons on a remote GPU) transformers' advice that models are unavailable
+    is noise here, so it is silenced for that import."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("torch") is None:
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+    except ImportError as exc:
+        from vilasr_ros.errors import MissingDependencyError
+
+        raise MissingDependencyError(f"transformers (a core requirement, for smart_resize) is missing: "
+                                     f"pip install vilasr_ros ({exc})") from exc
+    return smart_resize
+
+
 def resized_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     """Size Qwen2.5-VL's ``smart_resize`` gives an image (spec §1).
 
@@ -84,8 +104,7 @@ def resized_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     Raises:
         QueryError: Degenerate size or aspect ratio over 200.
     """
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-
+    smart_resize = _smart_resize()
     if width < 1 or height < 1:
         raise QueryError(f"image of size {width}x{height} cannot be shown to the model")
     try:
