@@ -82,7 +82,9 @@ class SceneRenderer:
 
     def __init__(self, scene: Scene, config: RenderConfig | None = None):
         ensure_headless_gl()
-        import mujoco
+        from vilasr_ros.errors import require
+
+        mujoco = require("mujoco", "sim")
 
         self._mj = mujoco
         self.scene = scene

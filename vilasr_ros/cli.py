@@ -516,17 +516,41 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except ImportError as exc:  # an optional dependency not installed (MissingDependencyError is one)
+        if args.verbose:
+            logger.exception("failed")
+        print(f"{prog}: error: {_missing(exc)}", file=sys.stderr)
+        return 2
     except (VilasrError, ValueError, OSError) as exc:
         if args.verbose:
             logger.exception("failed")
         print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2 if isinstance(exc, (UserError, ValueError, MissingDependencyError, FileNotFoundError)) else 1
+        return 2 if isinstance(exc, (UserError, ValueError, FileNotFoundError)) else 1
     except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback with -v
         if args.verbose:
             logger.exception("internal error")
         print(f"{prog}: internal error: {type(exc).__name__}: {_one_line(exc)} (run with -v for the traceback)",
               file=sys.stderr)
         return 1
+
+
+MODULE_EXTRAS = {"torch": "transformers", "accelerate": "transformers", "openai": "openai", "httpx2": "openai",
+                 "vllm": "vllm", "mujoco": "sim", "matplotlib": "eval", "trl": "train", "peft": "train",
+                 "datasets": "train", "tensorboard": "train", "pyrealsense2": "realsense", "cv2": "geometry",
+                 "rosbags": "bags", "mcap": "bags", "fastapi": "serve", "uvicorn": "serve", "rclpy": "ros"}
+
+
+def _missing(exc: ImportError) -> str:
+    """One line naming the extra that provides a missing module."""
+    from vilasr_ros.errors import MissingDependencyError
+
+    if isinstance(exc, MissingDependencyError):
+        return _one_line(exc)
+    top = (exc.name or "").partition(".")[0]
+    extra = MODULE_EXTRAS.get(top)
+    if extra:
+        return f"this needs the '{extra}' extra: pip install 'vilasr_ros[{extra}]' (no module named {top!r})"
+    return f"a dependency is missing: {_one_line(exc)} (pip install 'vilasr_ros[all-cpu]' installs every CPU extra)"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -90,7 +90,9 @@ def build_tiny_qwen2_5_vl(
     Returns:
         ``out_dir`` as a Path.
     """
-    import torch
+    from vilasr_ros.errors import require
+
+    torch = require("torch", "transformers")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         AutoTokenizer,

@@ -41,7 +41,9 @@ def _bar_groups(ax, labels: list[str], series: dict[str, list[float]], ylabel: s
 
 
 def _plots(runs: list[dict], out: Path) -> dict[str, str]:
-    import matplotlib
+    from vilasr_ros.errors import require
+
+    matplotlib = require("matplotlib", "eval")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

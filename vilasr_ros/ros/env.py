@@ -14,29 +14,41 @@ PROFILE_NAME = "fastdds_loopback.xml"
 logger = logging.getLogger(__name__)
 
 
+def share_dir() -> Path:
+    """``config/``'s folder: the source tree, else the installed ``share/vilasr_ros`` — found through the
+    ament index (colcon, apt), the interpreter's prefix (``pip install .``) or the install prefix the
+    package sits in (``<prefix>/lib/pythonX.Y/site-packages/vilasr_ros``).
+
+    Raises:
+        FileNotFoundError: None of them holds ``config/``.
+    """
+    here = Path(__file__).resolve()
+    candidates = [here.parents[2]]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("vilasr_ros")))
+    except (ImportError, LookupError, ValueError, OSError) as exc:  # no ament index / not registered / unset
+        logger.debug("ament index has no vilasr_ros share folder: %s", exc)
+    import sys
+
+    candidates.append(Path(sys.prefix) / "share" / "vilasr_ros")
+    if len(here.parents) > 5:  # <prefix>/lib/pythonX.Y/site-packages/vilasr_ros/ros/env.py
+        candidates.append(here.parents[5] / "share" / "vilasr_ros")
+    for candidate in candidates:
+        if (candidate / "config" / PROFILE_NAME).is_file():
+            return candidate
+    raise FileNotFoundError(f"config/{PROFILE_NAME} not found in the source tree or any share/vilasr_ros "
+                            f"(looked in {', '.join(str(c) for c in candidates)})")
+
+
 def fastdds_profile() -> Path:
     """Path of the shipped Fast DDS profile (source tree or installed ``share/vilasr_ros/config``).
 
     Raises:
-        FileNotFoundError: Neither location has it.
+        FileNotFoundError: Not found (see :func:`share_dir`).
     """
-    here = Path(__file__).resolve().parents[2] / "config" / PROFILE_NAME
-    if here.is_file():
-        return here
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        installed = Path(get_package_share_directory("vilasr_ros")) / "config" / PROFILE_NAME
-        if installed.is_file():
-            return installed
-    except (ImportError, LookupError, ValueError) as exc:  # no ament index, or package not registered there
-        logger.debug("ament index has no vilasr_ros share folder: %s", exc)
-    import sys
-
-    installed = Path(sys.prefix) / "share" / "vilasr_ros" / "config" / PROFILE_NAME
-    if installed.is_file():
-        return installed
-    raise FileNotFoundError(f"{PROFILE_NAME} not found in the source tree or share/vilasr_ros/config")
+    return share_dir() / "config" / PROFILE_NAME
 
 
 def loopback_environment(domain_id: int | None = None, log_dir: str | None = None) -> dict[str, str]:
