@@ -201,3 +201,7 @@ def test_report_page_compares_runs_with_plots_and_gallery(sim_dataset, tmp_path)
     assert float(rows["plain"][6]) == 0.0 and float(rows["reflective"][6]) > 50.0  # reflection (%)
     gallery = [line for line in text.splitlines() if line.startswith("![last drawn image](gallery/")]
     assert len(gallery) == 4 and all((tmp_path / "report" / g[len("![last drawn image]("):-1]).exists() for g in gallery)
+    # multiple-choice items in the gallery show their options, so "ground truth: C" can be checked
+    mc = [i for i in items if i["problem_type"] == "multiple choice" and i["scene"] in (None, "scenes/scene_0000")]
+    shown = [i for i in mc if f"· {i['id']} ·" in text]
+    assert all(i["options"][0] in text for i in shown) and ("**options:**" in text) == bool(shown)

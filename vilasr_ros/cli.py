@@ -180,6 +180,14 @@ def choose(args: argparse.Namespace, *, standalone: bool = True) -> EngineChoice
         config = engine_config(name, **options)
     except QueryError as exc:
         raise UserError(str(exc)) from None
+    if name in ("transformers", "vllm"):  # weights are checked here, before torch or the model load
+        from vilasr_ros.engines.hf import resolve_model_path
+        from vilasr_ros.errors import ModelNotFoundError
+
+        try:
+            resolve_model_path(config.model)
+        except ModelNotFoundError as exc:
+            raise UserError(str(exc)) from None
     if standalone:
         for option in engine_class(name).standalone_requires:
             if getattr(config, option, None) is None:

@@ -101,6 +101,11 @@ def render_html(trace: Trace, title: str = "") -> str:
         if isinstance(k, int) and 1 <= k <= len(trace.images):
             parts.append("<div class='grid'>" + _figure(trace, k, "the box the target was grounded from") + "</div>")
         parts.append(f"<details><summary>grounding result</summary><pre>{_e(json.dumps(tgt, indent=1))}</pre></details>")
+    # Flag any image the browser could not decode (and record what did load), visibly.
+    parts.append("<script>for(const im of document.images){const mark=()=>{im.dataset.loaded=im.naturalWidth>0?'1':'0';"
+                 "im.dataset.width=im.naturalWidth;if(!(im.naturalWidth>0)){const w=document.createElement('p');"
+                 "w.className='error';w.textContent=im.alt+' failed to load';im.after(w);}};"
+                 "if(im.complete)mark();else{im.addEventListener('load',mark);im.addEventListener('error',mark);}}</script>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -85,8 +85,16 @@ def _plots(runs: list[dict], out: Path) -> dict[str, str]:
         _bar_groups(ax, labels, {name: list(100 * np.histogram(v, bins=edges)[0] / max(1, len(v)))
                                  for name, v in values.items()}, "items (%)")
         ax.set_title(title)
-        ax.tick_params(axis="x", rotation=0)
-    axes[2].bar([r["name"] for r in runs], [100 * (r["summary"]["reflection_rate"] or 0) for r in runs])
+        ax.set_xlabel("count (bins merge beyond 5)")
+        ax.tick_params(axis="x", rotation=45)
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
+    rates = [r["summary"]["reflection_rate"] for r in runs]
+    bars = axes[2].bar([r["name"] for r in runs], [100 * (x or 0) for x in rates], color="tab:purple")
+    for bar, rate in zip(bars, rates):  # the value is written on the bar: a 0 % bar is still visible as "0.0 %"
+        axes[2].annotate("n/a" if rate is None else f"{100 * rate:.1f} %", (bar.get_x() + bar.get_width() / 2,
+                         bar.get_height()), ha="center", va="bottom", fontsize=9, xytext=(0, 2), textcoords="offset points")
+    axes[2].set_ylim(0, 105)
     axes[2].set_ylabel("items (%)")
     axes[2].set_title("Reflection rate (a label re-boxed)")
     fig.tight_layout()

@@ -133,6 +133,9 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
     cam_overrides = overrides(cam_params, CAMERA_DEFAULTS) if cam_params.get("source") else []
     agent_overrides = overrides(agent_params, agent_defaults)
 
+    from vilasr_ros.ros.env import limit_heap_fragmentation
+
+    limit_heap_fragmentation()
     rclpy.init()
     executor = MultiThreadedExecutor(num_threads=6)
     nodes = []

@@ -21,6 +21,9 @@ def spin_node(make_node: Callable[[], Node], make_executor: Callable[[], Executo
         running (logged as an error with the traceback — callbacks catch their own failures, so this
         is a bug, never a message).
     """
+    from vilasr_ros.ros.env import limit_heap_fragmentation
+
+    limit_heap_fragmentation()
     rclpy.init(args=args)
     executor = make_executor()
     node = None
