@@ -25,8 +25,10 @@ EXTRAS = {
     "realsense": ["pyrealsense2>=2.55"],            # realsense sources
     "geometry": ["opencv-python-headless>=4.8"],    # distorted intrinsics (cv2.undistortPoints)
     "bags": ["rosbags>=0.10", "mcap>=1.2"],         # bag: sources, vilasr train site
-    "serve": ["fastapi>=0.110", "uvicorn>=0.29"],   # vilasr serve
-    "test": ["pytest>=8", "hypothesis>=6.100", "requests>=2.28", "fastapi>=0.110", "uvicorn>=0.29"],
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],  # vilasr serve
+    "remote": ["requests>=2.28"],                   # --engine remote (a robot using a vilasr serve)
+    "test": ["pytest>=8", "hypothesis>=6.100", "requests>=2.28", "fastapi>=0.110", "uvicorn>=0.29",
+             "python-multipart>=0.0.9"],
     # ROS 2 Jazzy from PyPI wheels, pinned to Jazzy (unpinned names resolve to newer distributions);
     # with apt/colcon ROS (/opt/ros/jazzy) skip this extra.
     "ros": [f"ros-jazzy-{name}=={version}" for name, version in ROS_JAZZY.items()],

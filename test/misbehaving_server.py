@@ -12,7 +12,8 @@ plain answer — and the tests count what was asked (``requests``):
 - ``{"close": True}``: the connection is closed without a reply;
 - ``{"hang": True}``: the request is read and never answered.
 
-Run standalone: ``python test/misbehaving_server.py PORT`` (answers every call with the default).
+Run standalone: ``python test/misbehaving_server.py PORT [--host H] [--script TURNS.json]`` (answers
+every call with the default, or each conversation with the script's turns in order).
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ def reply_body(text: str, finish_reason: str = "stop", usage: Any = None) -> byt
 class MisbehavingServer:
     """See the module docstring. ``port`` is chosen by the OS; ``url`` is the ``/v1`` root."""
 
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", script: list[str] | None = None):
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", port))
+        self.listener.bind((host, port))
         self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.url = f"http://{host}:{self.port}/v1"
+        self.script = script  # when given: each conversation is answered with these turns, in order
+        self._script_position = 0
         self.behaviours: queue.Queue = queue.Queue()
         self.requests = 0
         self.bytes_received = 0
@@ -91,6 +94,7 @@ class MisbehavingServer:
                 return None
             body += chunk
         self.bytes_received += len(head) + 4 + len(body)
+        self._last_body = body
         return head
 
     def _handle(self, conn: socket.socket) -> None:
@@ -107,7 +111,16 @@ class MisbehavingServer:
             try:
                 behaviour = self.behaviours.get_nowait()
             except queue.Empty:
-                behaviour = {"text": DEFAULT_TEXT}
+                if self.script:
+                    try:  # a conversation's first call (system + first user message) starts the script over
+                        if len(json.loads(self._last_body).get("messages", [])) <= 2:
+                            self._script_position = 0
+                    except (ValueError, AttributeError):
+                        pass
+                    behaviour = {"text": self.script[self._script_position % len(self.script)]}
+                    self._script_position += 1
+                else:
+                    behaviour = {"text": DEFAULT_TEXT}
             if behaviour.get("close"):
                 return
             if behaviour.get("hang"):
@@ -141,6 +154,14 @@ class MisbehavingServer:
 
 
 if __name__ == "__main__":
-    server = MisbehavingServer(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int, nargs="?", default=0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--script", help="JSON list of turns answered in order, round and round")
+    args = parser.parse_args()
+    script = json.loads(open(args.script, encoding="utf-8").read()) if args.script else None
+    server = MisbehavingServer(args.port, args.host, script)
     print(server.url, flush=True)
     threading.Event().wait()

@@ -162,6 +162,10 @@ class Reasoner:
         trace.images = [TraceImage(index=i + 1, size=im.size, source_frame=i) for i, im in enumerate(pil)]
         state = protocol.AnnotationState(len(pil))
         self.engine.reset()
+        query = {"question": question, "problem_type": ptype, "options": list(options) if options else None,
+                 "kind": kind, "loop": {"max_pixels": cfg.max_pixels, "max_turns": cfg.max_turns,
+                                        "max_images": cfg.max_images, "max_drawings_per_turn": cfg.max_drawings_per_turn,
+                                        **{k: v for k, v in vars(cfg.sampling).items() if v is not None}}}
 
         for call in range(1, cfg.max_turns + 1):
             if cancel is not None and cancel.is_set():
@@ -173,6 +177,7 @@ class Reasoner:
                 messages=trace.messages,
                 sampling=cfg.sampling,
                 metadata=metadata,
+                query=query,
             )
             t0 = time.perf_counter()
             try:
@@ -204,6 +209,10 @@ class Reasoner:
             if done:
                 break
 
+        try:
+            self.engine.finish()
+        except Exception:  # noqa: BLE001 - releasing a stream must not lose the trace
+            logger.exception("engine.finish failed")
         if trace.finish_reason in (protocol.FINISH_STOP, None) and trace.turns:
             trace.answer = protocol.extract_answer(trace.turns[-1].text)
         trace.total_s = time.perf_counter() - start

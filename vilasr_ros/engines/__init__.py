@@ -1,7 +1,7 @@
 """Engines by name — one front end for ``vilasr ask``, ``vilasr agent``, the ROS node, evaluation and
 training.
 
-Built in: ``replay``, ``transformers``, ``openai`` and ``vllm``.
+Built in: ``replay``, ``transformers``, ``openai``, ``vllm`` and ``remote`` (a ``vilasr serve``).
 Other packages add engines through the ``vilasr_ros.engines`` entry-point group (``vilasr_ros_training``
 registers ``teacher``); the core never imports them. Each engine class carries ``config_class``, a
 frozen dataclass validated in ``__post_init__``, and ``from_config``; :func:`engine_config` builds
@@ -26,6 +26,7 @@ BUILTIN_ENGINES = {
     "transformers": "vilasr_ros.engines.hf:TransformersEngine",
     "openai": "vilasr_ros.engines.openai_compat:OpenAIEngine",
     "vllm": "vilasr_ros.engines.vllm_engine:VLLMEngine",
+    "remote": "vilasr_ros.engines.remote:RemoteEngine",
 }
 
 __all__ = [
@@ -101,7 +102,8 @@ def create_engine(name: str, config: Any = None, **options: Any) -> Engine:
 def choose_engine(name: str, *, model: str | None = None, base_url: str | None = None) -> tuple[str, str]:
     """Resolve ``auto`` the same way for every front end (``vilasr ask``, ``vilasr agent``, the node).
 
-    ``auto``: a ``base_url`` means a server (``openai``); else the ``transformers`` engine when the
+    ``auto``: a ``base_url`` means a server — ``remote`` when its ``/health`` says it is a
+    ``vilasr serve``, else ``openai``; without one, the ``transformers`` engine when the
     weights (``model``, default ``AntResearchNLP/ViLaSR``) are in a local folder or the local Hugging
     Face cache; else the ``replay`` engine with the shipped demo script — and the sentence says, in
     capitals, that its answer is scripted.
@@ -117,8 +119,11 @@ def choose_engine(name: str, *, model: str | None = None, base_url: str | None =
             raise QueryError(f"unknown engine {name!r}; use auto or one of {', '.join(engine_names())}")
         return name, f"engine: {name}"
     if base_url:
+        from vilasr_ros.engines.remote import detect_server
         from vilasr_ros.sanitize import redact_url
 
+        if detect_server(base_url) == "remote":
+            return "remote", f"engine: remote — the vilasr serve at {redact_url(base_url)} runs the loop"
         return "openai", f"engine: openai — the server at {redact_url(base_url)}"
     from vilasr_ros.errors import VilasrError
 

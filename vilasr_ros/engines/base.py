@@ -57,6 +57,9 @@ class GenerationRequest:
         metadata: What the caller knows about the query beyond the conversation (an evaluation
             item with its ground truth, for example); models ignore it, the ``teacher`` engine
             reads it. Never sent to a server.
+        query: The query as asked (``question``, ``problem_type``, ``options``, ``kind``) and the loop
+            settings (``loop``: ``ReasonerConfig`` fields and sampling) — what the ``remote`` engine
+            sends to a ``vilasr serve`` so it runs the same loop.
     """
 
     prompt: str
@@ -64,6 +67,7 @@ class GenerationRequest:
     messages: list[dict[str, Any]]
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     metadata: dict[str, Any] | None = None
+    query: dict[str, Any] | None = None
 
 
 @dataclass
@@ -113,6 +117,9 @@ class Engine(abc.ABC):
 
     def reset(self) -> None:
         """Forget per-conversation state (caches, scripted positions). Called at each new query."""
+
+    def finish(self) -> None:
+        """The current query's loop ended (answered, failed or cancelled): release what it holds."""
 
     def close(self) -> None:
         """Release resources (GPU memory, sessions)."""

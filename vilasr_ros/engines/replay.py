@@ -8,6 +8,7 @@ model turn: a string (a turn that ended normally) or ``{"text": ..., "finish_rea
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,17 +64,23 @@ class ReplayConfig:
     """Attributes:
     responses: A replay file (JSON list of turns, or a saved ``trace.json``) or the list itself; None
         plays the shipped demo script (:func:`demo_responses`) and says so in :meth:`ReplayEngine.describe`.
+    delay_s: Seconds each turn takes (a stand-in for a model's latency in load tests and benchmarks).
     """
 
     responses: str | list | None = None
+    delay_s: float = 0.0
 
     def __post_init__(self):
+        if self.delay_s < 0:
+            raise QueryError("delay_s must be >= 0")
         if isinstance(self.responses, str) and not Path(self.responses).is_file():
             raise QueryError(f"replay file not found: {self.responses}")
 
 
 class ReplayEngine(Engine):
-    """Returns scripted turns in order; each new query starts from the first one again.
+    """Returns scripted turns in order; each new query starts from the first one again. The position
+    is kept per thread, so concurrent queries (a server's workers, evaluation batches) each replay
+    the whole script.
 
     Args:
         responses: A replay list, a file holding one, or a ``trace.json``; None: the shipped demo.
@@ -81,23 +88,37 @@ class ReplayEngine(Engine):
 
     name = "replay"
     config_class = ReplayConfig
+    max_concurrency = 8
 
-    def __init__(self, responses: str | Path | list | None = None):
+    def __init__(self, responses: str | Path | list | None = None, delay_s: float = 0.0):
+        self.delay_s = float(delay_s)
         self.scripted_demo = responses is None
         self.responses = load_responses(demo_responses() if responses is None else responses)
-        self._source = "demo" if responses is None else (str(responses) if isinstance(responses, (str, Path)) else "list")
-        self._position = 0
+        self._local = threading.local()
+
+    @property
+    def _position(self) -> int:
+        return getattr(self._local, "position", 0)
+
+    @_position.setter
+    def _position(self, value: int) -> None:
+        self._local.position = value
 
     def reset(self) -> None:
         self._position = 0
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        if self._position >= len(self.responses):
+        position = self._position
+        if position >= len(self.responses):
             raise EngineError(
-                f"the replay script has {len(self.responses)} turns and the loop asked for turn {self._position + 1}"
+                f"the replay script has {len(self.responses)} turns and the loop asked for turn {position + 1}"
             )
-        entry = self.responses[self._position]
-        self._position += 1
+        entry = self.responses[position]
+        self._position = position + 1
+        if self.delay_s:
+            import time
+
+            time.sleep(self.delay_s)
         return GenerationResult(text=entry["text"], finish_reason=entry["finish_reason"])
 
     def describe(self) -> dict[str, Any]:

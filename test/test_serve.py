@@ -1,0 +1,276 @@
+"""`vilasr serve` and the robot's `remote` engine: the same trace as a local run, frames sent once,
+bounded under load, refusing bad requests, and a client that goes away cancels its query."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+requests = pytest.importorskip("requests")
+
+from conftest import REPO  # noqa: E402
+from misbehaving_server import MisbehavingServer  # noqa: E402
+from vilasr_ros.engines import create_engine  # noqa: E402
+from vilasr_ros.reasoner import Reasoner, ReasonerConfig  # noqa: E402
+from vilasr_ros.sources import open_source  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from link_proxy import LinkProxy  # noqa: E402
+
+FIVE_TURNS = [
+    "<think> the sofa </think> Action: Object Mapper\n```json\n[{'index': 11, 'bbox_2d': [47, 93, 209, 202], 'label': 'sofa'}]\n```",
+    "<think> and again </think> Action: Object Mapper\n```json\n[{'index': 12, 'bbox_2d': [121, 94, 295, 193], 'label': 'sofa'}]\n```",
+    "<think> the door </think> Action: Object Mapper\n```json\n[{'index': 12, 'bbox_2d': [5, 20, 90, 230], 'label': 'door'}]\n```",
+    "<think> a path </think> Action: Path Tracer\n```json\n[{'index': 19, 'start_point_2d': [50, 120], 'end_point_2d': [200, 150], 'label': 'route'}]\n```",
+    "<think> done </think> Action: Answer\n<answer> The sofa stands beside the door. </answer>",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_serve(tmp_path: Path, *extra: str, script=FIVE_TURNS, env=None) -> tuple[subprocess.Popen, str]:
+    """A `vilasr serve` subprocess with a replay engine; returns (process, base url)."""
+    (tmp_path / "script.json").write_text(json.dumps(script))
+    port = _free_port()
+    log = (tmp_path / f"serve_{port}.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "vilasr_ros.cli", "serve", "--engine", "replay", "--responses",
+                             str(tmp_path / "script.json"), "--port", str(port), *extra],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/health", timeout=1).ok:
+                return proc, url
+        except requests.RequestException:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("vilasr serve did not start: " + (tmp_path / f"serve_{port}.log").read_text()[-2000:])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def frames():
+    with open_source("sim:demo") as source:
+        return [f.rgb for f in source]
+
+
+def test_same_trace_as_a_local_run_with_frames_sent_once(tmp_path, frames):
+    config = ReasonerConfig(max_turns=6)
+    # (a) the openai engine: the loop on the robot, every turn re-sends every frame
+    scripted = MisbehavingServer(script=FIVE_TURNS)
+    proxy_a = LinkProxy(("127.0.0.1", scripted.port))
+    engine_a = create_engine("openai", base_url=proxy_a.url("/v1"), model="m", timeout_s=30.0, max_retries=0)
+    trace_a = Reasoner(engine_a, config).run(frames, "Where is the sofa?", "free-form")
+    # (b) a vilasr serve with the same scripted model: frames once, turns streamed back
+    proc, url = start_serve(tmp_path)
+    proxy_b = LinkProxy(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    try:
+        engine_b = create_engine("remote", base_url=proxy_b.url())
+        trace_b = Reasoner(engine_b, config).run(frames, "Where is the sofa?", "free-form")
+    finally:
+        stop(proc)
+        scripted.close()
+    assert trace_a.finish_reason == trace_b.finish_reason == "stop" and len(trace_a.turns) == 5
+    assert trace_b.chat_text == trace_a.chat_text and trace_b.answer == trace_a.answer
+    assert [im.tobytes() for im in trace_b.pil_images] == [im.tobytes() for im in trace_a.pil_images]
+    frames_bytes = engine_b.bytes_sent  # the 16 frames as PNG, encoded once
+    print(f"robot -> server bytes for one 16-frame, 5-turn query: openai engine {proxy_a.sent / 1e6:.2f} MB, "
+          f"vilasr serve {proxy_b.sent / 1e6:.3f} MB (the 16 PNG frames: {frames_bytes / 1e6:.3f} MB)")
+    assert proxy_b.sent <= 1.1 * frames_bytes
+    assert proxy_a.sent > 4 * frames_bytes  # five requests, each with every frame
+
+
+@pytest.fixture()
+def slow_server(tmp_path):
+    """vilasr serve, 2 workers, 2 waiting at most, a scripted model that takes 0.2 s a turn."""
+    box = "<think> x </think> Action: Object Mapper\n```json\n[{'index': 1, 'bbox_2d': [5, 5, 60, 60], 'label': 'sofa'}]\n```"
+    (tmp_path / "script.json").write_text(json.dumps([box, box.replace("sofa", "door"), box.replace("sofa", "chair"), FIVE_TURNS[4]]))
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+            "from vilasr_ros.engines import create_engine; from vilasr_ros.serve import ServeConfig, serve\n"
+            f"serve(create_engine('replay', responses={str(tmp_path / 'script.json')!r}, delay_s=0.2), "
+            f"ServeConfig(port={port}, workers=2, max_queue=2))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/health", timeout=1).ok:
+                break
+        except requests.RequestException:
+            time.sleep(0.2)
+    yield proc, url, log
+    stop(proc)
+
+
+def test_eight_clients_ten_queries_each_answered_or_429(slow_server, frames):
+    proc, url, log = slow_server
+    small = frames[:4]
+    results: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        engine = create_engine("remote", base_url=url, timeout_s=30.0)
+        for _ in range(10):
+            start = time.monotonic()
+            trace = Reasoner(engine, ReasonerConfig(max_turns=5)).run(small, "Where is the sofa?")
+            outcome = trace.finish_reason if trace.finish_reason == "stop" else ("429" if "HTTP 429" in (trace.error or "") else trace.error)
+            with lock:
+                results.append((outcome, time.monotonic() - start))
+            if outcome == "429":
+                time.sleep(float(trace.error.split("retry after ")[1].split(" s")[0]))  # honour Retry-After
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    outcomes = [o for o, _ in results]
+    assert len(results) == 80 and set(outcomes) <= {"stop", "429"}, set(outcomes)
+    latency = sorted(d for o, d in results if o == "stop")
+    p99 = latency[min(len(latency) - 1, int(0.99 * len(latency)))]
+    print(f"8 clients x 10 queries: {outcomes.count('stop')} answered, {outcomes.count('429')} refused (429); "
+          f"answered latency p50 {statistics.median(latency):.2f} s, p99 {p99:.2f} s")
+    assert outcomes.count("stop") >= 20
+    metrics = requests.get(url + "/metrics", timeout=5).json()
+    assert metrics["rejected_busy"] == outcomes.count("429") and metrics["running"] == 0 and metrics["queued"] == 0
+
+
+def test_a_client_going_away_cancels_its_query(slow_server, frames):
+    proc, url, log = slow_server
+    engine = create_engine("remote", base_url=url, timeout_s=30.0)
+    long_script_request = Reasoner(engine, ReasonerConfig(max_turns=5))
+    cancel = threading.Event()
+
+    def on_turn(trace, turn):
+        cancel.set()  # leave after the first turn; closing the stream tells the server
+
+    trace = long_script_request.run(frames[:4], "Where is the sofa?", cancel=cancel, on_turn=on_turn)
+    assert trace.finish_reason == "cancelled"
+    deadline = time.monotonic() + 10
+    while requests.get(url + "/metrics", timeout=5).json()["cancelled_by_client"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert requests.get(url + "/metrics", timeout=5).json()["cancelled_by_client"] == 1
+    assert "the client went away" in log.read_text()
+
+
+def test_a_server_killed_mid_query_is_a_clear_error_in_time(slow_server, frames):
+    proc, url, log = slow_server
+    engine = create_engine("remote", base_url=url, timeout_s=10.0)
+    killer = threading.Timer(0.3, lambda: proc.send_signal(signal.SIGKILL))
+    killer.start()
+    start = time.monotonic()
+    trace = Reasoner(engine, ReasonerConfig(max_turns=5)).run(frames[:4], "Where is the sofa?")
+    assert time.monotonic() - start < 10.0
+    assert trace.finish_reason == "error" and ("closed the stream" in trace.error or "cannot reach" in trace.error)
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory):
+    proc, url = start_serve(tmp_path_factory.mktemp("token_server"), env={"VILASR_SERVE_TOKEN": "s3cret-token"})
+    yield url
+    stop(proc)
+
+
+@pytest.mark.parametrize("case", ["no frames", "100 frames", "not an image", "50 MB body", "wrong token",
+                                  "malformed JSON", "unknown field"])
+def test_bad_requests_get_a_4xx_with_a_message(token_server, frames, case):
+    url = token_server
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frames[0]).save(buf, format="PNG")
+    png = buf.getvalue()
+    headers = {"Authorization": "Bearer s3cret-token"}
+    query = json.dumps({"question": "Where is the sofa?"})
+    files = [("frames", ("f.png", png, "image/png"))]
+    if case == "no frames":
+        files = []
+    elif case == "100 frames":
+        files = files * 100
+    elif case == "not an image":
+        files = [("frames", ("f.png", b"this is text", "image/png"))]
+    elif case == "50 MB body":
+        files = [("frames", ("big.png", b"\0" * (50 * 2**20 + 1), "image/png"))]
+    elif case == "wrong token":
+        headers = {"Authorization": "Bearer nope"}
+    elif case == "malformed JSON":
+        query = "{not json"
+    elif case == "unknown field":
+        query = json.dumps({"question": "?", "colour": "red"})
+    response = requests.post(url + "/v1/queries", data={"query": query}, files=files or None, headers=headers,
+                             timeout=60)
+    assert 400 <= response.status_code < 500, (case, response.status_code, response.text[:200])
+    detail = response.json()["detail"]
+    assert detail and isinstance(detail, (str, list)), response.text
+    # still serving
+    ok = requests.post(url + "/v1/queries", data={"query": json.dumps({"question": "Where is the sofa?",
+                                                                       "loop": {"max_turns": 6}})},
+                       files=[("frames", ("f.png", png, "image/png"))], headers={"Authorization": "Bearer s3cret-token"},
+                       timeout=60)
+    assert ok.status_code == 200 and ok.json()["trace"]["finish_reason"] in ("stop", "ToolError")
+    assert requests.get(url + "/health", timeout=5).json()["service"] == "vilasr-serve"
+
+
+def test_openapi_document_describes_the_api(token_server):
+    doc = requests.get(token_server + "/openapi.json", timeout=10).json()
+    assert {"/v1/queries", "/health", "/ready", "/metrics"} <= set(doc["paths"])
+    assert "post" in doc["paths"]["/v1/queries"]
+
+
+def test_auto_detects_a_vilasr_serve_from_its_health_document(tmp_path):
+    from vilasr_ros.engines import choose_engine
+
+    proc, url = start_serve(tmp_path)
+    scripted = MisbehavingServer()
+    try:
+        assert choose_engine("auto", base_url=url)[0] == "remote"
+        assert choose_engine("auto", base_url=scripted.url)[0] == "openai"
+    finally:
+        stop(proc)
+        scripted.close()
+
+
+def test_remote_link_benchmark_in_a_shaped_network_namespace(tmp_path):
+    """50 Mbit/s (tc token bucket on a veth pair) and 20 ms round trip: vilasr serve at least 3x faster."""
+    probe = subprocess.run(["ip", "netns", "add", f"vprobe{os.getpid() % 10000}"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"network namespaces are not permitted here: {probe.stderr.strip()}")
+    subprocess.run(["ip", "netns", "del", f"vprobe{os.getpid() % 10000}"], capture_output=True)
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "remote_link.py"), "--json", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, timeout=600)
+    print(out.stdout[-3000:])
+    if out.returncode == 3:
+        pytest.skip(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["chat_text_identical"]
+    assert result["openai_s"] >= 3.0 * result["serve_s"], result

@@ -1,0 +1,398 @@
+"""``vilasr serve``: the draw-to-reason loop next to the GPU, so a robot sends its frames once per query.
+
+Chat completions are stateless: through the ``openai`` engine every turn re-sends every frame. Here
+the robot posts a query once — its frames (already ``smart_resize``-d, lossless PNG by default) and
+the question — and the server runs the whole loop beside the model, streaming each model turn back
+as a server-sent event. The robot's ``remote`` engine replays those turns through its own
+:class:`~vilasr_ros.reasoner.Reasoner`, so its :class:`~vilasr_ros.trace.Trace` (conversation, drawn
+images, answer) is the one a local run of the same engine would give, and grounding stays on the
+robot: depth and poses never leave it.
+
+API (FastAPI; the OpenAPI document is at ``/openapi.json``, interactive at ``/docs``):
+
+- ``POST /v1/queries`` — multipart: ``query`` (JSON text: ``question``, ``problem_type``,
+  ``options``, ``kind``, ``loop`` — ``max_pixels``, ``max_turns``, ``max_images``,
+  ``max_drawings_per_turn``, ``temperature``, ``top_p``, ``max_tokens``, ``seed`` —, ``deadline_s``,
+  ``images``: ``none``|``last``|``all``) and ``frames`` (image files, in order). With
+  ``?stream=true`` the reply is ``text/event-stream``: one ``turn`` event per model turn, then
+  ``result``; else one JSON document: the trace (``Trace.to_dict``), drawn images as requested
+  (base64 PNG), and the server's timings.
+- ``GET /health`` — liveness and what this server is (``"service": "vilasr-serve"``: the robot's
+  ``--engine auto`` detects a ``vilasr serve`` from it); ``GET /ready`` — 200 when a query would be
+  taken now, 503 with the queue state otherwise; ``GET /metrics`` — counters.
+
+Bounds: at most ``workers`` queries run at once (the engine's ``max_concurrency``) and ``max_queue``
+wait; more are refused with HTTP 429 and ``Retry-After``. Each query has a deadline (``deadline_s``,
+capped by ``max_deadline_s``; checked between turns). A client that goes away cancels its query after
+the turn in flight (counted in ``/metrics`` as ``cancelled_by_client`` and logged). Bodies over
+``max_body_mb`` get 413, more than ``max_frames`` frames or a file that is not an image 400, a wrong
+or missing bearer token 401 (the token is read from the environment variable ``token_env``; unset
+means no token). The server binds 127.0.0.1 unless told otherwise: put TLS in front with a reverse
+proxy (README).
+"""
+
+
+import asyncio
+import base64
+import hmac
+import io
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from vilasr_ros import __version__
+from vilasr_ros.errors import QueryError, require
+from vilasr_ros.sanitize import clean_json, clean_text
+
+logger = logging.getLogger(__name__)
+SERVICE = "vilasr-serve"
+API_VERSION = 1
+IMAGE_CHOICES = ("none", "last", "all")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Attributes:
+    host: Address to bind (127.0.0.1: this machine only; 0.0.0.0 behind a firewall or proxy).
+    port: TCP port.
+    token_env: Environment variable holding the bearer token clients must send (unset: none).
+    workers: Queries run at once (None: the engine's ``max_concurrency``).
+    max_queue: Queries waiting beyond the running ones; more get 429.
+    max_frames: Frames per query at most.
+    max_body_mb: Request body size at most (MiB).
+    default_deadline_s: Deadline of a query that names none; ``max_deadline_s`` caps any.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token_env: str = "VILASR_SERVE_TOKEN"
+    workers: int | None = None
+    max_queue: int = 16
+    max_frames: int = 64
+    max_body_mb: float = 64.0
+    default_deadline_s: float = 300.0
+    max_deadline_s: float = 1800.0
+
+    def __post_init__(self):
+        if not 0 < self.port < 65536 or self.max_queue < 0 or self.max_frames < 1 or self.max_body_mb <= 0:
+            raise ValueError("port in 1..65535, max_queue >= 0, max_frames >= 1 and max_body_mb > 0 are required")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError("workers must be >= 1")
+        if not 0 < self.default_deadline_s <= self.max_deadline_s:
+            raise ValueError("0 < default_deadline_s <= max_deadline_s is required")
+
+
+@dataclass
+class Metrics:
+    received: int = 0
+    answered: int = 0
+    rejected_busy: int = 0
+    bad_requests: int = 0
+    unauthorized: int = 0
+    cancelled_by_client: int = 0
+    deadline: int = 0
+    errors: int = 0
+    running: int = 0
+    queued: int = 0
+    busy_s: float = 0.0
+
+
+class QueryRequest:
+    """A validated query: the parsed ``query`` JSON and the decoded frames."""
+
+    LOOP_KEYS = ("max_pixels", "max_turns", "max_images", "max_drawings_per_turn", "temperature", "top_p",
+                 "max_tokens", "seed")
+
+    def __init__(self, text: str, frames: list, config: ServeConfig):
+        from vilasr_ros.protocol import normalize_problem_type
+        from vilasr_ros.reasoner import reasoner_config
+        from vilasr_ros.sanitize import check_json_depth, is_encodable
+
+        try:
+            check_json_depth(text, 6)
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise QueryError(f"'query' is not valid JSON: {clean_text(exc)}") from None
+        if not isinstance(data, dict) or not is_encodable(json.dumps(data, ensure_ascii=False)):
+            raise QueryError("'query' must be a JSON object of valid Unicode text")
+        unknown = set(data) - {"question", "problem_type", "options", "kind", "loop", "deadline_s", "images", "id"}
+        if unknown:
+            raise QueryError(f"unknown query fields {sorted(unknown)}")
+        self.id = clean_text(data.get("id") or "")[:128]
+        self.question = data.get("question")
+        if not isinstance(self.question, str) or not self.question.strip():
+            raise QueryError("'question' must be non-empty text")
+        self.problem_type = normalize_problem_type(data.get("problem_type", "free-form"))
+        self.options = data.get("options")
+        if self.options is not None and (not isinstance(self.options, list) or not all(isinstance(o, str) for o in self.options)):
+            raise QueryError("'options' must be a list of strings")
+        self.kind = data.get("kind")
+        if self.kind not in (None, "single", "video", "multi_view"):
+            raise QueryError("'kind' must be single, video or multi_view")
+        loop = data.get("loop") or {}
+        if not isinstance(loop, dict) or set(loop) - set(self.LOOP_KEYS):
+            raise QueryError(f"'loop' takes {', '.join(self.LOOP_KEYS)}")
+        self.loop = reasoner_config(**loop)
+        deadline = data.get("deadline_s", config.default_deadline_s)
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline:
+            raise QueryError("'deadline_s' must be a positive number of seconds")
+        self.deadline_s = min(float(deadline), config.max_deadline_s)
+        self.images = data.get("images", "none")
+        if self.images not in IMAGE_CHOICES:
+            raise QueryError(f"'images' must be one of {', '.join(IMAGE_CHOICES)}")
+        if not frames:
+            raise QueryError("no frames: send at least one image in 'frames'")
+        if len(frames) > config.max_frames:
+            raise QueryError(f"{len(frames)} frames; at most {config.max_frames} per query")
+        self.frames = frames
+
+
+def decode_frames(blobs: list[tuple[str, bytes]]):
+    """Image files → RGB PIL images. Raises QueryError naming the first that is not an image."""
+    from PIL import Image
+
+    out = []
+    for k, (name, data) in enumerate(blobs):
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                out.append(im.convert("RGB"))
+        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for non-images
+            raise QueryError(f"frame {k} ({clean_text(name)[:60]}) is not an image: {type(exc).__name__}") from None
+    return out
+
+
+def _png_b64(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def create_app(engine, config: ServeConfig | None = None):
+    """The FastAPI application serving ``engine`` (see the module docstring).
+
+    Args:
+        engine: Any :class:`~vilasr_ros.engines.base.Engine` (``transformers``, ``openai`` to a local
+            ``vllm serve``, ``vllm``, ``replay``, ...).
+        config: Server settings.
+    """
+    fastapi = require("fastapi", "serve")
+    from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    from vilasr_ros.reasoner import Reasoner
+
+    config = config or ServeConfig()
+    from vilasr_ros import protocol
+
+    protocol.resized_size(640, 480, protocol.MIN_PIXELS * 100)  # import transformers' smart_resize now, not on query 1
+    workers = config.workers or max(1, int(getattr(engine, "max_concurrency", 1)))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="vilasr-serve")
+    metrics = Metrics()
+    lock = threading.Lock()
+    token = os.environ.get(config.token_env or "") or None
+
+    app = FastAPI(title="vilasr serve", version=__version__,
+                  description="The ViLaSR draw-to-reason loop next to the model: a robot posts a query once "
+                              "(frames + question) and gets every model turn back.")
+
+    def check_token(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            with lock:
+                metrics.unauthorized += 1
+            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def admit() -> None:
+        with lock:
+            if metrics.running + metrics.queued >= workers + config.max_queue:
+                metrics.rejected_busy += 1
+                avg = metrics.busy_s / max(1, metrics.answered)
+                retry = max(1, int(avg * (metrics.queued + 1) / workers + 0.5))
+                raise HTTPException(429, f"busy: {metrics.running} running, {metrics.queued} waiting; retry later",
+                                    headers={"Retry-After": str(retry)})
+            metrics.queued += 1
+            metrics.received += 1
+
+    def run_query(q: QueryRequest, cancel: threading.Event, on_turn) -> dict[str, Any]:
+        with lock:
+            metrics.queued -= 1
+            metrics.running += 1
+        start = time.monotonic()
+        timer = threading.Timer(max(0.0, q.deadline_s), cancel.set)
+        timer.daemon = True
+        timer.start()
+        try:
+            if cancel.is_set():
+                raise QueryError("cancelled before it started")
+            trace = Reasoner(engine, q.loop).run(q.frames, q.question, q.problem_type, q.options, kind=q.kind,
+                                                 cancel=cancel, on_turn=on_turn)
+            if trace.finish_reason == "cancelled" and time.monotonic() - start >= q.deadline_s:
+                trace.error = f"deadline of {q.deadline_s:g} s passed"
+                with lock:
+                    metrics.deadline += 1
+            return {"trace": trace, "engine_s": round(time.monotonic() - start, 4)}
+        finally:
+            timer.cancel()
+            with lock:
+                metrics.running -= 1
+                metrics.answered += 1
+                metrics.busy_s += time.monotonic() - start
+
+    def result_document(q: QueryRequest, out: dict[str, Any], queue_s: float) -> dict[str, Any]:
+        trace = out["trace"]
+        images = {}
+        drawn = [info for info in trace.images if info.drawn_from is not None]
+        if q.images == "all":
+            images = {str(i.index): _png_b64(trace.pil_images[i.index - 1]) for i in drawn}
+        elif q.images == "last" and drawn:
+            images = {str(drawn[-1].index): _png_b64(trace.pil_images[drawn[-1].index - 1])}
+        return clean_json({"id": q.id, "trace": trace.to_dict(), "images": images,
+                           "server": {"queue_s": round(queue_s, 4), "run_s": out["engine_s"], "engine": engine.describe()}})
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        """Liveness, and what this server is (robots detect a ``vilasr serve`` from ``service``)."""
+        return {"status": "ok", "service": SERVICE, "api": API_VERSION, "version": __version__,
+                "engine": engine.describe()}
+
+    @app.get("/ready")
+    def ready():
+        """200 when a query would be taken now, else 503 with the queue state."""
+        with lock:
+            state = {"running": metrics.running, "queued": metrics.queued, "workers": workers,
+                     "max_queue": config.max_queue}
+        full = state["running"] + state["queued"] >= workers + config.max_queue
+        return JSONResponse({"ready": not full, **state}, status_code=503 if full else 200)
+
+    @app.get("/metrics")
+    def get_metrics() -> dict[str, Any]:
+        """Counters since start."""
+        with lock:
+            return dict(vars(metrics))
+
+    @app.post("/v1/queries")
+    async def post_query(request: Request, query: str = Form(..., description="the query, JSON text"),
+                         frames: list[UploadFile] = File(..., description="the frames, in order"),
+                         stream: bool = False):
+        """Run the draw-to-reason loop over the posted frames (see the module docstring)."""
+        check_token(request)
+        try:
+            blobs = [(f.filename or f"frame{k}", await f.read()) for k, f in enumerate(frames)]
+            q = QueryRequest(query, decode_frames(blobs), config)
+        except QueryError as exc:
+            with lock:
+                metrics.bad_requests += 1
+            raise HTTPException(400, str(exc)) from None
+        admit()
+        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        queued_at = time.monotonic()
+
+        def on_turn(trace, turn):
+            summary = {"turn": len(trace.turns), "text": turn.text, "finish_reason": turn.finish_reason,
+                       "prompt_tokens": turn.prompt_tokens, "completion_tokens": turn.completion_tokens,
+                       "cached_tokens": turn.cached_tokens, "engine_s": round(turn.engine_s, 4),
+                       "new_images": turn.new_images, "error": turn.error}
+            loop.call_soon_threadsafe(events.put_nowait, ("turn", clean_json(summary)))
+
+        future = loop.run_in_executor(pool, run_query, q, cancel, on_turn)
+
+        def finish(fut) -> None:
+            try:
+                out = fut.result()
+                started = out["engine_s"]
+                doc = result_document(q, out, time.monotonic() - queued_at - started)
+                loop.call_soon_threadsafe(events.put_nowait, ("result", doc))
+            except Exception as exc:  # noqa: BLE001 - reported to the client as an error event / 500
+                with lock:
+                    metrics.errors += 1
+                logger.exception("query %r failed", q.id)
+                loop.call_soon_threadsafe(events.put_nowait, ("error", {"error": f"{type(exc).__name__}: {exc}"}))
+
+        future.add_done_callback(finish)
+
+        def client_gone() -> None:
+            if not cancel.is_set() and not future.done():
+                cancel.set()
+                with lock:
+                    metrics.cancelled_by_client += 1
+                logger.info("query %r: the client went away; cancelled after the turn in flight", q.id)
+
+        async def disconnected() -> bool:
+            if await request.is_disconnected():
+                client_gone()
+                return True
+            return False
+
+        if stream:
+            async def sse():
+                delivered = False
+                try:
+                    while True:
+                        try:
+                            kind, data = await asyncio.wait_for(events.get(), timeout=1.0)
+                        except asyncio.TimeoutError:
+                            if await disconnected():
+                                return
+                            yield ": keep-alive\n\n"
+                            continue
+                        if await disconnected():
+                            return
+                        yield f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=True)}\n\n"
+                        if kind in ("result", "error"):
+                            delivered = True
+                            return
+                finally:  # cancelled by the server on disconnect, or returned early: stop the loop
+                    if not delivered:
+                        client_gone()
+
+            return StreamingResponse(sse(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        while True:
+            try:
+                kind, data = await asyncio.wait_for(events.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if await disconnected():
+                    return JSONResponse({"detail": "client went away"}, status_code=499)
+                continue
+            if kind == "result":
+                return JSONResponse(data)
+            if kind == "error":
+                return JSONResponse({"detail": data["error"]}, status_code=500)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        limit = int(config.max_body_mb * 2**20)
+        if length is not None and length.isdigit() and int(length) > limit:
+            with lock:
+                metrics.bad_requests += 1
+            return JSONResponse({"detail": f"request body of {int(length)} bytes is over max_body_mb "
+                                           f"({config.max_body_mb:g} MiB)"}, status_code=413)
+        if request.method == "POST" and length is None:
+            return JSONResponse({"detail": "a Content-Length header is required"}, status_code=411)
+        return await call_next(request)
+
+    app.state.metrics = metrics
+    app.state.pool = pool
+    del fastapi
+    return app
+
+
+def serve(engine, config: ServeConfig) -> None:
+    """Run the server until Ctrl-C (uvicorn)."""
+    uvicorn = require("uvicorn", "serve")
+    app = create_app(engine, config)
+    logger.info("vilasr serve on http://%s:%d (engine %s)%s", config.host, config.port, engine.describe(),
+                "" if os.environ.get(config.token_env or "") else "; no bearer token required")
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=5)
