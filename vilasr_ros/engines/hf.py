@@ -120,6 +120,7 @@ class TransformersEngine(Engine):
     Attributes:
         last_input_ids: Token ids of the last request's whole prompt.
         last_prefill_ids: The ids actually prefilled for it (its suffix after the reused prefix).
+        last_generated_ids: The ids it generated.
 
     Raises:
         ModelNotFoundError: No weights at ``model``.
@@ -187,6 +188,7 @@ class TransformersEngine(Engine):
         self.turn_reuse = turn_reuse
         self.last_input_ids: list[int] | None = None
         self.last_prefill_ids: list[int] | None = None
+        self.last_generated_ids: list[int] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -337,6 +339,7 @@ class TransformersEngine(Engine):
             self.reset()
             raise EngineError(f"generation failed: {exc}") from exc
         # The cache now holds the prompt and every generated token but the last (never fed).
+        self.last_generated_ids = generated
         self._cached_ids = ids + generated[:-1]
         self._cached_images = keys
         if not self.turn_reuse:

@@ -1,0 +1,187 @@
+"""GPU check of the transformers engine: a randomly initialised Qwen2.5-VL-7B-shaped model, bf16, CUDA.
+
+Nothing is downloaded: the tokenizer, image processor and chat template come from the tiny builder
+(``vilasr_ros.tiny_model``); the model is Qwen2.5-VL-7B's architecture at full size (text: 28 layers,
+3584 wide, 28 heads / 4 KV heads, MLP 18944, vocabulary 152064; vision: 32 blocks, 1280 wide, 16
+heads), randomly initialised on the GPU. With 16 frames of 640×480 (the model sees 644×476 at
+351232 px) it measures and prints one table:
+
+- time to first token (vision tower + prefill of the 16-frame first turn + one token),
+- decode tokens/s (``--decode-tokens`` forced tokens after the first),
+- per-turn latency for turns 1–8 (each turn answers ``--turn-tokens`` tokens, then one drawn image
+  and its caption are appended, as the loop does) with turn reuse on and off, and the turn-8/turn-2
+  ratio of each,
+- whether greedy outputs are equal with reuse on and off (bf16: kernels may differ in the last bits;
+  the first differing turn is named),
+- peak GPU memory.
+
+Run on one H100/H200 (about 2 minutes; well under 8): ``python benchmarks/gpu_check.py``.
+CPU smoke of the same code at a tiny size: ``python benchmarks/gpu_check.py --tiny``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+from vilasr_ros import protocol
+from vilasr_ros.drawing import draw_annotations
+from vilasr_ros.engines.base import GenerationRequest, SamplingConfig
+from vilasr_ros.engines.hf import TransformersEngine
+from vilasr_ros.tiny_model import build_tiny_qwen2_5_vl
+
+SEVEN_B = {"hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+           "intermediate_size": 18944, "vocab_size": 152064, "max_position_embeddings": 128000}
+SEVEN_B_VISION = {"depth": 32, "hidden_size": 1280, "num_heads": 16, "intermediate_size": 3420, "out_hidden_size": 3584,
+                  "fullatt_block_indexes": [7, 15, 23, 31], "window_size": 112, "patch_size": 14, "spatial_merge_size": 2}
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 128, "vocab_size": 2000, "max_position_embeddings": 32768}
+TINY_VISION = {"depth": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "out_hidden_size": 64,
+               "fullatt_block_indexes": [1], "window_size": 112, "patch_size": 14, "spatial_merge_size": 2}
+
+
+def build(tiny: bool, device: str, dtype: str):
+    import torch
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    folder = build_tiny_qwen2_5_vl(tempfile.mkdtemp(prefix="gpu_check_tok_"))
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    base = Qwen2_5_VLConfig.from_pretrained(folder)
+    text = {**base.text_config.to_dict(), **(TINY if tiny else SEVEN_B)}
+    vision = {**base.vision_config.to_dict(), **(TINY_VISION if tiny else SEVEN_B_VISION)}
+    text["rope_scaling"] = text.get("rope_scaling") or base.text_config.rope_scaling
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=base.image_token_id,
+                              video_token_id=base.video_token_id, vision_start_token_id=base.vision_start_token_id,
+                              vision_end_token_id=base.vision_end_token_id)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=getattr(torch, dtype))
+    model.eval()
+    params = sum(p.numel() for p in model.parameters())
+    return model, tokenizer, image_processor, params
+
+
+def frames(n: int) -> list:
+    rng = np.random.default_rng(0)
+    out = []
+    for k in range(n):
+        base = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((640, 480), Image.BICUBIC)
+        out.append(protocol.resize_for_model(img, 351232))
+    return out
+
+
+def sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_turns(engine, images0, turns: int, tokens: int):
+    sampling = SamplingConfig(temperature=0.0, max_tokens=tokens)
+    images = list(images0)
+    messages = protocol.initial_messages([im.size for im in images], "How far is the door from the sofa?", "regression")
+    engine.reset()
+    rows = []
+    for turn in range(turns):
+        request = GenerationRequest(protocol.render_chat(messages), list(images), messages, sampling)
+        sync()
+        t0 = time.perf_counter()
+        result = engine.generate(request)
+        sync()
+        rows.append({"s": time.perf_counter() - t0, "prefill": len(engine.last_prefill_ids),
+                     "prompt": result.prompt_tokens, "text": result.text, "ids": list(engine.last_generated_ids)})
+        drawn = draw_annotations(images[turn % len(images0)], [{"bbox_2d": [40, 40, 260, 200], "label": f"obj {turn}"}], [])
+        images.append(drawn)
+        messages = messages + [{"role": "assistant", "content": result.text},
+                               protocol.continuation_message([(len(images) - 1, drawn.size)], final=False)]
+    return rows
+
+
+def main() -> int:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes on CPU (a smoke run of this script)")
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--turns", type=int, default=8)
+    ap.add_argument("--turn-tokens", type=int, default=32, help="tokens each turn answers")
+    ap.add_argument("--decode-tokens", type=int, default=128, help="forced tokens for the decode rate")
+    args = ap.parse_args()
+    device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
+    dtype = "float32" if device == "cpu" else "bfloat16"
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    model, tokenizer, processor, params = build(args.tiny, device, dtype)
+    build_s = time.perf_counter() - t0
+    images = frames(args.frames)
+    engine = TransformersEngine.from_model(model, tokenizer, processor, turn_reuse=True, name="random Qwen2.5-VL-7B shape")
+    eos = set(engine.eos_ids)
+    engine.eos_ids = {-1}  # a random model: force the token counts asked for
+
+    # time to first token and decode rate, on the 16-frame first turn
+    messages = protocol.initial_messages([im.size for im in images], "How far is the door from the sofa?", "regression")
+    first = GenerationRequest(protocol.render_chat(messages), list(images), messages, SamplingConfig(temperature=0.0, max_tokens=1))
+    run_turns(engine, images[:1], 1, 2)  # warm-up (kernels, allocator)
+    engine.reset()
+    sync()
+    t = time.perf_counter()
+    result = engine.generate(first)
+    sync()
+    ttft = time.perf_counter() - t
+    prompt_tokens = result.prompt_tokens
+    engine.reset()
+    long = GenerationRequest(first.prompt, first.images, first.messages,
+                             SamplingConfig(temperature=0.0, max_tokens=args.decode_tokens))
+    steps: list[float] = []
+    forward = engine._forward
+
+    def timed_forward(embeds, positions):  # the first call is the prefill, every later one a decode step
+        sync()
+        start = time.perf_counter()
+        out = forward(embeds, positions)
+        sync()
+        steps.append(time.perf_counter() - start)
+        return out
+
+    engine._forward = timed_forward
+    engine.generate(long)
+    engine._forward = forward
+    decode_rate = (len(steps) - 1) / max(1e-9, sum(steps[1:]))
+
+    on = run_turns(engine, images, args.turns, args.turn_tokens)
+    engine_off = TransformersEngine.from_model(model, tokenizer, processor, turn_reuse=False, name="same, reuse off")
+    engine_off.eos_ids = {-1}
+    off = run_turns(engine_off, images, args.turns, args.turn_tokens)
+    engine.eos_ids = engine_off.eos_ids = eos
+    first_diff = next((k + 1 for k, (a, b) in enumerate(zip(on, off)) if a["ids"] != b["ids"]), None)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    print(f"gpu_check: {name}, {dtype}, random Qwen2.5-VL {'tiny' if args.tiny else '7B'}-shaped model "
+          f"({params / 1e9:.2f} B parameters, built in {build_s:.1f} s), {args.frames} frames 640x480 -> "
+          f"{images[0].size[0]}x{images[0].size[1]}")
+    print(f"{'measure':<38} {'value':>12}")
+    print(f"{'first turn prompt tokens':<38} {prompt_tokens:>12d}")
+    print(f"{'time to first token (s)':<38} {ttft:>12.3f}")
+    print(f"{'decode rate (tokens/s)':<38} {decode_rate:>12.1f}")
+    print(f"{'peak GPU memory (GiB)':<38} {peak:>12.2f}")
+    print(f"{'turn':<6} {'reuse on s':>11} {'prefill':>8} {'reuse off s':>12} {'prefill':>8} {'prompt':>8}")
+    for k, (a, b) in enumerate(zip(on, off), start=1):
+        print(f"{k:<6} {a['s']:>11.3f} {a['prefill']:>8d} {b['s']:>12.3f} {b['prefill']:>8d} {a['prompt']:>8d}")
+    if len(on) >= 8:
+        print(f"turn-8/turn-2 latency: reuse on {on[7]['s'] / on[1]['s']:.2f}, reuse off {off[7]['s'] / off[1]['s']:.2f}")
+    print("greedy outputs with reuse on and off: " + ("equal on every turn" if first_diff is None else
+                                                       f"first differ at turn {first_diff} (bf16 kernels)"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
