@@ -50,7 +50,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml") + glob("config/*.rviz")),
         (f"share/{PACKAGE}/config/training", glob("config/training/*.yaml")),
         (f"share/{PACKAGE}/config/training/smoke", glob("config/training/smoke/*.yaml")),
         (f"share/{PACKAGE}/config/accelerate", glob("config/accelerate/*.yaml")),

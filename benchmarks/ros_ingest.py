@@ -10,7 +10,9 @@ engine) on a MultiThreadedExecutor. Prints:
   on ``~/query`` to receiving its ``~/answer`` (a test client in this process), median and p90.
 
 Targets (issue 5): 30 Hz with no drops, CPU under 20 % of one core, overhead under 300 ms.
-Run: ``python benchmarks/ros_ingest.py [--seconds 30] [--queries 20]`` (sets a loopback DDS env;
+``--transport compressed`` streams image_transport's ``compressed`` colour (jpeg) and
+``compressedDepth`` depth instead of raw images (the agent decodes only keyframes either way).
+Run: ``python benchmarks/ros_ingest.py [--seconds 30] [--queries 20] [--transport raw|compressed]`` (sets a loopback DDS env;
 ``BENCH_THREADS=N`` sets the agent executor's thread count, default 4 as in ``vilasr_agent``).
 """
 
@@ -52,14 +54,19 @@ def main():
     parser.add_argument("--seconds", type=float, default=30.0, help="ingest measurement window")
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--source", default=f"rgbd_folder:{REPO.parent / 'shared/data/rgbd/open3d_testdata_rgbd'}")
+    parser.add_argument("--transport", choices=("raw", "compressed"), default="raw",
+                        help="raw Image topics, or jpeg CompressedImage colour + compressedDepth depth")
     args = parser.parse_args()
+    compressed = args.transport == "compressed"
 
     log = Path(tempfile.mkdtemp()) / "camera.log"
     rclpy.init()
     traces = tempfile.mkdtemp(prefix="bench_traces_")
     agent = VilasrAgentNode(parameter_overrides=[
         Parameter("engine", value="replay"), Parameter("responses", value=str(demo_responses())),
-        Parameter("trace_root", value=traces),
+        Parameter("trace_root", value=traces), Parameter("remove_floor", value=False),
+        Parameter("color_transport", value="compressed" if compressed else "raw"),
+        Parameter("depth_transport", value="compressedDepth" if compressed else "raw"),
         Parameter("max_age_s", value=0.0)])
     client = rclpy.create_node("bench_client")
     answers = {}
@@ -78,7 +85,9 @@ def main():
 
     camera = subprocess.Popen(
         [sys.executable, "-m", "vilasr_ros.ros.camera_node", "--ros-args", "-p", f"source:={args.source}",
-         "-p", "rate_hz:=30.0", "-p", "wait_for_subscribers:=1"], stdout=log.open("w"), stderr=subprocess.STDOUT)
+         "-p", "rate_hz:=30.0", "-p", "wait_for_subscribers:=1",
+         "-p", f"color_transport:={'jpeg' if compressed else 'raw'}",
+         "-p", f"depth_transport:={'compressedDepth' if compressed else 'raw'}"], stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         while agent.buffer.received < 30:  # warm-up: discovery and the first second
             time.sleep(0.1)
@@ -91,7 +100,7 @@ def main():
         print(f"ingest window {wall:.1f} s: frames received {(r1 - r0) / wall:.2f}/s "
               f"(colour messages {(c1 - c0) / wall:.2f}/s), unpaired {stats.unpaired}, "
               f"decode errors {stats.decode_errors}, without pose {stats.without_pose}")
-        print(f"agent process CPU: {100 * cpu / wall:.1f} % of one core "
+        print(f"agent process CPU ({args.transport} topics): {100 * cpu / wall:.1f} % of one core "
               f"(user {cpu1.user - cpu0.user:.2f} s, system {cpu1.system - cpu0.system:.2f} s)")
         print(f"keyframes buffered: {len(agent.buffer)}")
 

@@ -15,7 +15,7 @@ from vilasr_ros.grounding import ground_trace
 from vilasr_ros.reasoner import Reasoner
 from vilasr_ros.engines.replay import demo_responses
 from vilasr_ros.ros.launcher import flatten, load_parameters
-from vilasr_ros.ros.sync import FrameAssembler
+from vilasr_ros.pairing import FrameAssembler
 from vilasr_ros.sources import open_source
 
 

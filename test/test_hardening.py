@@ -253,7 +253,7 @@ def test_a_backward_time_jump_restarts_the_buffer():
 
 
 def _assembler(**kw):
-    from vilasr_ros.ros.sync import FrameAssembler
+    from vilasr_ros.pairing import FrameAssembler
 
     from vilasr_ros.frames import CameraIntrinsics
 
@@ -288,7 +288,7 @@ def test_a_consistent_new_odometry_track_is_accepted_as_a_reset():
 
 def test_a_camera_info_of_another_size_is_reported_not_silent():
     from vilasr_ros.frames import CameraIntrinsics
-    from vilasr_ros.ros.sync import FrameAssembler
+    from vilasr_ros.pairing import FrameAssembler
 
     asm = FrameAssembler(lambda m: np.zeros((480, 640, 3), np.uint8), lambda m: None, expect_depth=False)
     asm.add_camera_info(CameraIntrinsics(320, 240, 200.0, 200.0, 160.0, 120.0))

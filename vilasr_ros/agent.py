@@ -15,7 +15,8 @@ Answer JSON (``~/answer``)::
      "target_pose": {"position": [x, y, z], "orientation": [x, y, z, w], "frame_id": "map"} | null,
      "goal_sent": true, "goal_reason": null,
      "trace_dir": "...", "engine": "...", "target": {...grounding result...} | null,
-     "sensors": {"dropped": 0, "last_drop_reason": null, ...}}
+     "sensors": {"dropped": 0, "last_drop_reason": null, ...},
+     "localization": "map (map poses corrected odometry: 12 corrections)" | "odom: no map pose received yet" | null}
 
 Safety rule for goals (:func:`goal_decision`): ``target_pose`` is filled — and the node publishes
 ``~/target_pose`` and ``/goal_pose`` — only when the run finished ``stop`` with an answer, the
@@ -196,6 +197,7 @@ class Answer:
     frames: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
     sensors: dict[str, Any] | None = None
+    localization: str | None = None
 
     def to_json(self) -> str:
         """JSON text that always encodes (lone surrogates replaced) — safe to publish and save."""
@@ -258,10 +260,14 @@ class SpatialAgent:
     concurrently.
     """
 
-    def __init__(self, reasoner: Reasoner, buffer: FrameBuffer, config: AgentConfig | None = None):
+    def __init__(self, reasoner: Reasoner, buffer: FrameBuffer, config: AgentConfig | None = None,
+                 localization=None):
         self.reasoner = reasoner
         self.buffer = buffer
         self.config = config or AgentConfig()
+        #: Re-expresses selected frames in ``map`` (:class:`~vilasr_ros.pairing.MapAlignment`); None
+        #: keeps the odometry frame.
+        self.localization = localization
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="trace-writer")
         self._stores: dict[tuple, TraceStore] = {}
         # Warm up: the first smart_resize imports transformers (~5 s, far longer under a busy GIL).
@@ -308,6 +314,9 @@ class SpatialAgent:
                                         window_s=cfg.window_s, max_age_s=cfg.max_age_s)
         except (VilasrError, ValueError) as exc:
             return Result(Answer.failure(query.id, f"cannot select frames: {exc}"))
+        localization = None
+        if self.localization is not None:
+            frames, localization = self.localization.express(frames)
         kind = query.kind or ("single" if len(frames) == 1 else "video")
         try:
             trace = self.reasoner.run([f.rgb for f in frames], query.question, query.type, query.options,
@@ -321,6 +330,7 @@ class SpatialAgent:
             error=trace.error,
             engine=str(trace.engine.get("engine")),
             frames=[{"index": f.index, "stamp_s": f.stamp_s} for f in frames],
+            localization=localization,
         )
         grounding = None
         if query.target:

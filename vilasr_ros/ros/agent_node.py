@@ -1,8 +1,19 @@
 """``vilasr_agent``: the reasoning node — camera topics in, answers and Nav2 goals out.
 
 Subscribes (sensor-data QoS; names are parameters, defaults follow realsense-ros): colour
-``Image``, aligned depth ``Image``, ``CameraInfo`` and ``nav_msgs/Odometry``; pairs them into
-frames (:mod:`vilasr_ros.ros.sync`) and fills a :class:`~vilasr_ros.buffer.FrameBuffer`.
+``Image`` — or image_transport's ``<topic>/compressed`` (jpeg/png) with ``color_transport:
+compressed`` —, aligned depth ``Image`` — or ``<topic>/compressedDepth`` —, ``CameraInfo`` and
+``nav_msgs/Odometry``; pairs them into frames (:mod:`vilasr_ros.pairing`, the same rule bags use)
+and fills a :class:`~vilasr_ros.buffer.FrameBuffer`. With ``map_pose_topic`` (AMCL's
+``/amcl_pose``, ``PoseWithCovarianceStamped``; or a SLAM node's ``PoseStamped``) the keyframes,
+stored with their odometry poses, are re-expressed in ``map`` when a query selects them
+(:class:`~vilasr_ros.pairing.MapAlignment`): targets, paths and markers come out in ``map``.
+
+A managed (lifecycle) node, as Nav2's are: ``configure`` builds the buffer and loads the engine (a
+missing model is a failed transition with the reason; the process stays up), ``activate`` subscribes
+to the sensors and serves queries, ``deactivate`` stops both and keeps the model (queries are
+answered ``rejected``: "inactive"), ``cleanup`` frees the model. ``autostart`` (default true)
+configures and activates at start, as a lifecycle manager would.
 
 Serves ``~/query`` (``std_msgs/String`` JSON, see :mod:`vilasr_ros.agent`) and publishes
 ``~/answer`` (String JSON), ``~/target_pose`` and, when ``publish_goal_pose`` is true,
@@ -40,11 +51,12 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
@@ -52,6 +64,8 @@ from visualization_msgs.msg import MarkerArray
 from vilasr_ros.agent import AgentConfig, Answer, BadQueryError, Query, SpatialAgent, parse_query
 from vilasr_ros.buffer import BufferConfig, EmptyBufferError, FrameBuffer
 from vilasr_ros.grounding import GroundingConfig
+from vilasr_ros.health import SensorHealth
+from vilasr_ros.messages import pose_from_message
 from vilasr_ros.ros.conversions import (
     camera_info_to_intrinsics,
     color_msg,
@@ -64,7 +78,7 @@ from vilasr_ros.ros.conversions import (
     stamp_to_s,
     transform_from_xyz_quat,
 )
-from vilasr_ros.ros.sync import FrameAssembler
+from vilasr_ros.pairing import FrameAssembler, MapAlignment
 from vilasr_ros.sanitize import clean_text, redact
 
 
@@ -82,7 +96,12 @@ PARAMETERS: dict[str, tuple[Any, str, dict, bool]] = {
     "color_topic": ("/camera/camera/color/image_raw", "sensor_msgs/Image colour topic", {}, False),
     "depth_topic": ("/camera/camera/aligned_depth_to_color/image_raw", "depth registered to colour (16UC1 mm / 32FC1 m)", {}, False),
     "camera_info_topic": ("/camera/camera/color/camera_info", "CameraInfo of the colour camera", {}, False),
-    "odom_topic": ("/odom", "nav_msgs/Odometry: T_world_base", {}, False),
+    "odom_topic": ("/odom", "nav_msgs/Odometry: T_odom_base", {}, False),
+    "color_transport": ("raw", "raw (Image) | compressed (image_transport jpeg/png on <color_topic>/compressed)", {}, False),
+    "depth_transport": ("raw", "raw (Image) | compressedDepth (on <depth_topic>/compressedDepth)", {}, False),
+    "map_pose_topic": ("", "map pose of the base (AMCL: /amcl_pose); empty: targets stay in the odometry frame", {}, False),
+    "map_pose_type": ("PoseWithCovarianceStamped", "PoseWithCovarianceStamped (AMCL) | PoseStamped (SLAM)", {}, False),
+    "autostart": (True, "configure and activate at start (false: a lifecycle manager drives the node)", {}, False),
     "T_base_camera": ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], "[x y z qx qy qz qw] of the colour optical frame in the odometry child frame", {}, False),
     "world_frame_id": ("", "world frame of targets; empty = the odometry's header.frame_id", {}, False),
     "expect_depth": (True, "wait for a depth image per colour image", {}, False),
@@ -128,7 +147,8 @@ PARAMETERS: dict[str, tuple[Any, str, dict, bool]] = {
     "top_p": (0.9, "nucleus sampling", _f(0.001, 1.0), False),
     "max_tokens": (16384, "new tokens per model call", _i(1, 1 << 20), False),
 }
-CHOICES = {"selection": ("uniform", "latest", "coverage")}
+CHOICES = {"selection": ("uniform", "latest", "coverage"), "color_transport": ("raw", "compressed"),
+           "depth_transport": ("raw", "compressedDepth"), "map_pose_type": ("PoseWithCovarianceStamped", "PoseStamped")}
 # Engine parameters → engine options (engines.engine_options checks they apply to the engine chosen).
 ENGINE_PARAMETERS = {"model": "model", "base_url": "base_url", "api_key_env": "api_key_env", "responses": "responses",
                      "request_timeout_s": "timeout_s", "image_format": "image_format", "device": "device",
@@ -160,17 +180,17 @@ def engine_from_parameters(p: dict[str, Any]):
     return name, engine_config(name, **options), sentence
 
 
-class VilasrAgentNode(Node):
+class VilasrAgentNode(LifecycleNode):
     """The reasoning node (see the module docstring).
 
     Args:
         reasoner: An already built :class:`~vilasr_ros.reasoner.Reasoner` (tests, ``vilasr agent``);
-            None builds one from the engine parameters.
+            None builds one from the engine parameters when the node is configured.
 
     Raises (at construction):
-        QueryError / ModelNotFoundError / MissingDependencyError: The engine cannot be built.
-        ValueError: A parameter value outside its choices, or the scripted demo engine with
-            ``publish_goal_pose`` (a scripted answer never drives a robot).
+        ValueError: A parameter value outside its choices; with ``autostart``, anything that makes
+            ``configure`` fail (no weights, a bad engine parameter, the scripted demo engine with
+            ``publish_goal_pose``: a scripted answer never drives a robot).
     """
 
     def __init__(self, node_name: str = "vilasr_agent", *, reasoner=None, **kwargs):
@@ -183,55 +203,11 @@ class VilasrAgentNode(Node):
         for name, choices in CHOICES.items():
             if p[name] not in choices:
                 raise ValueError(f"parameter {name}={p[name]!r} is not one of {choices}")
-
-        self.buffer = FrameBuffer(
-            BufferConfig(max_frames=p["buffer.max_frames"], max_bytes=p["buffer.max_bytes_mb"] * 2**20,
-                         min_translation_m=p["buffer.min_translation_m"], min_rotation_deg=p["buffer.min_rotation_deg"],
-                         max_interval_s=p["buffer.max_interval_s"], max_future_s=p["max_future_stamp_s"]),
-            wall_clock=lambda: self.get_clock().now().nanoseconds * 1e-9)
-        self.health = self.buffer.health
-        self.reasoner = reasoner or self._build_reasoner()
-        engine = self.reasoner.engine.describe()
-        if engine.get("responses") == "shipped demo script" and p["publish_goal_pose"]:
-            raise ValueError("publish_goal_pose is true but the engine is the scripted demo (no weights, no "
-                             "base_url): a scripted answer never drives a robot; give model or base_url")
-        self.agent = SpatialAgent(self.reasoner, self.buffer, self._agent_config())
-        self.assembler = FrameAssembler(
-            decode_color_msg, decode_depth_msg, T_base_camera=transform_from_xyz_quat(p["T_base_camera"]),
-            tolerance_s=p["sync_tolerance_s"], pose_tolerance_s=p["pose_tolerance_s"],
-            expect_depth=p["expect_depth"], world_frame_id=p["world_frame_id"] or None, source_id="ros:" + p["color_topic"],
-            keep=self.buffer.wants, on_skip=self.buffer.note, health=self.health,  # only keyframes are decoded
-            max_speed_mps=p["max_speed_mps"])
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-
-        self.sensor_group = MutuallyExclusiveCallbackGroup()
-        self.control_group = MutuallyExclusiveCallbackGroup()
-        self.reasoning_group = MutuallyExclusiveCallbackGroup()
-        # No default QoS-event waitables on the hot paths: every waitable is scanned by the Python
-        # executor on every wake-up (120 sensor messages/s); best-effort subscriptions and reliable
-        # publishers cannot be QoS-incompatible anyway. ~/query keeps its incompatibility warning.
-        quiet_sub = SubscriptionEventCallbacks(use_default_callbacks=False)
-        quiet_pub = {"event_callbacks": PublisherEventCallbacks(use_default_callbacks=False)}
-        sensor = {"qos_profile": qos_profile_sensor_data, "callback_group": self.sensor_group,
-                  "event_callbacks": quiet_sub}
-        self.create_subscription(Image, p["color_topic"], self._guard(self._on_colour, "colour"), **sensor)
-        self.create_subscription(Image, p["depth_topic"], self._guard(self._on_depth, "depth"), **sensor)
-        self.create_subscription(CameraInfo, p["camera_info_topic"], self._guard(self._on_info, "camera_info"), **sensor)
-        self.create_subscription(Odometry, p["odom_topic"], self._guard(self._on_odom, "odometry"), **sensor)
-        self.create_subscription(String, "~/query", self._on_query, _reliable(QUERY_QOS_DEPTH),
-                                 callback_group=self.control_group)
-        self.create_service(Trigger, "~/cancel", self._on_cancel, callback_group=self.control_group)
-        self.create_service(Trigger, "~/clear_buffer", self._on_clear, callback_group=self.control_group)
-
-        self.answer_pub = self.create_publisher(String, "~/answer", _reliable(QUERY_QOS_DEPTH), **quiet_pub)
-        self.progress_pub = self.create_publisher(String, "~/progress", _reliable(50), **quiet_pub)
-        self.target_pub = self.create_publisher(PoseStamped, "~/target_pose", _reliable(10), **quiet_pub)
-        self.goal_pub = self.create_publisher(PoseStamped, "/goal_pose", _reliable(10), **quiet_pub)
-        self.path_pub = self.create_publisher(Path, "~/path", _reliable(10), **quiet_pub)
-        self.image_pub = self.create_publisher(Image, "~/annotated_image", _reliable(20), **quiet_pub)
-        self.marker_pub = self.create_publisher(MarkerArray, "~/markers", _reliable(10), **quiet_pub)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", _reliable(10), **quiet_pub)
-
+        self._given_reasoner = reasoner
+        self.reasoner = self.agent = self.buffer = self.assembler = self.alignment = None
+        self.health = SensorHealth()
+        self.active = False
+        self.failure_reason: str | None = None
         self.queries: queue.Queue[Query] = queue.Queue(maxsize=p["max_queued_queries"])
         self._cancel = threading.Event()
         self._current: Query | None = None
@@ -239,13 +215,163 @@ class VilasrAgentNode(Node):
         self.answered = 0
         self.received_queries = 0
         self.callback_errors = 0
+        self._configured: list[tuple[str, Any]] = []  # (kind, entity) made by configure, removed by cleanup
+        self._sensor_subs: list = []
+        self.sensor_group = MutuallyExclusiveCallbackGroup()
+        self.control_group = MutuallyExclusiveCallbackGroup()
+        self.reasoning_group = MutuallyExclusiveCallbackGroup()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        if p["autostart"]:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise ValueError(self.failure_reason or "configure failed")
+            self.trigger_activate()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except Exception as exc:  # noqa: BLE001 - a failed transition with the reason, never a crash
+            self.failure_reason = clean_text(f"{type(exc).__name__}: {exc}")
+            self.get_logger().error(f"configure failed: {self.failure_reason}")
+            self._teardown()
+            return TransitionCallbackReturn.FAILURE
+        self.failure_reason = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._subscribe_sensors()
+        self.active = True
+        self.get_logger().info("active: subscribed to the camera and serving queries")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = False
+        self._cancel.set()
+        for sub in self._sensor_subs:
+            self.destroy_subscription(sub)
+        self._sensor_subs = []
+        self._reject_waiting("the agent is inactive (deactivated); activate it to serve queries")
+        self.get_logger().info("inactive: sensors unsubscribed, queries refused; the model stays loaded")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self.get_logger().info("unconfigured: the model and the buffer are freed")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = False
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        p = self.p
+        self.health = SensorHealth()
+        self.buffer = FrameBuffer(
+            BufferConfig(max_frames=p["buffer.max_frames"], max_bytes=p["buffer.max_bytes_mb"] * 2**20,
+                         min_translation_m=p["buffer.min_translation_m"], min_rotation_deg=p["buffer.min_rotation_deg"],
+                         max_interval_s=p["buffer.max_interval_s"], max_future_s=p["max_future_stamp_s"]),
+            wall_clock=lambda: self.get_clock().now().nanoseconds * 1e-9, health=self.health)
+        self.assembler = FrameAssembler(
+            decode_color_msg, decode_depth_msg, T_base_camera=transform_from_xyz_quat(p["T_base_camera"]),
+            tolerance_s=p["sync_tolerance_s"], pose_tolerance_s=p["pose_tolerance_s"],
+            expect_depth=p["expect_depth"], world_frame_id=p["world_frame_id"] or None, source_id="ros:" + p["color_topic"],
+            keep=self.buffer.wants, on_skip=self.buffer.note, health=self.health,  # only keyframes are decoded
+            max_speed_mps=p["max_speed_mps"], expect_pose=bool(p["odom_topic"]))
+        self.alignment = MapAlignment(self.assembler.odometry_at) if p["map_pose_topic"] else None
+        self.reasoner = self._given_reasoner or self._build_reasoner()
+        engine = self.reasoner.engine.describe()
+        if engine.get("responses") == "shipped demo script" and p["publish_goal_pose"]:
+            raise ValueError("publish_goal_pose is true but the engine is the scripted demo (no weights, no "
+                             "base_url): a scripted answer never drives a robot; give model or base_url")
+        self.agent = SpatialAgent(self.reasoner, self.buffer, self._agent_config(), localization=self.alignment)
+
+        quiet_pub = {"event_callbacks": PublisherEventCallbacks(use_default_callbacks=False)}
+        made = self._configured
+        made.append(("sub", self.create_subscription(String, "~/query", self._on_query, _reliable(QUERY_QOS_DEPTH),
+                                                     callback_group=self.control_group)))
+        made.append(("srv", self.create_service(Trigger, "~/cancel", self._on_cancel, callback_group=self.control_group)))
+        made.append(("srv", self.create_service(Trigger, "~/clear_buffer", self._on_clear, callback_group=self.control_group)))
+        # Answers go out in every configured state (an inactive node answers "inactive"); the rest only when active.
+        self.answer_pub = self.create_publisher(String, "~/answer", _reliable(QUERY_QOS_DEPTH), **quiet_pub)
+        made.append(("pub", self.answer_pub))
+        lifecycle = {
+            "progress_pub": (String, "~/progress", 50), "target_pub": (PoseStamped, "~/target_pose", 10),
+            "goal_pub": (PoseStamped, "/goal_pose", 10), "path_pub": (Path, "~/path", 10),
+            "image_pub": (Image, "~/annotated_image", 20), "marker_pub": (MarkerArray, "~/markers", 10),
+            "diagnostics_pub": (DiagnosticArray, "/diagnostics", 10)}
+        for attr, (kind, topic, depth) in lifecycle.items():
+            pub = self.create_lifecycle_publisher(kind, topic, _reliable(depth), **quiet_pub)
+            setattr(self, attr, pub)
+            made.append(("lpub", pub))
         # Event-driven worker: the intake triggers this guard condition (no polling timer).
         self._wake = self.create_guard_condition(self._work, callback_group=self.reasoning_group)
-        self.create_timer(1.0, self._guard(self._publish_diagnostics, "diagnostics"), callback_group=self.control_group)
-        self.create_timer(0.25, self._guard(self._flush, "flush"), callback_group=self.sensor_group)
+        made.append(("guard", self._wake))
+        made.append(("timer", self.create_timer(1.0, self._guard(self._publish_diagnostics, "diagnostics"),
+                                                callback_group=self.control_group)))
+        made.append(("timer", self.create_timer(0.25, self._guard(self._flush, "flush"), callback_group=self.sensor_group)))
+        self._closing = False
         self.get_logger().info(
-            f"ready: engine {engine.get('engine')} ({engine.get('model', 'scripted')}), colour {p['color_topic']}, "
-            f"goals {'on /goal_pose' if p['publish_goal_pose'] else 'on ~/target_pose only'}")
+            f"configured: engine {engine.get('engine')} ({engine.get('model', 'scripted')}), colour {p['color_topic']} "
+            f"({p['color_transport']}), goals {'on /goal_pose' if p['publish_goal_pose'] else 'on ~/target_pose only'}, "
+            f"targets in {'map via ' + p['map_pose_topic'] if p['map_pose_topic'] else 'the odometry frame'}")
+
+    def _subscribe_sensors(self) -> None:
+        p = self.p
+        # No default QoS-event waitables on the hot paths: every waitable is scanned by the Python
+        # executor on every wake-up (120 sensor messages/s); best-effort subscriptions cannot be
+        # QoS-incompatible with a publisher anyway.
+        sensor = {"qos_profile": qos_profile_sensor_data, "callback_group": self.sensor_group,
+                  "event_callbacks": SubscriptionEventCallbacks(use_default_callbacks=False)}
+        colour = (CompressedImage, p["color_topic"].rstrip("/") + "/compressed") if p["color_transport"] == "compressed" \
+            else (Image, p["color_topic"])
+        depth = (CompressedImage, p["depth_topic"].rstrip("/") + "/compressedDepth") \
+            if p["depth_transport"] == "compressedDepth" else (Image, p["depth_topic"])
+        subs = [self.create_subscription(*colour, self._guard(self._on_colour, "colour"), **sensor),
+                self.create_subscription(*depth, self._guard(self._on_depth, "depth"), **sensor),
+                self.create_subscription(CameraInfo, p["camera_info_topic"], self._guard(self._on_info, "camera_info"), **sensor),
+                self.create_subscription(Odometry, p["odom_topic"], self._guard(self._on_odom, "odometry"), **sensor)]
+        if p["map_pose_topic"]:
+            kind = PoseWithCovarianceStamped if p["map_pose_type"] == "PoseWithCovarianceStamped" else PoseStamped
+            # AMCL publishes /amcl_pose reliable and transient-local: a reliable subscriber matches it
+            subs.append(self.create_subscription(kind, p["map_pose_topic"], self._guard(self._on_map_pose, "map pose"),
+                                                 _reliable(10), callback_group=self.sensor_group))
+        self._sensor_subs = subs
+
+    def _teardown(self) -> None:
+        """Undo configure: entities destroyed, the engine closed when this node built it."""
+        for sub in self._sensor_subs:
+            self.destroy_subscription(sub)
+        self._sensor_subs = []
+        self._reject_waiting("the agent is being unconfigured")
+        for kind, entity in reversed(self._configured):
+            try:
+                {"sub": self.destroy_subscription, "srv": self.destroy_service, "pub": self.destroy_publisher,
+                 "lpub": self.destroy_lifecycle_publisher, "guard": self.destroy_guard_condition,
+                 "timer": self.destroy_timer}[kind](entity)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self._configured = []
+        if self.agent is not None:
+            self.agent.close()
+        if self.reasoner is not None and self._given_reasoner is None:
+            try:
+                self.reasoner.engine.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.reasoner = self.agent = self.buffer = self.assembler = self.alignment = None
+
+    def _reject_waiting(self, why: str) -> None:
+        while True:
+            try:
+                query = self.queries.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._publish_answer(Answer.failure(query.id, why, finish_reason="rejected"))
+            except Exception:  # noqa: BLE001 - no publisher any more
+                return
 
     # ------------------------------------------------------------------ configuration
 
@@ -278,7 +404,9 @@ class VilasrAgentNode(Node):
             new[param.name] = param.value
         old, self.p = self.p, new
         try:
-            self.agent.config = self._agent_config()
+            config = self._agent_config()
+            if self.agent is not None:
+                self.agent.config = config
         except ValueError as exc:
             self.p = old
             return SetParametersResult(successful=False, reason=str(exc))
@@ -332,9 +460,19 @@ class VilasrAgentNode(Node):
             self.get_logger().warning(f"ignoring odometry: {exc}", throttle_duration_sec=5.0)
             return
         frames = self.assembler.add_pose(stamp_to_s(msg.header.stamp), T, msg.header.frame_id)
+        if self.alignment is not None:
+            self.alignment.retry()
         if self.assembler.stats.odometry_rejected and self.health.last_reason and "odometry" in self.health.last_reason:
             self.get_logger().warning(self.health.last_reason, throttle_duration_sec=5.0)
         self._add_frames(frames)
+
+    def _on_map_pose(self, msg) -> None:
+        try:
+            stamp, T_map_base, frame = pose_from_message(msg)
+        except ValueError as exc:
+            self.health.drop("odometry", f"map pose rejected: {exc}")
+            return
+        self.alignment.add_map_pose(stamp, T_map_base, frame or "map")
 
     def _flush(self) -> None:
         """Settle a last colour image still waiting for depth or odometry that will not come."""
@@ -384,6 +522,11 @@ class VilasrAgentNode(Node):
             if self._closing:
                 self._publish_answer(Answer.failure(query.id, "the node is shutting down", finish_reason="rejected"))
                 return
+            if not self.active:
+                self._publish_answer(Answer.failure(query.id, "the agent is inactive (lifecycle state "
+                                                    f"{self._state_machine.current_state[1]}); activate it to serve queries",
+                                                    finish_reason="rejected"))
+                return
             try:
                 self.queries.put_nowait(query)
                 self._wake.trigger()
@@ -405,6 +548,9 @@ class VilasrAgentNode(Node):
         return response
 
     def _on_clear(self, request, response):
+        if self.buffer is None:
+            response.success, response.message = False, "not configured"
+            return response
         n = len(self.buffer)
         self.buffer.clear()
         self.assembler.reset()
@@ -412,7 +558,7 @@ class VilasrAgentNode(Node):
         return response
 
     def _work(self) -> None:
-        while not self._closing:
+        while not self._closing and self.active:
             try:
                 query = self.queries.get_nowait()
             except queue.Empty:
@@ -480,16 +626,9 @@ class VilasrAgentNode(Node):
         """Answer every query still waiting ('rejected: shutting down'), stop, wait for trace writes."""
         self._closing = True
         self._cancel.set()
-        while True:
-            try:
-                query = self.queries.get_nowait()
-            except queue.Empty:
-                break
-            try:
-                self._publish_answer(Answer.failure(query.id, "the node is shutting down", finish_reason="rejected"))
-            except Exception:  # noqa: BLE001 - the context may already be gone
-                break
-        self.agent.close()
+        self._reject_waiting("the node is shutting down")
+        if self.agent is not None:
+            self.agent.close()
         return super().destroy_node()
 
 

@@ -5,8 +5,11 @@ Topics (defaults follow the realsense-ros wrapper, ``camera_namespace/camera_nam
     ``/camera/camera/aligned_depth_to_color/image_raw`` (16UC1 mm or 32FC1 m, registered to colour),
     ``/camera/camera/color/camera_info``, and ``/odom`` (``nav_msgs/Odometry``: ``T_world_base`` with
     ``T_world_base = T_world_camera @ inv(T_base_camera)``, only for frames that have a pose).
-Sensor-data QoS (best effort, depth 5); stamps are the node clock at publication; frame ids are
-parameters.
+QoS as realsense-ros publishes (images ``SYSTEM_DEFAULT``: reliable, so RViz and default
+subscribers see them; CameraInfo reliable, depth 10); stamps are the node clock at publication;
+frame ids are parameters. ``color_transport`` ``jpeg``/``png`` publishes ``sensor_msgs/CompressedImage``
+on ``<color_topic>/compressed`` and ``depth_transport`` ``compressedDepth`` on
+``<depth_topic>/compressedDepth``, as image_transport's plugins name and encode them.
 
 Parameters: ``source`` (source syntax of :func:`vilasr_ros.sources.open_source`), ``rate_hz``,
 ``loop`` (restart the source at its end), ``depth_encoding``, topic names, ``color_frame_id``,
@@ -32,16 +35,26 @@ import numpy as np
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, Image
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_system_default
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from vilasr_ros.ros.conversions import camera_info_msg, color_msg, depth_msg, odometry_msg, transform_from_xyz_quat
+from vilasr_ros.ros.conversions import (
+    camera_info_msg,
+    color_msg,
+    compressed_color_msg,
+    compressed_depth_msg,
+    depth_msg,
+    odometry_msg,
+    transform_from_xyz_quat,
+)
 
 DEFAULTS = {
     "source": "",
     "rate_hz": 30.0,
     "loop": True,
     "depth_encoding": "16UC1",
+    "color_transport": "raw",
+    "depth_transport": "raw",
     "color_topic": "/camera/camera/color/image_raw",
     "depth_topic": "/camera/camera/aligned_depth_to_color/image_raw",
     "camera_info_topic": "/camera/camera/color/camera_info",
@@ -72,6 +85,8 @@ class CameraNode(Node):
         p = {name: self.get_parameter(name).value for name in DEFAULTS}
         if p["depth_encoding"] not in ("16UC1", "32FC1"):
             raise ValueError(f"depth_encoding must be 16UC1 or 32FC1, got {p['depth_encoding']!r}")
+        if p["color_transport"] not in ("raw", "jpeg", "png") or p["depth_transport"] not in ("raw", "compressedDepth"):
+            raise ValueError("color_transport must be raw, jpeg or png and depth_transport raw or compressedDepth")
         if not p["source"]:
             raise ValueError("parameter 'source' is required (rgbd_folder:PATH, bag:PATH, realsense[:...], sim:...)")
         self.params = p
@@ -90,10 +105,19 @@ class CameraNode(Node):
             self.get_logger().info(f"{p['source']} is a recorded sequence: published at {limit:.1f} Hz (not "
                                    f"{rate:.1f}) so its poses move at walking pace")
             rate = limit
-        self.color_pub = self.create_publisher(Image, p["color_topic"], qos_profile_sensor_data)
-        self.depth_pub = self.create_publisher(Image, p["depth_topic"], qos_profile_sensor_data)
-        self.info_pub = self.create_publisher(CameraInfo, p["camera_info_topic"], qos_profile_sensor_data)
-        self.odom_pub = self.create_publisher(Odometry, p["odom_topic"], qos_profile_sensor_data)
+        images = qos_profile_system_default  # realsense-ros: image_qos SYSTEM_DEFAULT, info DEFAULT (reliable, 10)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        if p["color_transport"] == "raw":
+            self.color_pub = self.create_publisher(Image, p["color_topic"], images)
+        else:
+            self.color_pub = self.create_publisher(CompressedImage, p["color_topic"].rstrip("/") + "/compressed", images)
+        if p["depth_transport"] == "raw":
+            self.depth_pub = self.create_publisher(Image, p["depth_topic"], images)
+        else:
+            self.depth_pub = self.create_publisher(CompressedImage, p["depth_topic"].rstrip("/") + "/compressedDepth",
+                                                   images)
+        self.info_pub = self.create_publisher(CameraInfo, p["camera_info_topic"], reliable)
+        self.odom_pub = self.create_publisher(Odometry, p["odom_topic"], reliable)
         self._done = threading.Event()
         self.timer = self.create_timer(1.0 / rate, self._tick)
         self.get_logger().info(f"publishing {p['source']} at {rate:.1f} Hz on {p['color_topic']}")
@@ -149,13 +173,20 @@ class CameraNode(Node):
                                                p["world_frame_id"], p["base_frame_id"]))
         self.info_pub.publish(camera_info_msg(frame.intrinsics, stamp, p["color_frame_id"]))
         if frame.depth_m is not None:
-            self.depth_pub.publish(depth_msg(frame.depth_m, stamp, p["color_frame_id"], p["depth_encoding"]))
-        self.color_pub.publish(color_msg(frame.rgb, stamp, p["color_frame_id"]))
+            if p["depth_transport"] == "raw":
+                self.depth_pub.publish(depth_msg(frame.depth_m, stamp, p["color_frame_id"], p["depth_encoding"]))
+            else:
+                self.depth_pub.publish(compressed_depth_msg(frame.depth_m, stamp, p["color_frame_id"]))
+        if p["color_transport"] == "raw":
+            self.color_pub.publish(color_msg(frame.rgb, stamp, p["color_frame_id"]))
+        else:
+            self.color_pub.publish(compressed_color_msg(frame.rgb, stamp, p["color_frame_id"], p["color_transport"]))
         if self._t0 is None:
             self._t0 = time.monotonic()
         self.published += 1
 
     def destroy_node(self):
+        self.timer.cancel()
         if self._t0 is not None and self.published > 1:
             dt = time.monotonic() - self._t0
             self.get_logger().info(f"published {self.published} frames in {dt:.2f} s ({(self.published - 1) / dt:.2f} Hz)")

@@ -20,15 +20,16 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion, Vector3
 from nav_msgs.msg import Odometry, Path
 from scipy.spatial.transform import Rotation
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
 from vilasr_ros.frames import CameraIntrinsics
-from vilasr_ros.sources.bag import IMAGE, decode_color, decode_depth
+from vilasr_ros.messages import compress_colour, compress_depth, decode_color, decode_depth
 
 __all__ = [
-    "camera_info_msg", "camera_info_to_intrinsics", "color_msg", "decode_color_msg", "decode_depth_msg",
+    "camera_info_msg", "camera_info_to_intrinsics", "color_msg", "compressed_color_msg", "compressed_depth_msg",
+    "decode_color_msg", "decode_depth_msg",
     "depth_msg", "markers_msg", "matrix_to_pose", "odometry_msg", "path_msg", "pose_stamped", "pose_to_matrix",
     "stamp_to_s", "s_to_stamp", "transform_from_xyz_quat",
 ]
@@ -79,14 +80,33 @@ def depth_msg(depth_m: np.ndarray, stamp: Time, frame_id: str, encoding: str = "
     return msg
 
 
-def decode_color_msg(msg: Image) -> np.ndarray:
-    """``Image`` (rgb8/bgr8/rgba8/bgra8/mono8) → (H, W, 3) uint8 RGB. Raises SourceError."""
-    return decode_color(msg, IMAGE)
+def decode_color_msg(msg: Image | CompressedImage) -> np.ndarray:
+    """``Image`` (rgb8/bgr8/rgba8/bgra8/mono8) or ``CompressedImage`` (jpeg/png) → (H, W, 3) uint8 RGB
+    (:mod:`vilasr_ros.messages`, shared with bags). Raises SourceError."""
+    return decode_color(msg)
 
 
-def decode_depth_msg(msg: Image) -> np.ndarray:
-    """``Image`` 16UC1 (mm) / 32FC1 (m) → (H, W) float32 metres. Raises SourceError."""
-    return decode_depth(msg, IMAGE)
+def decode_depth_msg(msg: Image | CompressedImage) -> np.ndarray:
+    """``Image`` 16UC1 (mm) / 32FC1 (m) or ``compressedDepth`` → (H, W) float32 metres. Raises SourceError."""
+    return decode_depth(msg)
+
+
+def compressed_color_msg(rgb: np.ndarray, stamp: Time, frame_id: str, codec: str = "jpeg") -> CompressedImage:
+    """(H, W, 3) uint8 RGB → ``CompressedImage`` as image_transport's ``compressed`` plugin publishes it."""
+    fmt, data = compress_colour(rgb, codec)
+    msg = CompressedImage(format=fmt)
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    msg.data = data
+    return msg
+
+
+def compressed_depth_msg(depth_m: np.ndarray, stamp: Time, frame_id: str) -> CompressedImage:
+    """(H, W) float32 metres → ``compressedDepth`` ``CompressedImage`` (16UC1 PNG, millimetres)."""
+    fmt, data = compress_depth(depth_m)
+    msg = CompressedImage(format=fmt)
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    msg.data = data
+    return msg
 
 
 def camera_info_msg(intr: CameraIntrinsics, stamp: Time, frame_id: str) -> CameraInfo:

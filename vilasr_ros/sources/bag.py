@@ -1,11 +1,11 @@
 """``bag:PATH`` — ROS 2 bags (sqlite3 or mcap) through ``rosbags``; and writing frames into one.
 
-Reads ``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8; depth 16UC1 millimetres or 32FC1
-metres), ``sensor_msgs/CompressedImage`` (jpeg/png colour; ``compressedDepth`` as written by
-image_transport's compressed_depth plugin: a 12-byte ``ConfigHeader`` then PNG),
-``sensor_msgs/CameraInfo`` and the camera pose from ``nav_msgs/Odometry`` or
-``geometry_msgs/PoseStamped``. A frame is made for every colour message, paired with the depth and
-pose messages nearest in header stamp (within ``sync_tolerance_s``) and the latest CameraInfo.
+Reads the messages :mod:`vilasr_ros.messages` decodes (raw and compressed colour and depth,
+CameraInfo, Odometry / PoseStamped / PoseWithCovarianceStamped) and pairs them with the same
+:class:`~vilasr_ros.pairing.FrameAssembler` the live agent uses, fed in the bag's recorded order: a
+bag and the topics it was recorded from give the same frames and poses (pose interpolated between
+the odometry around each colour image, ``sync_tolerance_s`` for depth, ``pose_tolerance_s`` for
+odometry).
 
 Bad bags: a file that cannot be read on (sqlite "database disk image is malformed", an MCAP chunk
 whose CRC does not match, fewer messages than ``metadata.yaml`` lists) raises one
@@ -18,144 +18,37 @@ from __future__ import annotations
 
 import io
 import logging
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from vilasr_ros.errors import require
-from vilasr_ros.frames import CameraIntrinsics, Frame, FrameError
+from vilasr_ros.frames import Frame, FrameError
 from vilasr_ros.sources.base import FrameSource, SourceError
 
 logger = logging.getLogger(__name__)
 
-IMAGE = "sensor_msgs/msg/Image"
-COMPRESSED = "sensor_msgs/msg/CompressedImage"
-CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
-ODOMETRY = "nav_msgs/msg/Odometry"
-POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
-COLOR_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+from vilasr_ros.messages import (  # noqa: F401  (decoders re-exported for bag users)
+    CAMERA_INFO,
+    COMPRESSED,
+    IMAGE,
+    ODOMETRY,
+    POSE_STAMPED,
+    POSE_WITH_COVARIANCE,
+    compress_colour,
+    compress_depth,
+    decode_color,
+    decode_depth,
+    intrinsics_from_camera_info,
+    pose_from_message,
+    stamp_s,
+)
 
 
 def typestore():
     rosbags_typesys = require("rosbags.typesys", "bags")
     return rosbags_typesys.get_typestore(rosbags_typesys.Stores.ROS2_JAZZY)
-
-
-def stamp_s(header) -> float:
-    return header.stamp.sec + header.stamp.nanosec * 1e-9
-
-
-def pose_to_matrix(position, orientation) -> np.ndarray:
-    """geometry_msgs Point + Quaternion (x y z w) → 4×4."""
-    from scipy.spatial.transform import Rotation
-
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat([orientation.x, orientation.y, orientation.z, orientation.w]).as_matrix()
-    T[:3, 3] = [position.x, position.y, position.z]
-    return T
-
-
-def decode_color(msg, msgtype: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from an Image or CompressedImage message.
-
-    Raises:
-        SourceError: Unknown encoding or undecodable data.
-    """
-    if msgtype == COMPRESSED:
-        from PIL import Image
-
-        try:
-            return np.asarray(Image.open(io.BytesIO(bytes(msg.data))).convert("RGB"))
-        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
-            raise SourceError(f"cannot decode compressed colour image ({msg.format}): {exc}") from exc
-    enc = msg.encoding
-    if enc not in COLOR_ENCODINGS:
-        raise SourceError(f"unsupported colour encoding {enc!r}; use one of {', '.join(COLOR_ENCODINGS)}")
-    ch = COLOR_ENCODINGS[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    data = bytes(msg.data)
-    if step < w * ch or len(data) < h * step or h < 1 or w < 1:
-        raise SourceError(f"{enc} image {w}x{h} with step {step} needs {h * step} bytes, got {len(data)}")
-    rows = np.frombuffer(data[: h * step], dtype=np.uint8).reshape(h, step)[:, : w * ch].reshape(h, w, ch)
-    if enc == "mono8":
-        return np.repeat(rows, 3, axis=2)
-    if enc.startswith("bgr"):
-        rows = rows[:, :, [2, 1, 0]]
-    return np.ascontiguousarray(rows[:, :, :3])
-
-
-def decode_depth(msg, msgtype: str) -> np.ndarray:
-    """(H, W) float32 metres from a 16UC1/32FC1 Image or a compressedDepth CompressedImage.
-
-    Raises:
-        SourceError: Unknown encoding or format.
-    """
-    from PIL import Image
-
-    if msgtype == COMPRESSED:
-        fmt = msg.format
-        raw = bytes(msg.data)
-        if "compressedDepth" not in fmt or len(raw) < 12:
-            raise SourceError(f"unsupported compressed depth format {fmt!r} (expected '16UC1; compressedDepth png')")
-        _, quant_a, quant_b = struct.unpack("<iff", raw[:12])
-        try:
-            values = np.asarray(Image.open(io.BytesIO(raw[12:])))
-        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
-            raise SourceError(f"cannot decode compressedDepth PNG: {exc}") from exc
-        if fmt.startswith("16UC1") or fmt.startswith("mono16"):
-            return (values.astype(np.float32) / np.float32(1000.0)).astype(np.float32)
-        if fmt.startswith("32FC1"):
-            v = values.astype(np.float32)
-            with np.errstate(divide="ignore"):
-                depth = np.where(v > 0, quant_a / (v - quant_b), 0.0)
-            return depth.astype(np.float32)
-        raise SourceError(f"unsupported compressedDepth encoding {fmt!r}")
-    enc = msg.encoding
-    data = bytes(msg.data)
-    big = bool(msg.is_bigendian)
-    if enc in ("16UC1", "mono16"):
-        arr = _rows(data, ">u2" if big else "<u2", msg, 2)
-        _check_byte_order(arr.astype(np.float32) / 1000.0, arr.byteswap().astype(np.float32) / 1000.0, big)
-        return (arr.astype(np.float32) / np.float32(1000.0)).astype(np.float32)
-    if enc == "32FC1":
-        arr = _rows(data, ">f4" if big else "<f4", msg, 4)
-        with np.errstate(all="ignore"):
-            _check_byte_order(arr.astype(np.float32), arr.byteswap().astype(np.float32), big)
-        return np.ascontiguousarray(arr.astype(np.float32))
-    raise SourceError(f"unsupported depth encoding {enc!r}; use 16UC1 (mm) or 32FC1 (m)")
-
-
-def _rows(data: bytes, dtype: str, msg, itemsize: int) -> np.ndarray:
-    """(height, width) values of an Image's data honouring ``step`` (row padding).
-
-    Raises:
-        SourceError: ``data`` is shorter than ``height * step`` or ``step`` is shorter than a row.
-    """
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if step < w * itemsize or len(data) < h * step or h < 1 or w < 1:
-        raise SourceError(f"{msg.encoding} image {w}x{h} with step {step} needs {h * step} bytes, got {len(data)}")
-    return np.frombuffer(data[: h * step], dtype=dtype).reshape(h, step // itemsize)[:, :w]
-
-
-def _plausible(depth_m: np.ndarray) -> float:
-    """Share of non-zero readings between 5 cm and 30 m (what any RGB-D camera reports)."""
-    d = depth_m[::4, ::4]
-    nonzero = np.isfinite(d) & (d != 0)
-    n = int(nonzero.sum())
-    return float(((d > 0.05) & (d < 30.0) & nonzero).sum() / n) if n else 1.0
-
-
-def _check_byte_order(as_flagged: np.ndarray, swapped: np.ndarray, big: bool) -> None:
-    """Refuse depth whose bytes are in the other order than ``is_bigendian`` says: decoded as
-    flagged it is mostly implausible, swapped it is mostly plausible (a driver bug that otherwise
-    moves targets silently)."""
-    flagged, other = _plausible(as_flagged), _plausible(swapped)
-    if flagged < 0.5 and other >= 0.5 and other > 2 * flagged:
-        raise SourceError(
-            f"depth byte order: is_bigendian={int(big)} but the data reads as {'little' if big else 'big'}-endian "
-            f"({100 * flagged:.0f}% of readings plausible as flagged, {100 * other:.0f}% swapped); frame dropped")
 
 
 def mcap_has_crcs(path: Path) -> bool | None:
@@ -182,18 +75,6 @@ def mcap_has_crcs(path: Path) -> bool | None:
     return None
 
 
-def intrinsics_from_camera_info(msg) -> CameraIntrinsics:
-    return CameraIntrinsics.from_K(msg.k, msg.width, msg.height, D=tuple(msg.d), distortion_model=msg.distortion_model or "plumb_bob")
-
-
-def _nearest(stamps: np.ndarray, t: float, tolerance: float) -> int | None:
-    if len(stamps) == 0:
-        return None
-    i = int(np.searchsorted(stamps, t))
-    best = min((j for j in (i - 1, i) if 0 <= j < len(stamps)), key=lambda j: abs(stamps[j] - t))
-    return best if abs(stamps[best] - t) <= tolerance else None
-
-
 class BagSource(FrameSource):
     """Frames from a ROS 2 bag folder (or a single ``.db3``/``.mcap`` file inside one).
 
@@ -210,7 +91,8 @@ class BagSource(FrameSource):
     """
 
     def __init__(self, path: str | Path, *, color_topic=None, depth_topic=None, info_topic=None, pose_topic=None,
-                 sync_tolerance_s: float = 0.02, T_child_camera=None, world_frame_id: str | None = None):
+                 sync_tolerance_s: float = 0.02, pose_tolerance_s: float = 0.1, T_child_camera=None,
+                 world_frame_id: str | None = None):
         rosbag2 = require("rosbags.rosbag2", "bags")
         path = Path(path)
         if path.is_file():
@@ -239,13 +121,13 @@ class BagSource(FrameSource):
         self.color = pick(color_topic, (IMAGE, COMPRESSED), "color", avoid="depth")
         self.depth = pick(depth_topic, (IMAGE, COMPRESSED), "depth")
         self.info = pick(info_topic, (CAMERA_INFO,), "color")
-        self.pose = pick(pose_topic, (ODOMETRY, POSE_STAMPED))
+        self.pose = pick(pose_topic, (ODOMETRY, POSE_STAMPED, POSE_WITH_COVARIANCE))
         if self.color is None or self.info is None:
             self.reader.close()
             raise SourceError(f"{path} needs a colour image topic and a CameraInfo topic (topics: {sorted(conns)})")
         if self.depth is not None and self.depth.topic == self.color.topic:
             self.depth = None
-        self.sync_tolerance_s = sync_tolerance_s
+        self.sync_tolerance_s, self.pose_tolerance_s = sync_tolerance_s, pose_tolerance_s
         self.T_child_camera = np.eye(4) if T_child_camera is None else np.asarray(T_child_camera, dtype=float)
         self.world_frame_id = world_frame_id
         self.skipped = []
@@ -258,73 +140,63 @@ class BagSource(FrameSource):
         logger.warning("%s: skipping %s", self.path, reason)
         self.skipped.append(reason)
 
-    def _messages(self, conn):
-        count = 0
+    def _messages(self, conns):
+        """``(connection, message)`` of ``conns`` in recorded order; damage is one SourceError."""
+        counts = {c.topic: 0 for c in conns}
         try:
-            for c, _, raw in self.reader.messages(connections=[conn]):
-                count += 1
+            for c, _, raw in self.reader.messages(connections=conns):
+                counts[c.topic] += 1
                 try:
                     msg = self.store.deserialize_cdr(raw, c.msgtype)
                 except Exception as exc:  # noqa: BLE001 - one undecodable message is skipped, named
-                    self._skip(f"{conn.topic} message {count}: cannot deserialize ({type(exc).__name__}: {exc})")
+                    self._skip(f"{c.topic} message {counts[c.topic]}: cannot deserialize ({type(exc).__name__}: {exc})")
                     continue
-                yield msg
+                yield c, msg
         except SourceError:
             raise
         except Exception as exc:  # noqa: BLE001 - sqlite/mcap/rosbags errors: the file is damaged
-            raise SourceError(f"bag {self.path} is corrupt or truncated: reading {conn.topic} failed after "
-                              f"{count} messages ({type(exc).__name__}: {exc})") from exc
-        expected = getattr(conn, "msgcount", 0) or 0
-        if count < expected:
-            raise SourceError(f"bag {self.path}: metadata.yaml lists {expected} messages on {conn.topic} but the "
-                              f"file holds {count} (truncated or corrupt)")
+            raise SourceError(f"bag {self.path} is corrupt or truncated: reading failed after "
+                              + ", ".join(f"{n} messages on {t}" for t, n in counts.items())
+                              + f" ({type(exc).__name__}: {exc})") from exc
+        for c in conns:
+            expected = getattr(c, "msgcount", 0) or 0
+            if counts[c.topic] < expected:
+                raise SourceError(f"bag {self.path}: metadata.yaml lists {expected} messages on {c.topic} but the "
+                                  f"file holds {counts[c.topic]} (truncated or corrupt)")
 
     def __iter__(self) -> Iterator[Frame]:
-        depth_msgs = []
-        if self.depth is not None:
-            depth_msgs = [(stamp_s(m.header), m) for m in self._messages(self.depth)]
-        depth_stamps = np.array([t for t, _ in depth_msgs])
-        poses, pose_frame = [], None
-        if self.pose is not None:
-            for m in self._messages(self.pose):
-                p = m.pose.pose if self.pose.msgtype == ODOMETRY else m.pose
-                poses.append((stamp_s(m.header), pose_to_matrix(p.position, p.orientation) @ self.T_child_camera))
-                pose_frame = m.header.frame_id
-        pose_stamps = np.array([t for t, _ in poses])
-        infos = [(stamp_s(m.header), m) for m in self._messages(self.info)]
-        info_stamps = np.array([t for t, _ in infos])
-        if not infos:
-            raise SourceError(f"bag {self.path}: no readable CameraInfo on {self.info.topic}")
-        for index, msg in enumerate(self._messages(self.color)):
-            t = stamp_s(msg.header)
-            k = int(np.searchsorted(info_stamps, t + 1e-9)) - 1
-            info = infos[max(k, 0)][1]
+        from vilasr_ros.health import SensorHealth
+        from vilasr_ros.pairing import FrameAssembler
+
+        health = SensorHealth()
+        assembler = FrameAssembler(
+            lambda m: decode_color(m, self.color.msgtype),
+            lambda m: decode_depth(m, self.depth.msgtype), T_base_camera=self.T_child_camera,
+            tolerance_s=self.sync_tolerance_s, pose_tolerance_s=self.pose_tolerance_s,
+            expect_depth=self.depth is not None, world_frame_id=self.world_frame_id, source_id=self.source_id,
+            health=health, expect_pose=self.pose is not None)
+        conns = [c for c in (self.color, self.depth, self.info, self.pose) if c is not None]
+        dropped = 0
+        for conn, msg in self._messages(conns):
             try:
-                rgb = decode_color(msg, self.color.msgtype)
-                depth = None
-                j = _nearest(depth_stamps, t, self.sync_tolerance_s)
-                if j is not None:
-                    depth = decode_depth(depth_msgs[j][1], self.depth.msgtype)
-                elif self.depth is not None:
-                    logger.debug("no depth within %.3f s of colour at %.3f", self.sync_tolerance_s, t)
-            except SourceError as exc:
-                self._skip(f"{self.color.topic} message {index}: {exc}")
+                t = stamp_s(msg.header)
+                if conn is self.color:
+                    frames = assembler.add_colour(t, msg, msg.header.frame_id)
+                elif conn is self.depth:
+                    frames = assembler.add_depth(t, msg)
+                elif conn is self.info:
+                    frames = assembler.add_camera_info(intrinsics_from_camera_info(msg))
+                else:
+                    t, T, world = pose_from_message(msg)
+                    frames = assembler.add_pose(t, T, world)
+            except (SourceError, FrameError, ValueError) as exc:
+                self._skip(f"{conn.topic} message: {exc}")
                 continue
-            p = _nearest(pose_stamps, t, self.sync_tolerance_s)
-            try:
-                yield Frame(
-                    rgb=rgb,
-                    depth_m=depth,
-                    intrinsics=intrinsics_from_camera_info(info),
-                    T_world_camera=poses[p][1] if p is not None else None,
-                    stamp_s=t,
-                    frame_id=msg.header.frame_id or "camera_color_optical_frame",
-                    world_frame_id=self.world_frame_id or pose_frame or "map",
-                    source_id=self.source_id,
-                    index=index,
-                )
-            except (FrameError, ValueError) as exc:
-                self._skip(f"{self.color.topic} message {index}: {exc}")
+            if health.total_dropped > dropped:
+                dropped = health.total_dropped
+                self._skip(health.last_reason or "a message was dropped")
+            yield from frames
+        yield from assembler.flush(force=True)
 
     def close(self) -> None:
         self.reader.close()
@@ -344,12 +216,8 @@ def encode_color(store, frame: Frame, compressed: str | None):
     """sensor_msgs Image (rgb8) or CompressedImage (``jpeg``/``png``) of a frame's colour."""
     header = _header(store, frame.stamp_s, frame.frame_id)
     if compressed:
-        from PIL import Image as PILImage
-
-        buf = io.BytesIO()
-        PILImage.fromarray(frame.rgb).save(buf, format=compressed.upper())
-        msg = store.types[COMPRESSED](header=header, format=f"rgb8; {compressed} compressed rgb8",
-                                      data=np.frombuffer(buf.getvalue(), dtype=np.uint8))
+        fmt, data = compress_colour(frame.rgb, compressed, quality=75)
+        msg = store.types[COMPRESSED](header=header, format=fmt, data=np.frombuffer(data, dtype=np.uint8))
         return msg, COMPRESSED
     h, w = frame.rgb.shape[:2]
     msg = store.types[IMAGE](header=header, height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3,
@@ -362,17 +230,12 @@ def encode_depth(store, frame: Frame, encoding: str = "16UC1", compressed: bool 
     header = _header(store, frame.stamp_s, frame.frame_id)
     depth = np.nan_to_num(frame.depth_m, nan=0.0)
     h, w = depth.shape
-    if compressed or encoding == "16UC1":
-        mm = np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)
     if compressed:
-        from PIL import Image as PILImage
-
-        buf = io.BytesIO()
-        PILImage.fromarray(mm).save(buf, format="PNG")
-        data = struct.pack("<iff", 0, 0.0, 0.0) + buf.getvalue()
-        msg = store.types[COMPRESSED](header=header, format="16UC1; compressedDepth png",
-                                      data=np.frombuffer(data, dtype=np.uint8))
+        fmt, data = compress_depth(depth)
+        msg = store.types[COMPRESSED](header=header, format=fmt, data=np.frombuffer(data, dtype=np.uint8))
         return msg, COMPRESSED
+    if encoding == "16UC1":
+        mm = np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)
     if encoding == "16UC1":
         raw, step = mm.astype("<u2").tobytes(), w * 2
     elif encoding == "32FC1":

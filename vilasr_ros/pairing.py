@@ -1,6 +1,8 @@
-"""Pairing colour, depth, CameraInfo and odometry messages into :class:`~vilasr_ros.frames.Frame` s.
+"""Pairing colour, depth, CameraInfo and odometry messages into :class:`~vilasr_ros.frames.Frame` s,
+and expressing them in ``map`` — one implementation for the live node and for bags.
 
-No rclpy import: the agent node feeds it decoded-on-demand messages, tests feed it plain objects.
+No rclpy import: the agent node feeds it messages as they arrive, :class:`~vilasr_ros.sources.bag.BagSource`
+feeds it a bag's messages in recorded order, tests feed it plain objects; all get the same frames.
 Pairing is by header stamp (the approximate-time policy of ``message_filters``, which is not in
 the pip-installed ROS): a colour image is matched with the depth image nearest in stamp within
 ``tolerance_s``; colour waits up to ``wait_s`` for its depth, then is dropped (counted in
@@ -68,6 +70,8 @@ class FrameAssembler:
         max_speed_mps: Odometry implying a faster motion from the previous pose is rejected.
         max_position_m: Odometry farther than this from the origin is rejected.
         odometry_reset_after: Consecutive mutually consistent rejected poses accepted as a reset.
+        expect_pose: Odometry is expected: images before the first one wait for it (up to ``wait_s``)
+            instead of coming out without a pose.
 
     Not thread-safe: call from one callback group.
     """
@@ -78,8 +82,9 @@ class FrameAssembler:
                  source_id: str = "ros", keep: Callable[[float, np.ndarray | None], bool] | None = None,
                  on_skip: Callable[[float], None] | None = None, health: SensorHealth | None = None,
                  max_speed_mps: float = 5.0, max_position_m: float = 1.0e5, odometry_reset_after: int = 10,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, expect_pose: bool = False):
         self._clock = clock
+        self.expect_pose = expect_pose
         self.keep, self.on_skip = keep, on_skip
         self.health = health or SensorHealth()
         self.max_speed_mps, self.max_position_m = max_speed_mps, max_position_m
@@ -194,6 +199,12 @@ class FrameAssembler:
         self._colour.append((stamp_s, (msg, frame_id, self._clock())))
         return self._emit()
 
+    def odometry_at(self, t: float) -> tuple[np.ndarray | None, str | None]:
+        """``(T_odom_base, odom frame id)`` at stamp ``t`` by this module's rule (interpolated between
+        the odometry around ``t``, else the nearest within ``pose_tolerance_s``), or ``(None, None)``."""
+        T, world = self._pose(t)
+        return (None, None) if T is None else (T @ np.linalg.inv(self.T_base_camera), world)
+
     def _pose(self, t: float) -> tuple[np.ndarray | None, str | None]:
         stamps = self._pose_stamps
         if not stamps:
@@ -213,17 +224,18 @@ class FrameAssembler:
         return T @ self.T_base_camera, world
 
     def _waiting_for_pose(self, t: float, newest: float) -> bool:
-        if not self._pose_stamps:
-            return False  # no odometry at all: frames carry no pose
+        if not self._pose_stamps:  # no odometry yet: wait for it when some is expected, else no pose
+            return self.expect_pose and newest - t <= self.wait_s
         return self._pose_stamps[-1] < t - 1e-9 and newest - t <= self.wait_s
 
-    def flush(self) -> list[Frame]:
+    def flush(self, force: bool = False) -> list[Frame]:
         """Settle colour images that have waited more than ``wait_s`` since they *arrived*
-        (monotonic clock): when a stream stops, the last image would otherwise wait for a newer
-        message forever. Returns the frames this completes (others are counted as dropped)."""
-        return self._emit(flush=True)
+        (monotonic clock) — or all of them with ``force`` (the end of a bag): when a stream stops,
+        the last image would otherwise wait for a newer message forever. Returns the frames this
+        completes (others are counted as dropped)."""
+        return self._emit(flush=True, force=force)
 
-    def _emit(self, flush: bool = False) -> list[Frame]:
+    def _emit(self, flush: bool = False, force: bool = False) -> list[Frame]:
         out = []
         stamp_newest = max([t for t, _ in self._colour] + [t for t, _ in self._depth] + self._pose_stamps[-1:],
                            default=0.0)
@@ -231,7 +243,7 @@ class FrameAssembler:
         while self._colour:
             t, (msg, frame_id, arrival) = self._colour[0]
             # Waited long enough: by stamps (newer messages arrived) or, when flushing, by arrival time.
-            newest = float("inf") if flush and now - arrival > self.wait_s else stamp_newest
+            newest = float("inf") if flush and (force or now - arrival > self.wait_s) else stamp_newest
             depth_msg = None
             if self.expect_depth:
                 match = min(self._depth, key=lambda d: abs(d[0] - t), default=None)
@@ -285,3 +297,104 @@ class FrameAssembler:
         self._index += 1
         self.stats.frames += 1
         return frame
+
+
+class MapAlignment:
+    """``map`` ← ``odom`` as AMCL and tf compose it: ``T_map_camera(t) = T_map_odom(t) · T_odom_camera(t)``.
+
+    Each map pose (AMCL's ``geometry_msgs/PoseWithCovarianceStamped`` on ``/amcl_pose``, or a SLAM
+    node's ``PoseStamped``) of the base at stamp ``t_m`` gives one correction
+    ``T_map_odom = T_map_base(t_m) · T_odom_base(t_m)⁻¹``, with the odometry at ``t_m`` from the
+    :class:`FrameAssembler` (interpolated). Corrections are kept by stamp; a frame buffered with its
+    odometry pose is re-expressed when a query selects it, with the correction at its own stamp
+    (interpolated between the corrections around it — tf's lookup at the frame's time — clamped to
+    the first/last one), so a correction that arrives after the frame was buffered still applies.
+    REP-105: ``map`` → ``odom`` → ``base_link`` → camera optical frame.
+
+    Args:
+        odometry_at: ``t -> (T_odom_base, odom_frame_id)`` (:meth:`FrameAssembler.odometry_at`).
+        max_corrections: Corrections kept (the oldest dropped first; 1 Hz → an hour).
+    """
+
+    def __init__(self, odometry_at: Callable[[float], tuple[np.ndarray | None, str | None]],
+                 max_corrections: int = 3600):
+        self.odometry_at = odometry_at
+        self.max_corrections = max_corrections
+        self._stamps: list[float] = []
+        self._corrections: list[np.ndarray] = []
+        self._pending: deque[tuple[float, np.ndarray, str]] = deque(maxlen=50)
+        self.map_frame_id: str | None = None
+        self.odom_frame_id: str | None = None
+        self.received = 0
+
+    def __len__(self) -> int:
+        return len(self._corrections)
+
+    def add_map_pose(self, stamp_s: float, T_map_base: np.ndarray, map_frame_id: str) -> bool:
+        """Add a map pose of the base; True when it became a correction (else it waits for the
+        odometry at its stamp, see :meth:`retry`)."""
+        self.received += 1
+        T_map_base = np.asarray(T_map_base, float)
+        if not np.isfinite(T_map_base).all():
+            return False
+        if self._add(stamp_s, T_map_base, map_frame_id or "map"):
+            return True
+        self._pending.append((stamp_s, T_map_base, map_frame_id or "map"))
+        return False
+
+    def retry(self) -> None:
+        """Turn waiting map poses into corrections once the odometry at their stamps has arrived."""
+        for _ in range(len(self._pending)):
+            item = self._pending.popleft()
+            if not self._add(*item):
+                self._pending.append(item)
+
+    def _add(self, stamp_s: float, T_map_base: np.ndarray, map_frame_id: str) -> bool:
+        T_odom_base, odom_frame = self.odometry_at(stamp_s)
+        if T_odom_base is None:
+            return False
+        i = bisect.bisect_right(self._stamps, stamp_s)
+        self._stamps.insert(i, stamp_s)
+        self._corrections.insert(i, T_map_base @ np.linalg.inv(T_odom_base))
+        if len(self._stamps) > self.max_corrections:
+            del self._stamps[0], self._corrections[0]
+        self.map_frame_id, self.odom_frame_id = map_frame_id, odom_frame
+        return True
+
+    def correction_at(self, t: float) -> np.ndarray | None:
+        """``T_map_odom`` at stamp ``t`` (interpolated: linear position, slerp rotation), or None."""
+        stamps = self._stamps
+        if not stamps:
+            return None
+        i = bisect.bisect_left(stamps, t)
+        if i == 0:
+            return self._corrections[0]
+        if i >= len(stamps):
+            return self._corrections[-1]
+        A, B = self._corrections[i - 1], self._corrections[i]
+        a = (t - stamps[i - 1]) / max(stamps[i] - stamps[i - 1], 1e-9)
+        T = np.eye(4)
+        T[:3, :3] = Slerp([0.0, 1.0], Rotation.from_matrix([A[:3, :3], B[:3, :3]]))(a).as_matrix()
+        T[:3, 3] = (1 - a) * A[:3, 3] + a * B[:3, 3]
+        return T
+
+    def express(self, frames: list[Frame]) -> tuple[list[Frame], str]:
+        """Frames with odometry poses → the same frames posed in ``map``.
+
+        Returns:
+            ``(frames, how)``: ``how`` says which frame the poses are in and why (``"map (AMCL/SLAM
+            corrections)"``, or ``"odom: no map pose received yet"``) — answers carry it.
+        """
+        import dataclasses
+
+        if not self._corrections:
+            what = "no map pose received yet" if not self.received else "map poses received, none matched to odometry yet"
+            return frames, f"{frames[0].world_frame_id if frames else 'odom'}: {what}"
+        out = []
+        for f in frames:
+            if f.T_world_camera is None or (self.odom_frame_id and f.world_frame_id != self.odom_frame_id):
+                out.append(f)
+                continue
+            T = self.correction_at(f.stamp_s)
+            out.append(dataclasses.replace(f, T_world_camera=T @ f.T_world_camera, world_frame_id=self.map_frame_id))
+        return out, f"{self.map_frame_id} (map poses corrected odometry: {len(self)} corrections)"
