@@ -212,7 +212,10 @@ def background_wall(points: np.ndarray, depth: np.ndarray, up: np.ndarray, *, in
 
 def yaw_quaternion(yaw: float) -> tuple[float, float, float, float]:
     """Quaternion (x, y, z, w) of a rotation by ``yaw`` radians about +z (REP-103 up)."""
-    return (0.0, 0.0, float(np.sin(yaw / 2.0)), float(np.cos(yaw / 2.0)))
+    from scipy.spatial.transform import Rotation
+
+    x, y, z, w = Rotation.from_euler("z", float(yaw)).as_quat()
+    return (float(x), float(y), float(z), float(w))
 
 
 def approach_pose(

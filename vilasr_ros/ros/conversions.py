@@ -177,7 +177,7 @@ def path_msg(waypoints: Sequence[Sequence[float]], frame_id: str, stamp: Time) -
         a, b = (i, i + 1) if i + 1 < len(pts) else (max(i - 1, 0), i)  # the last pose keeps the last heading
         d = pts[b] - pts[a]
         yaw = float(np.arctan2(d[1], d[0])) if np.linalg.norm(d[:2]) > 1e-9 else 0.0
-        q = (0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2))
+        q = Rotation.from_euler("z", yaw).as_quat()
         msg.poses.append(pose_stamped(p, q, frame_id, stamp))
     return msg
 
