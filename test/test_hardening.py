@@ -418,7 +418,7 @@ def test_eval_skips_bad_items_and_truncated_images_and_carries_on(tmp_path):
     assert main(args) == 0
     done = [json.loads(x)["id"] for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     skipped = {json.loads(x)["id"]: json.loads(x)["reason"] for x in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()}
-    assert done == ["fine", "../../escape"]
+    assert sorted(done) == sorted(["fine", "../../escape"])  # workers finish in any order
     assert set(skipped) == {"cut", "opts", "none"} and "options" in skipped["opts"] and "question" in skipped["none"]
     traces = [p for p in (tmp_path / "run" / "traces").iterdir()]
     assert all(p.resolve().is_relative_to((tmp_path / "run").resolve()) for p in traces) and len(traces) == 2
