@@ -23,7 +23,12 @@ EXTRAS = {
     "eval": ["matplotlib>=3.7"],                    # vilasr eval report
     "train": ["torch>=2.4", "accelerate>=1.0", "trl>=1.16,<1.17", "peft>=0.17", "datasets>=3.0", "tensorboard"],
     "realsense": ["pyrealsense2>=2.55"],            # realsense sources
-    "geometry": ["opencv-python-headless>=4.8"],    # distorted intrinsics (cv2.undistortPoints)
+    # grounding targets (ask --target, the agent): open3d point clouds, planes, DBSCAN; OpenCV for
+    # distorted intrinsics. open3d-cpu is the small CPU build (x86-64 Linux only); elsewhere open3d.
+    "geometry": ["open3d-cpu>=0.19; platform_system == 'Linux' and platform_machine == 'x86_64'",
+                 "open3d>=0.19; platform_system != 'Linux' or platform_machine != 'x86_64'",
+                 "opencv-python-headless>=4.8"],
+    "rerun": ["rerun-sdk>=0.41"],                   # vilasr view --rerun
     "bags": ["rosbags>=0.10", "mcap>=1.2"],         # bag: sources, vilasr train site
     "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],  # vilasr serve
     "remote": ["requests>=2.28"],                   # --engine remote (a robot using a vilasr serve)
@@ -33,8 +38,9 @@ EXTRAS = {
     # with apt/colcon ROS (/opt/ros/jazzy) skip this extra.
     "ros": [f"ros-jazzy-{name}=={version}" for name, version in ROS_JAZZY.items()],
 }
-# Everything CI and `make setup` install on a CPU machine (not vllm: GPU; not geometry: optional).
-EXTRAS["all-cpu"] = sorted({d for k, deps in EXTRAS.items() if k not in ("vllm", "geometry") for d in deps})
+EXTRAS["ros"] += EXTRAS["geometry"]  # the agent grounds targets
+# Everything CI and `make setup` install on a CPU machine (not vllm: GPU).
+EXTRAS["all-cpu"] = sorted({d for k, deps in EXTRAS.items() if k != "vllm" for d in deps})
 
 setup(
     name=PACKAGE,

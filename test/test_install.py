@@ -46,12 +46,18 @@ def _image(path: Path) -> Path:
     return path
 
 
-def test_the_core_alone_answers_and_grounds_on_the_demo_scene(tmp_path):
-    code, out = _guarded("core", "ask", "--source", "sim:demo", "--question", "Where is the sofa?", "--target",
-                         "sofa", "--out", "t", cwd=tmp_path)
-    assert code == 0 and "target_pose (map)" in out, out
+def test_the_core_alone_answers_and_the_geometry_extra_grounds(tmp_path):
+    code, out = _guarded("core", "ask", "--source", "sim:demo", "--question", "Where is the sofa?", "--out", "t",
+                         cwd=tmp_path)
+    assert code == 0 and "answer:" in out, out
     code, out = _guarded("core", "view", "t", cwd=tmp_path)
     assert code == 0 and (tmp_path / "t" / "trace.html").is_file(), out
+    code, out = _guarded("core", "ask", "--source", "sim:demo", "--question", "Where is the sofa?", "--target",
+                         "sofa", "--out", "g", cwd=tmp_path)
+    assert code == 2 and "pip install 'vilasr_ros[geometry]'" in out and "Traceback" not in out, out
+    code, out = _guarded("geometry", "ask", "--source", "sim:demo", "--question", "Where is the sofa?", "--target",
+                         "sofa", "--out", "g", cwd=tmp_path)
+    assert code == 0 and "target_pose (map)" in out, out
     code, out = _guarded("core", "sim", "generate", "--out", "s", "--scenes", "1", cwd=tmp_path)
     assert code == 2 and "pip install 'vilasr_ros[sim]'" in out and "Traceback" not in out, out
 
@@ -203,20 +209,21 @@ def test_package_xml_declares_what_setup_py_installs():
               "huggingface_hub": "python3-huggingface-hub-pip", "torch": "python3-torch",
               "openai": "python3-openai-pip", "rosbags": "python3-rosbags-pip", "pyrealsense2": "python3-pyrealsense2-pip",
               "mujoco": "python3-mujoco-pip", "matplotlib": "python3-matplotlib", "fastapi": "python3-fastapi",
-              "uvicorn": "python3-uvicorn", "pytest": "python3-pytest", "hypothesis": "python3-hypothesis"}
+              "uvicorn": "python3-uvicorn", "pytest": "python3-pytest", "hypothesis": "python3-hypothesis",
+              "open3d": "python3-open3d", "open3d-cpu": "python3-open3d", "opencv-python-headless": "python3-opencv"}
     from importlib import metadata
 
     reqs = metadata.requires("vilasr_ros")
     for req in reqs:
         name = req.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip()
         extra = req.split('extra == "')[1].rstrip('"') if "extra ==" in req else None
-        if extra is None or extra in ("transformers", "openai", "bags", "realsense"):
+        if extra is None or extra in ("transformers", "openai", "bags", "realsense", "geometry", "ros"):
             if name.startswith("ros-jazzy-"):
                 continue
             if name in ("accelerate", "mcap"):
                 continue  # pip-only helpers without rosdep keys (installed by the setup / pip)
             assert rosdep[name] in exec_deps, f"{name} (extra {extra}) is not an exec_depend of package.xml"
-        if extra == "ros":
+        if extra == "ros" and name.startswith("ros-jazzy-"):
             assert name.removeprefix("ros-jazzy-").replace("-", "_") in exec_deps, name
     for name in ("mujoco", "matplotlib", "pytest", "hypothesis"):
         assert rosdep[name] in test_deps

@@ -24,7 +24,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
@@ -74,6 +74,7 @@ class Client:
         self.poses: list[PoseStamped] = []
         self.images: list[Image] = []
         self.markers: list[MarkerArray] = []
+        self.clouds: list[PointCloud2] = []
         self.progress: list[dict] = []
         self.diagnostics: dict[str, str] = {}
         self.colour = 0
@@ -83,6 +84,7 @@ class Client:
         n.create_subscription(PoseStamped, f"/{agent}/target_pose", self.poses.append, RELIABLE)
         n.create_subscription(Image, f"/{agent}/annotated_image", self.images.append, RELIABLE)
         n.create_subscription(MarkerArray, f"/{agent}/markers", self.markers.append, RELIABLE)
+        n.create_subscription(PointCloud2, f"/{agent}/target_points", self.clouds.append, RELIABLE)
         n.create_subscription(Image, "/camera/camera/color/image_raw", self._count, qos_profile_sensor_data)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._diagnostics, RELIABLE)
         self.query_pub = n.create_publisher(String, f"/{agent}/query", RELIABLE)
@@ -181,6 +183,11 @@ def test_query_on_a_topic_comes_back_as_answer_pose_and_images(replay_system):
                                expected.approach_position, atol=1e-3)
     np.testing.assert_allclose([pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z,
                                 pose.pose.orientation.w], expected.approach_orientation, atol=1e-5)
+    client.wait(lambda: client.clouds, 10, "the target's points")
+    cloud = client.clouds[-1]  # the object's points beside the markers: around the target, in map
+    xyz = np.frombuffer(bytes(cloud.data), dtype=np.float32).reshape(-1, 3)
+    assert cloud.header.frame_id == "map" and cloud.point_step == 12 and len(xyz) == cloud.width > 50
+    np.testing.assert_allclose(xyz, expected.points, atol=1e-4)
     assert client.images, "the drawn image was not published"
     assert (client.images[0].width, client.images[0].height) == tuple(Trace.load(answer["trace_dir"]).images[0].size)
     assert client.images[0].encoding == "rgb8"

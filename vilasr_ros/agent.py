@@ -323,6 +323,7 @@ class SpatialAgent:
                                       kind=kind, cancel=cancel, on_turn=on_turn)
         except (VilasrError, ValueError) as exc:
             return Result(Answer.failure(query.id, str(exc)))
+        trace.frames = [f.record() for f in frames]
         answer = Answer(
             id=query.id,
             answer=trace.answer,
@@ -334,7 +335,10 @@ class SpatialAgent:
         )
         grounding = None
         if query.target:
-            grounding = ground_trace(trace, frames, query.target, cfg.grounding)
+            try:
+                grounding = ground_trace(trace, frames, query.target, cfg.grounding)
+            except VilasrError as exc:  # open3d missing (geometry extra): the answer stands, no goal
+                grounding = GroundingResult(ok=False, target=query.target, reason=str(exc))
             trace.target = grounding.to_dict()
             answer.target = trace.target
             if not grounding.ok and answer.error is None:

@@ -225,6 +225,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise UserError("give exactly one of --images FILE|DIR ... or --source SOURCE")
     if args.target and not args.source:
         raise UserError("--target needs --source (depth and poses come from an RGB-D frame source)")
+    if args.target:
+        from vilasr_ros.geometry import open3d
+
+        open3d()  # grounding needs the geometry extra: say so before the model runs
     if args.type == "multiple choice" and not args.option:
         raise UserError('--type multiple-choice needs its options: --option "A. ..." --option "B. ..."')
     image_files = collect_images(args.images) if args.images else None
@@ -247,15 +251,18 @@ def cmd_ask(args: argparse.Namespace) -> int:
     else:
         from PIL import Image
 
+        from vilasr_ros.protocol import to_rgb
+
         images = []
         for p in image_files:
             try:
                 with Image.open(p) as im:
-                    images.append(im.convert("RGB"))
+                    images.append(to_rgb(im))
             except OSError as exc:
                 raise UserError(f"--images: cannot read {p}: {exc}") from None
     kind = args.kind or ("single" if len(images) == 1 else "video")
     trace = reasoner.run(images, args.question, args.type, args.option or None, kind=kind)
+    trace.frames = [f.record() for f in frames or []]
     result = None
     if args.target:
         from vilasr_ros.grounding import ground_trace
@@ -377,7 +384,10 @@ def cmd_view(args: argparse.Namespace) -> int:
     if args.rerun:
         from vilasr_ros.rerun_view import write_rerun
 
-        out = write_rerun(trace_dir, args.out, source=args.source)
+        try:
+            out = write_rerun(trace_dir, args.out, source=args.source, connect=args.connect)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     else:
         from vilasr_ros.view import write_html
 
@@ -397,7 +407,9 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
     if choice.name == "replay" and choice.config.responses is None:
         raise UserError("nothing to evaluate: no ViLaSR weights here and no --base-url "
                         "(give --model PATH, --base-url URL or --engine NAME)")
-    cfg = loop_config(args)
+    from dataclasses import replace
+
+    cfg = replace(loop_config(args), on_tool_error=args.on_tool_error)
     print(choice.sentence, file=sys.stderr)
     reasoner = build_reasoner(choice, cfg)
     summary = run_eval(args.dataset, args.data, reasoner.engine, args.out, config=reasoner.config,
@@ -507,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("trace_dir", help="a trace folder (trace.json + images/)")
     view.add_argument("--out", help="output file (default TRACE_DIR/trace.html, or trace.rrd with --rerun)")
     view.add_argument("--rerun", action="store_true", help="write a rerun recording (3D: poses, depth, target)")
-    view.add_argument("--source", help="--rerun: the frame source the trace was asked on (depth and poses)")
+    view.add_argument("--source", help="--rerun: the frame source the trace was asked on (adds depth clouds and the object's points)")
+    view.add_argument("--connect", metavar="URL", help="--rerun: stream to a running viewer (rerun+http://HOST:9876/proxy) instead of a file")
     view.set_defaults(func=cmd_view)
 
     from vilasr_ros.evaluation.datasets import DATASETS
@@ -524,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=positive_int, default=8, help="items in flight for engines that batch (default 8)")
     run.add_argument("--no-traces", action="store_true", help="do not save traces/<id>/")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--on-tool-error", choices=("retry", "stop"), default="retry",
+                     help="a tool call that fails to draw: discard it and generate again, the turn budget "
+                          "counting down, as the reference's eval/infer.py does (retry, default); or end with ToolError")
     add_engine_arguments(run)
     run.set_defaults(func=cmd_eval_run)
     sc = ev_sub.add_parser("score", help="add scores (spec §6), print the per-type table, write a JSON summary")
@@ -588,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
 MODULE_EXTRAS = {"torch": "transformers", "accelerate": "transformers", "openai": "openai", "httpx2": "openai",
                  "vllm": "vllm", "mujoco": "sim", "matplotlib": "eval", "trl": "train", "peft": "train",
                  "datasets": "train", "tensorboard": "train", "pyrealsense2": "realsense", "cv2": "geometry",
-                 "rosbags": "bags", "mcap": "bags", "fastapi": "serve", "uvicorn": "serve", "rclpy": "ros"}
+                 "rosbags": "bags", "mcap": "bags", "fastapi": "serve", "uvicorn": "serve", "rclpy": "ros",
+                 "open3d": "geometry", "rerun": "rerun"}
 
 
 def _missing(exc: ImportError) -> str:

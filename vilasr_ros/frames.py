@@ -136,6 +136,18 @@ class Frame:
         """(width, height)."""
         return self.rgb.shape[1], self.rgb.shape[0]
 
+    def record(self) -> dict:
+        """JSON-ready description (no pixels): ``index, stamp_s, source_id, frame_id, world_frame_id,
+        intrinsics`` (width, height, fx, fy, cx, cy, distortion model and D) and ``T_world_camera``
+        (4×4 nested list, or None); what a trace keeps of its input frames."""
+        K = self.intrinsics
+        T = self.T_world_camera
+        return {"index": self.index, "stamp_s": self.stamp_s, "source_id": self.source_id, "frame_id": self.frame_id,
+                "world_frame_id": self.world_frame_id,
+                "intrinsics": {"width": K.width, "height": K.height, "fx": K.fx, "fy": K.fy, "cx": K.cx, "cy": K.cy,
+                               "distortion_model": K.distortion_model, "D": list(K.D)},
+                "T_world_camera": None if T is None else np.round(T, 9).tolist()}
+
     @property
     def nbytes(self) -> int:
         return self.rgb.nbytes + (self.depth_m.nbytes if self.depth_m is not None else 0)

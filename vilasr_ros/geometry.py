@@ -3,7 +3,8 @@
 Model coordinates are pixels of the resized image the model saw (spec §1); they map back to the
 sensor image by the per-axis scale. Deprojection is the pinhole model (x = (u−cx)·z/fx,
 y = (v−cy)·z/fy in the optical frame, REP-103: x right, y down, z forward); distorted pixels are
-first undistorted with OpenCV's ``undistortPoints``.
+first undistorted with OpenCV's ``undistortPoints``. Point-cloud work (planes, clusters, voxels) is
+open3d's (``vilasr_ros[geometry]``).
 """
 
 from __future__ import annotations
@@ -84,6 +85,55 @@ def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ T[:3, :3].T + T[:3, 3]
 
 
+def open3d():
+    """The ``open3d`` module (``pip install vilasr_ros[geometry]``).
+
+    Raises:
+        MissingDependencyError: open3d is not installed.
+    """
+    return require("open3d", "geometry")
+
+
+def box_cloud(frame: Frame, box_px: np.ndarray, *, min_depth_m: float = 0.1, max_depth_m: float = 10.0,
+              max_points: int = 40000):
+    """The depth pixels inside a sensor-pixel box as an open3d point cloud in the camera optical frame.
+
+    Undistorted cameras go through ``open3d.geometry.PointCloud.create_from_depth_image`` on the
+    box's crop (principal point shifted by the crop's corner; ``stride`` keeps at most
+    ``max_points``); distorted ones through :func:`deproject` (OpenCV undistortion), which open3d
+    does not do.
+
+    Returns:
+        ``(cloud, valid_fraction)``: the cloud (metres, optical frame) and the share of box pixels
+        with a finite depth inside ``(min_depth_m, max_depth_m)``.
+
+    Raises:
+        GroundingError: No depth image, or no valid depth in the box.
+    """
+    o3d = open3d()
+    if frame.depth_m is None:
+        raise GroundingError("the frame has no depth image")
+    x1, y1, x2, y2 = np.round(box_px).astype(int)
+    patch = np.asarray(frame.depth_m[y1 : y2 + 1, x1 : x2 + 1], dtype=np.float32)
+    valid = np.isfinite(patch) & (patch > min_depth_m) & (patch < max_depth_m)
+    if not valid.any():
+        raise GroundingError(f"no valid depth inside box {np.round(box_px, 1).tolist()} (all zero, NaN or out of range)")
+    stride = max(1, int(np.ceil(np.sqrt(valid.sum() / max_points))))
+    K = frame.intrinsics
+    if K.has_distortion:
+        vs, us = np.nonzero(valid[::stride, ::stride])
+        vs, us = vs * stride, us * stride
+        points = deproject(np.column_stack([us + x1, vs + y1]), patch[vs, us], K)
+        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
+    else:
+        depth = np.ascontiguousarray(np.where(valid, patch, 0.0).astype(np.float32))
+        h, w = depth.shape
+        intrinsic = o3d.camera.PinholeCameraIntrinsic(w, h, K.fx, K.fy, K.cx - x1, K.cy - y1)
+        cloud = o3d.geometry.PointCloud.create_from_depth_image(
+            o3d.geometry.Image(depth), intrinsic, np.eye(4), depth_scale=1.0, depth_trunc=float(max_depth_m), stride=stride)
+    return cloud, float(valid.mean())
+
+
 @dataclass
 class SurfaceEstimate:
     """Where the visible surface inside a box is.
@@ -91,11 +141,15 @@ class SurfaceEstimate:
     Attributes:
         position_camera: (3,) metres, optical frame: per-axis median of the chosen cluster's points
             (medians taken in the world frame when the frame has a pose).
-        depth_m: Median depth of the chosen depth cluster.
+        depth_m: Median depth of the chosen cluster.
         uncertainty_m: 1.4826·MAD of that cluster's depths (robust σ along the ray), metres.
         valid_fraction: Share of box pixels with valid depth.
-        cluster_fraction: Share of valid (non-floor) pixels in the chosen cluster.
-        floor_fraction: Share of valid pixels dropped as floor (0 without a pose or floor height).
+        cluster_fraction: Share of the remaining (non-floor, non-wall) points in the chosen cluster.
+        floor_fraction: Share of points dropped as floor (0 without a pose or floor height).
+        points: (N, 3) the chosen cluster's points, voxel-downsampled to ``voxel_m`` (open3d
+            ``voxel_down_sample``: each surface counts by area), in the world frame when the
+            frame has a pose (else the optical frame), metres.
+        world: Whether ``points`` are in the world frame.
     """
 
     position_camera: np.ndarray
@@ -104,6 +158,8 @@ class SurfaceEstimate:
     valid_fraction: float
     cluster_fraction: float
     floor_fraction: float = 0.0
+    points: np.ndarray | None = None
+    world: bool = False
 
 
 def surface_in_box(
@@ -112,101 +168,130 @@ def surface_in_box(
     *,
     min_depth_m: float = 0.1,
     max_depth_m: float = 10.0,
-    gap_m: float = 0.15,
+    voxel_m: float = 0.01,
+    cluster_eps_m: float = 0.10,
     min_cluster_fraction: float = 0.15,
     floor_z_m: float | None = None,
     floor_margin_m: float = 0.03,
+    max_points: int = 20000,
 ) -> SurfaceEstimate:
-    """Robust position of the object in a sensor-pixel box.
+    """Robust position of the object in a sensor-pixel box, with open3d.
 
-    Background leaking into the box is removed in up to three steps. With a pose and ``floor_z_m``:
-    (1) pixels whose world point lies within ``floor_margin_m`` of the floor plane (REP-103: z up) are
-    dropped — the floor under a chair or a table is continuous in depth with the object and no depth
-    gap separates it; (2) a wall behind the object is dropped (:func:`background_wall`). (3) The remaining depths are sorted and split where consecutive values jump by more
-    than ``max(gap_m, 5% of depth)``; the nearest cluster holding at least ``min_cluster_fraction``
-    of them is the object (a wall behind it is a farther cluster). The object position is the
-    per-axis median of that cluster's deprojected points, taken in the world frame when
-    the frame has a pose (a per-axis median depends on the axes; the world's are the natural ones).
+    1. The box's depth pixels become a point cloud (:func:`box_cloud`; a pixel stride keeps at most
+       ``max_points``), so the position below weighs the surface as the image shows it (by pixel).
+    2. With a pose and ``floor_z_m``: points within ``floor_margin_m`` of the floor plane (REP-103:
+       z up) are dropped — the floor under a chair or a table is continuous with the object and no
+       depth gap separates it — and a wall behind the object is dropped (:func:`background_planes`,
+       open3d ``segment_plane``).
+    3. DBSCAN (Ester et al. 1996; open3d ``cluster_dbscan`` on voxel centroids, ``eps`` =
+       max(``cluster_eps_m``, 3 pixel footprints at the median depth)) splits what is left; the nearest cluster (median
+       depth) holding at least ``min_cluster_fraction`` of the points is the object (things seen
+       through or behind it are farther clusters), else the largest.
+
+    The position is the per-axis median of that cluster, taken in the world frame when the frame
+    has a pose (a per-axis median depends on the axes; the world's are the natural ones).
 
     Raises:
         GroundingError: No depth image, or no valid depth in the box (or only floor).
+        MissingDependencyError: open3d is not installed (``vilasr_ros[geometry]``).
     """
-    if frame.depth_m is None:
-        raise GroundingError("the frame has no depth image")
-    x1, y1, x2, y2 = np.round(box_px).astype(int)
-    patch = frame.depth_m[y1 : y2 + 1, x1 : x2 + 1]
-    valid = np.isfinite(patch) & (patch > min_depth_m) & (patch < max_depth_m)
-    if not valid.any():
-        raise GroundingError(f"no valid depth inside box {box_px.round(1).tolist()} (all zero, NaN or out of range)")
-    vs, us = np.nonzero(valid)
-    depth = patch[vs, us].astype(np.float64)
-    points = deproject(np.column_stack([us + x1, vs + y1]), depth, frame.intrinsics)
-    n_valid = depth.size
+    o3d = open3d()
+    cloud, valid_fraction = box_cloud(frame, box_px, min_depth_m=min_depth_m, max_depth_m=max_depth_m, max_points=max_points)
+    points = np.asarray(cloud.points)
+    points = points[points[:, 2] > min_depth_m]
+    if len(points) == 0:
+        raise GroundingError(f"no valid depth inside box {np.round(box_px, 1).tolist()} (all zero, NaN or out of range)")
+    n_all = len(points)
     floor_fraction = 0.0
     T = frame.T_world_camera
     world = transform_points(T, points) if T is not None else None
     if floor_z_m is not None and T is not None:
         keep = world[:, 2] > floor_z_m + floor_margin_m
         if not keep.any():
-            raise GroundingError(f"only floor inside box {box_px.round(1).tolist()}")
+            raise GroundingError(f"only floor inside box {np.round(box_px, 1).tolist()}")
         floor_fraction = 1.0 - keep.mean()
-        depth, points, world = depth[keep], points[keep], world[keep]
-        keep = ~background_wall(points, depth, up=T[2, :3])  # T[2, :3]: world +z in the optical frame
-        if keep.sum() >= 0.05 * depth.size:
-            depth, points, world = depth[keep], points[keep], world[keep]
-    order = np.argsort(depth, kind="stable")
-    d = depth[order]
-    cuts = np.nonzero(np.diff(d) > np.maximum(gap_m, 0.05 * d[:-1]))[0] + 1
-    groups = np.split(order, cuts)
-    chosen = next((g for g in groups if g.size >= min_cluster_fraction * d.size), max(groups, key=len))
+        points, world = points[keep], world[keep]
+        keep = ~background_planes(points, up=T[2, :3])  # T[2, :3]: world +z in the optical frame
+        if keep.sum() >= 0.05 * len(points):
+            points, world = points[keep], world[keep]
+    depth = points[:, 2]
+    pixel_m = float(np.median(depth)) / frame.intrinsics.fx
+    eps = max(cluster_eps_m, 3.0 * pixel_m)
+    labels = _voxel_dbscan(points, eps)
+    groups = [np.nonzero(labels == k)[0] for k in range(int(labels.max()) + 1)] if labels.size else []
+    clustered = sum(g.size for g in groups)
+    if not groups:  # too few points for any cluster: take them all
+        groups, clustered = [np.arange(len(points))], len(points)
+    groups.sort(key=lambda g: float(np.median(depth[g])))
+    chosen = next((g for g in groups if g.size >= min_cluster_fraction * clustered), max(groups, key=len))
     z = float(np.median(depth[chosen]))
     if T is None:
         position = np.median(points[chosen], axis=0)
-    else:  # per-axis median in the (z-up) world frame, where object faces are axis-aligned more often
+    else:
         position = T[:3, :3].T @ (np.median(world[chosen], axis=0) - T[:3, 3])
     mad = float(np.median(np.abs(depth[chosen] - z)))
-    return SurfaceEstimate(position, z, 1.4826 * mad, n_valid / patch.size, chosen.size / depth.size, float(floor_fraction))
+    kept = o3d.geometry.PointCloud(o3d.utility.Vector3dVector((world if T is not None else points)[chosen]))
+    return SurfaceEstimate(position, z, 1.4826 * mad, valid_fraction, chosen.size / len(points), float(floor_fraction),
+                           points=np.asarray(kept.voxel_down_sample(voxel_m).points), world=T is not None)
 
 
-def background_wall(points: np.ndarray, depth: np.ndarray, up: np.ndarray, *, inlier_m: float = 0.015,
-                    iterations: int = 150, min_share: float = 0.15, seed: int = 0) -> np.ndarray:
-    """Mask of the points on a wall behind the object: the largest vertical plane (normal ⟂ ``up``)
-    found by RANSAC (Fischler & Bolles 1981) that holds at least ``min_share`` of the points and
-    lies behind most of the others (its median depth beyond the others' 75th percentile). An object's
-    own vertical face (a fridge door) is in front of the rest and is kept.
+def _voxel_dbscan(points: np.ndarray, eps: float, min_points: int = 4) -> np.ndarray:
+    """DBSCAN labels (-1 = noise) of (N, 3) points, computed on the centroids of a voxel grid of
+    ``eps / 3`` (each voxel's points take its label): open3d's ``cluster_dbscan`` costs grow with the
+    points per neighbourhood, and a 10 cm neighbourhood holds hundreds of pixels up close."""
+    o3d = open3d()
+    keys = np.floor(points / (eps / 3.0)).astype(np.int64)
+    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    centroids = np.stack([np.bincount(inverse, weights=points[:, i]) for i in range(3)], axis=1) / counts[:, None]
+    labels = np.asarray(o3d.geometry.PointCloud(o3d.utility.Vector3dVector(centroids)).cluster_dbscan(eps, min_points))
+    return labels[inverse] if labels.size else np.full(len(points), -1)
+
+
+def background_planes(points: np.ndarray, up: np.ndarray, *, inlier_m: float = 0.015, min_share: float = 0.15,
+                      max_planes: int = 3, max_behind: float = 0.05, seed: int = 0) -> np.ndarray:
+    """Mask of the points on a wall behind the object.
+
+    Planes are found by RANSAC (Fischler & Bolles 1981; open3d ``segment_plane``), largest first,
+    up to ``max_planes``, each holding at least ``min_share`` of the points. A plane is a wall when
+    it is vertical (normal ⟂ ``up`` within 0.1), farther than the other points (median depth) and
+    almost nothing lies behind it (at most ``max_behind`` of the others beyond it, seen from the
+    camera). A face of the object itself has the rest of the object behind it (a convex object lies
+    behind each visible face), so it is skipped and the search goes on in what is left.
 
     Args:
-        points: (N, 3) optical-frame points (m); ``depth``: (N,) their depths; ``up``: (3,) world up
-            in the optical frame.
+        points: (N, 3) optical-frame points (m); ``up``: (3,) world up in the optical frame.
+        seed: open3d's RANSAC seed (results are reproducible).
 
     Returns:
-        (N,) bool, True for wall points (all False when no such plane exists).
+        (N,) bool, True for wall points (all False when there is no wall).
     """
+    o3d = open3d()
     n = len(points)
-    none = np.zeros(n, bool)
+    wall = np.zeros(n, bool)
     if n < 50:
-        return none
-    rng = np.random.default_rng(seed)
-    sample = points[rng.choice(n, size=min(n, 4000), replace=False)]
-    best, best_count = None, 0
-    for _ in range(iterations):
-        a, b, c = sample[rng.choice(len(sample), 3, replace=False)]
-        normal = np.cross(b - a, c - a)
-        norm = np.linalg.norm(normal)
-        if norm < 1e-9:
-            continue
-        normal /= norm
-        if abs(normal @ up) > 0.1:  # not a vertical plane
-            continue
-        count = int((np.abs((sample - a) @ normal) < inlier_m).sum())
-        if count > best_count:
-            best, best_count = (a, normal), count
-    if best is None or best_count < min_share * len(sample):
-        return none
-    wall = np.abs((points - best[0]) @ best[1]) < inlier_m
-    rest = depth[~wall]
-    if rest.size == 0 or np.median(depth[wall]) <= np.percentile(rest, 75):
-        return none
+        return wall
+    o3d.utility.random.seed(seed)
+    rest = np.arange(n)
+    for _ in range(max_planes):
+        if rest.size < min_share * n or rest.size < 3:
+            break
+        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points[rest]))
+        plane, inliers = cloud.segment_plane(inlier_m, 3, 200)
+        inliers = np.asarray(inliers, dtype=int)
+        if inliers.size < min_share * n:
+            break
+        idx = rest[inliers]
+        others = np.setdiff1d(np.arange(n), np.concatenate([idx, np.nonzero(wall)[0]]))
+        norm = max(float(np.linalg.norm(plane[:3])), 1e-12)
+        normal, offset = np.asarray(plane[:3]) / norm, float(plane[3]) / norm
+        if offset < 0:  # orient the plane so the camera (the origin) is on its positive side
+            normal, offset = -normal, -offset
+        behind = float(np.mean(points[others] @ normal + offset < -2 * inlier_m)) if others.size else 1.0
+        if (abs(normal @ up) <= 0.1 and others.size and behind <= max_behind
+                and np.median(points[idx, 2]) > np.median(points[others, 2])):
+            wall[idx] = True
+        rest = np.setdiff1d(rest, idx)
     return wall
 
 

@@ -60,7 +60,9 @@ class Turn:
         cached_tokens: Prompt tokens reused from a cache.
         engine_s: Seconds inside the engine.
         host_s: Seconds of host work after the engine returned (parse, merge, draw, prompt update).
-        error: Why the loop stopped on this turn, if it did on a tool error.
+        error: Why the loop stopped on this turn, if it did on a tool error (or why it was discarded).
+        discarded: The turn's tool call failed to draw and the turn was dropped from the
+            conversation (``ReasonerConfig.on_tool_error="retry"``); kept here as a record only.
     """
 
     text: str
@@ -74,6 +76,7 @@ class Turn:
     engine_s: float = 0.0
     host_s: float = 0.0
     error: str | None = None
+    discarded: bool = False
 
 
 @dataclass
@@ -95,6 +98,8 @@ class Trace:
         settings: max_pixels, max_turns, max_images, sampling.
         total_s: Wall time of the whole loop.
         target: Grounded target (filled by grounding; None when none was asked or found).
+        frames: The input frames when they came from a frame source (``Frame.record()``: index,
+            stamp, frame ids, intrinsics, ``T_world_camera``), in the order given; empty otherwise.
         pil_images: The images themselves (not serialised in JSON; saved as PNG).
     """
 
@@ -112,6 +117,7 @@ class Trace:
     settings: dict[str, Any] = field(default_factory=dict)
     total_s: float = 0.0
     target: dict[str, Any] | None = None
+    frames: list[dict[str, Any]] = field(default_factory=list)
     pil_images: list = field(default_factory=list, repr=False)
 
     @property
@@ -121,17 +127,24 @@ class Trace:
         The conversation up to the last prompt rendered with the chat template, then the last turn,
         then ``<|im_end|>`` unless the last turn hit the token limit.
         """
-        if not self.turns:
+        turns = self.kept_turns
+        if not turns:
             return render_chat(self.messages, add_generation_prompt=True)
-        text = render_chat(self.messages, add_generation_prompt=True) + self.turns[-1].text
+        text = render_chat(self.messages, add_generation_prompt=True) + turns[-1].text
         if self.finish_reason != FINISH_LENGTH:
             text += EOS_TOKEN
         return text
 
     @property
+    def kept_turns(self) -> list[Turn]:
+        """The turns that are part of the conversation (all but the discarded ones)."""
+        return [t for t in self.turns if not t.discarded]
+
+    @property
     def model_output(self) -> str:
-        """The last turn's text (the reference's ``model_output``)."""
-        return self.turns[-1].text if self.turns else ""
+        """The last kept turn's text (the reference's ``model_output``)."""
+        turns = self.kept_turns
+        return turns[-1].text if turns else ""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -19,7 +19,8 @@ Serves ``~/query`` (``std_msgs/String`` JSON, see :mod:`vilasr_ros.agent`) and p
 ``~/answer`` (String JSON), ``~/target_pose`` and, when ``publish_goal_pose`` is true,
 ``/goal_pose`` (``PoseStamped`` in the world frame — what Nav2's ``bt_navigator`` follows),
 ``~/path`` (``nav_msgs/Path`` along Path Tracer lines), ``~/annotated_image`` (each drawn image as
-it is made), ``~/markers`` (``MarkerArray``), ``~/progress`` (String JSON per turn) and
+it is made), ``~/markers`` (``MarkerArray``), ``~/target_points`` (``sensor_msgs/PointCloud2``: the
+target's fused points, beside the markers), ``~/progress`` (String JSON per turn) and
 ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray`` once a second: frames received and dropped by
 reason, queue, answers). Services: ``~/cancel`` and ``~/clear_buffer`` (``std_srvs/Trigger``).
 
@@ -56,7 +57,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
@@ -72,6 +73,7 @@ from vilasr_ros.ros.conversions import (
     decode_color_msg,
     decode_depth_msg,
     markers_msg,
+    points_msg,
     path_msg,
     pose_stamped,
     pose_to_matrix,
@@ -300,6 +302,7 @@ class VilasrAgentNode(LifecycleNode):
             "progress_pub": (String, "~/progress", 50), "target_pub": (PoseStamped, "~/target_pose", 10),
             "goal_pub": (PoseStamped, "/goal_pose", 10), "path_pub": (Path, "~/path", 10),
             "image_pub": (Image, "~/annotated_image", 20), "marker_pub": (MarkerArray, "~/markers", 10),
+            "points_pub": (PointCloud2, "~/target_points", 10),
             "diagnostics_pub": (DiagnosticArray, "/diagnostics", 10)}
         for attr, (kind, topic, depth) in lifecycle.items():
             pub = self.create_lifecycle_publisher(kind, topic, _reliable(depth), **quiet_pub)
@@ -614,6 +617,8 @@ class VilasrAgentNode(LifecycleNode):
         if path is not None:
             self.path_pub.publish(path)
         self.marker_pub.publish(markers)
+        if grounding.points is not None and len(grounding.points):
+            self.points_pub.publish(points_msg(grounding.points, grounding.frame_id, stamp))
 
     def _optical_frame_id(self) -> str:
         """Optical frame id for annotated images (the camera's; images are model-resized)."""

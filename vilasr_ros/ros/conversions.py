@@ -20,8 +20,8 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion, Vector3
 from nav_msgs.msg import Odometry, Path
 from scipy.spatial.transform import Rotation
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import ColorRGBA
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
+from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from vilasr_ros.frames import CameraIntrinsics
@@ -219,3 +219,19 @@ def markers_msg(result: dict, stamp: Time, namespace: str = "vilasr") -> MarkerA
         strip.points = [Point(x=p[0], y=p[1], z=p[2]) for p in result["waypoints"]]
         out.markers.append(strip)
     return out
+
+
+def points_msg(points: np.ndarray, frame_id: str, stamp: Time) -> PointCloud2:
+    """(N, 3) points (m) → ``sensor_msgs/PointCloud2`` with float32 ``x y z`` fields, unorganised
+    (height 1), dense; what ``sensor_msgs_py.point_cloud2.create_cloud_xyz32`` makes (that package is
+    used when installed; it has no PyPI wheel).
+    """
+    header = Header(stamp=stamp, frame_id=frame_id)
+    xyz = np.ascontiguousarray(np.asarray(points, dtype=np.float32).reshape(-1, 3))
+    try:
+        from sensor_msgs_py.point_cloud2 import create_cloud_xyz32
+    except ImportError:
+        fields = [PointField(name=n, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, n in enumerate("xyz")]
+        return PointCloud2(header=header, height=1, width=len(xyz), fields=fields, is_bigendian=False, point_step=12,
+                           row_step=12 * len(xyz), data=xyz.tobytes(), is_dense=True)
+    return create_cloud_xyz32(header, xyz)
