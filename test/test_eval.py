@@ -117,7 +117,7 @@ def test_teacher_scores_100_percent_and_navigation_lands_within_5cm(sim_dataset,
 
     engine = create_engine("teacher", reflect=0.5, seed=3)
     summary = run_eval("sim", sim_dataset, engine, tmp_path / "run")
-    records = score_records(read_results(summary.results_path))
+    records = score_records(read_results(summary.results_path), "sim")
     assert summary.ran == len(records) == len(json.loads((sim_dataset / "questions.json").read_text()))
     assert {r["finish_reason"] for r in records} == {"stop"}
     assert [r["id"] for r in records if r["score"] != 1.0] == []
@@ -153,7 +153,7 @@ def test_replay_and_tiny_model_engines_run_the_same_harness(sim_dataset, tmp_pat
     cfg = ReasonerConfig(max_pixels=28 * 28 * 16, sampling=SamplingConfig(temperature=0.0, max_tokens=8))
     engine = create_engine("transformers", model=str(tiny_model_dir))
     run_eval("sim", data, engine, tmp_path / "tiny", config=cfg, image_folder=sim_dataset, max_turns_override=2)
-    tiny = score_records(load_results(tmp_path / "tiny"))
+    tiny = score_records(load_results(tmp_path / "tiny"), "sim")
     assert [r["id"] for r in tiny] == [p["id"] for p in pick]
     for r in tiny:  # a random model: whatever it wrote ended cleanly and was scored
         assert r["finish_reason"] in ("stop", "length", "ToolError") and 0.0 <= r["score"] <= 1.0

@@ -102,13 +102,13 @@ def test_the_eval_extra_alone_runs_and_reports(tmp_path):
     assert code == 0 and (tmp_path / "run" / "report" / "report.md").is_file(), out
 
 
-def test_the_bags_extra_alone_reads_a_bag(tmp_path):
+def test_the_bags_extra_reads_a_bag_and_geometry_grounds_on_it(tmp_path):
     from vilasr_ros.sources import open_source
     from vilasr_ros.sources.bag import write_bag
 
     with open_source("sim:demo") as source:
         write_bag(list(source), tmp_path / "bag", storage="mcap")
-    code, out = _guarded("bags", "ask", "--source", f"bag:{tmp_path / 'bag'}", "--question", "Where is the sofa?",
+    code, out = _guarded("bags,geometry", "ask", "--source", f"bag:{tmp_path / 'bag'}", "--question", "Where is the sofa?",
                          "--target", "sofa", "--out", "t", cwd=tmp_path)
     assert code == 0 and "target_pose (map)" in out, out
 

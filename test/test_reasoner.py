@@ -128,3 +128,37 @@ def test_trace_round_trip(tmp_path):
     assert loaded.chat_text == trace.chat_text
     assert loaded.answer == "here"
     assert loaded.images[1].drawn_from == 1 and loaded.images[1].boxes[0]["label"] == "a"
+
+
+def test_retry_discards_a_failed_drawing_and_asks_again_as_the_reference_evaluates():
+    """eval/infer.py L262-265 (the drawing raises → None → response dropped) and L365-366 (each call
+    counts): the same prompt is generated again and the budget goes down."""
+    bad = _tool("[{'index': 7, 'bbox_2d': [1, 2, 3, 4], 'label': 'cup'}]")
+    good = _tool("[{'index': 1, 'bbox_2d': [10, 20, 30, 40], 'label': 'cup'}]")
+    engine = ReplayEngine([bad, good, "<think> there </think> Action: Answer\n<answer> left </answer>"])
+    prompts = []
+    original = engine.generate
+    engine.generate = lambda request: (prompts.append(request.prompt), original(request))[1]
+    trace = Reasoner(engine, ReasonerConfig(on_tool_error="retry")).run([_frame()], "Where is the cup?", "free-form")
+    assert trace.finish_reason == "stop" and trace.answer == "left" and trace.error is None
+    assert [t.discarded for t in trace.turns] == [True, False, False]
+    assert "does not exist" in trace.turns[0].error and not trace.turns[0].boxes
+    assert prompts[0] == prompts[1]  # generated again from the same prompt
+    assert "'index': 7" not in trace.chat_text and len(trace.pil_images) == 2
+    assert trace.model_output.endswith("</answer>")
+
+    # the budget counts the discarded turns: with 2 calls the second is the last, whatever it writes
+    short = Reasoner(ReplayEngine([bad, bad]), ReasonerConfig(on_tool_error="retry", max_turns=2)).run(
+        [_frame()], "Where is the cup?", "free-form")
+    assert [t.discarded for t in short.turns] == [True, False] and short.answer is None
+    # a turn with nothing to draw still ends with ToolError; "stop" (the robot's default) ends on the first
+    assert _run(["<think> hm </think> Action: Object Mapper"], on_tool_error="retry").finish_reason == "ToolError"
+    assert _run([bad, good]).finish_reason == "ToolError"
+
+
+def test_saved_trace_keeps_discarded_turns(tmp_path):
+    bad = _tool("[{'index': 1, 'bbox_2d': ['a', 2, 3, 4], 'label': 'cup'}]")
+    trace = _run([bad, "<answer> 1 </answer>"], on_tool_error="retry")
+    trace.save(tmp_path / "t")
+    loaded = Trace.load(tmp_path / "t")
+    assert [t.discarded for t in loaded.turns] == [True, False] and loaded.chat_text == trace.chat_text

@@ -23,15 +23,17 @@ def _folder(tmp_path, truncate=None, drop=None):
             {"from": "human", "value": "<image>\nThe index of the given image is 3 (width: 64, height: 48). Continue"},
             {"from": "gpt", "value": "<think> done </think> Action: Answer\n<answer> A </answer>"}],
          "system": "SYS", "images": ["a.png", "b.png", "c.png"]},
-        {"messages": [{"role": "user", "content": "<image>How many?"}, {"role": "assistant", "content": "2"}],
-         "images": ["a.png"]},
     ]
     (tmp_path / "cold_start.json").write_text(json.dumps(items))
+    (tmp_path / "role_content.json").write_text(json.dumps([
+        {"messages": [{"role": "user", "content": "<image>How many?"}, {"role": "assistant", "content": "2"}],
+         "images": ["a.png"]}]))
     return tmp_path / "cold_start.json"
 
 
 def test_images_land_in_the_turns_that_mention_them(tmp_path):
-    first, second = load_sharegpt(_folder(tmp_path))
+    [first] = load_sharegpt(_folder(tmp_path))
+    [second] = load_sharegpt(tmp_path / "role_content.json")
     roles = [m["role"] for m in first["messages"]]
     assert roles == ["system", "user", "assistant", "user", "assistant"]
     assert [p["type"] for p in first["messages"][1]["content"]] == ["image", "text", "image", "text"]

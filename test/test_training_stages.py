@@ -54,7 +54,8 @@ def test_training_text_and_tokens_equal_the_runtime(teacher_dir, tiny_model_dir)
     from vilasr_ros_training.grpo import rollout_tensors
 
     engine = TransformersEngine(tiny_model_dir)
-    collator = VilasrCollator(engine.tokenizer, engine.image_processor, max_pixels=10**8)
+    collator = VilasrCollator(engine.tokenizer, engine.image_processor, max_pixels=10**8, sft_format="runtime")
+    lf_collator = VilasrCollator(engine.tokenizer, engine.image_processor, max_pixels=10**8)  # the default
     traces = _traces(teacher_dir / "traces")
     assert len(traces) >= 20
     multi_turn = 0
@@ -70,12 +71,16 @@ def test_training_text_and_tokens_equal_the_runtime(teacher_dir, tiny_model_dir)
         written = "".join(turn.text + protocol.EOS_TOKEN for turn in trace.turns)
         assert engine.tokenizer.decode(labels) == written
         assert batch["pixel_values"].shape[0] == int(batch["image_grid_thw"].prod(-1).sum())
+        # LLaMA-Factory's layout (the authors' SFT): the same conversation, each <|im_end|> followed by
+        # the line break it trains on too (test_official_data.py checks the tokens piece by piece)
+        lf_labels = [t for t in lf_collator([{"example": json.dumps(example)}])["labels"][0].tolist() if t != -100]
+        assert engine.tokenizer.decode(lf_labels) == "".join(t.text + protocol.EOS_TOKEN + "\n" for t in trace.turns)
         # The GRPO side of the same conversation.
         trace.pil_images = [im.convert("RGB") for im in trace.pil_images]
         parts = rollout_tensors(trace, engine.tokenizer, engine.image_processor)
         assert parts["prompt_ids"] + parts["completion_ids"] == runtime_ids
         kept = [t for t, m in zip(parts["completion_ids"], parts["env_mask"]) if m]
-        assert engine.tokenizer.decode(kept) == written
+        assert engine.tokenizer.decode(kept) == "".join(turn.text for turn in trace.turns)  # no loss on <|im_end|>
         if len(trace.turns) > 1:
             multi_turn += 1
             image_pad = engine.tokenizer.convert_tokens_to_ids("<|image_pad|>")

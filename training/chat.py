@@ -62,7 +62,7 @@ def example_from_trace(trace: Trace, image_paths: list[str]) -> dict[str, Any]:
     """
     if not trace.turns:
         raise QueryError("a trace without turns has nothing to train on")
-    messages = [_plain(m) for m in trace.messages] + [{"role": "assistant", "content": trace.turns[-1].text}]
+    messages = [_plain(m) for m in trace.messages] + [{"role": "assistant", "content": trace.model_output}]
     return {"messages": messages, "images": [str(p) for p in image_paths]}
 
 
@@ -80,14 +80,153 @@ def assistant_spans(text: str) -> list[tuple[int, int]]:
     return [(m.start(1), m.end(2)) for m in _ASSISTANT_RE.finditer(text)]
 
 
-def load_images(paths: list[str | Path], max_pixels: int) -> list:
-    """Open images as RGB, resized as the runtime resizes them (:func:`vilasr_ros.protocol.resize_for_model`)."""
+SFT_FORMATS = ("llamafactory", "runtime")
+LF_IMAGE_MIN_PIXELS = 32 * 32
+"""LLaMA-Factory's ``image_min_pixels`` default (``src/llamafactory/hparams/model_args.py``)."""
+
+
+def llamafactory_shrink(image, max_pixels: int, min_pixels: int = LF_IMAGE_MIN_PIXELS):
+    """An image as LLaMA-Factory's ``Qwen2VLPlugin._preprocess_image`` hands it to the processor
+    (``src/llamafactory/data/mm_plugin.py``): above ``max_pixels`` scaled by √(max/area) with
+    ``int()`` sides, below ``min_pixels`` scaled up the same way, ``convert("RGB")``, sides under 28
+    raised to 28 (aspect kept), ratios over 200 clipped. The processor then rounds each side to a
+    multiple of 28 (``smart_resize`` with its own, much larger cap), which can end above
+    ``max_pixels``: 1296×968 at 1003520 → 1159×865 here → 1148×868 (grid 62×82) in the processor;
+    the runtime's floor-based ``smart_resize`` gives 1148×840.
+    """
+    import math
+
+    if image.width * image.height > max_pixels:
+        factor = math.sqrt(max_pixels / (image.width * image.height))
+        image = image.resize((int(image.width * factor), int(image.height * factor)))
+    if image.width * image.height < min_pixels:
+        factor = math.sqrt(min_pixels / (image.width * image.height))
+        image = image.resize((int(image.width * factor), int(image.height * factor)))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if min(image.width, image.height) < 28:
+        width, height = max(image.width, 28), max(image.height, 28)
+        image = image.resize((width, height))
+    if image.width / image.height > 200:
+        image = image.resize((image.height * 180, image.height))
+    if image.height / image.width > 200:
+        image = image.resize((image.width, image.width * 180))
+    return image
+
+
+def load_images(paths: list[str | Path], max_pixels: int, sft_format: str = "runtime") -> list:
+    """Open images for training: ``runtime`` — RGB (alpha over white), resized as the runtime
+    resizes them (:func:`vilasr_ros.protocol.resize_for_model`); ``llamafactory`` — as the authors'
+    SFT saw them (:func:`llamafactory_shrink`; the processor finishes the resize)."""
     from PIL import Image
 
     out = []
     for path in paths:
         with Image.open(path) as im:
-            out.append(protocol.resize_for_model(im.convert("RGB"), max_pixels))
+            if sft_format == "llamafactory":
+                im.load()
+                out.append(llamafactory_shrink(im, max_pixels))
+            else:
+                out.append(protocol.resize_for_model(protocol.to_rgb(im), max_pixels))
+    return out
+
+
+LF_DEFAULT_SYSTEM = "You are a helpful assistant."
+"""``default_system`` of LLaMA-Factory's ``qwen2_vl`` template (``src/llamafactory/data/template.py``)."""
+
+
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """LLaMA-Factory ``processor_utils.infer_seqlen`` (L76-88): how much of a (prompt, response) pair
+    fits in ``cutoff_len``."""
+    if target_len * 2 < cutoff_len:
+        max_target_len = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target_len = cutoff_len - source_len
+    else:
+        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target_len = min(max_target_len, target_len)
+    new_source_len = min(max(cutoff_len - new_target_len, 0), source_len)
+    return new_source_len, new_target_len
+
+
+def encode_llamafactory(messages: list[dict[str, Any]], images: list, tokenizer, image_processor,
+                        cutoff_len: int | None = None) -> dict[str, Any]:
+    """Token ids and labels of one example exactly as LLaMA-Factory's supervised processor makes
+    them with the ``qwen2_vl`` template (the authors' SFT stages).
+
+    Each image part becomes ``<|vision_start|>`` + ``<|image_pad|>`` × (grid / merge²) +
+    ``<|vision_end|>`` (``Qwen2VLPlugin.process_messages``). The conversation is split in (prompt,
+    response) pairs (``Template.encode_multiturn``): prompt = ``<|im_start|>system\\n{system}<|im_end|>\\n``
+    (first pair only; default :data:`LF_DEFAULT_SYSTEM`) and ``<|im_start|>user\\n{content}<|im_end|>\\n<|im_start|>assistant\\n``,
+    response = ``{content}<|im_end|>\\n`` — each string tokenised on its own, no special tokens added
+    (``Template._convert_elements_to_ids``). Responses are labelled, prompts not (``mask_history``
+    and ``train_on_prompt`` false); ``cutoff_len`` truncates pair by pair (:func:`infer_seqlen`,
+    ``processor/supervised.py`` ``_encode_data_example``).
+
+    Args:
+        messages: trl-format messages (``system``? then user/assistant alternating, assistant last).
+        images: The images in order, as :func:`llamafactory_shrink` leaves them (the processor finishes).
+
+    Returns:
+        ``input_ids``, ``assistant_mask`` (1 = labelled), and ``pixel_values``/``image_grid_thw``
+        when there are images.
+
+    Raises:
+        QueryError: Roles that do not alternate, or image parts ≠ images.
+    """
+    out: dict[str, Any] = {}
+    pads: list[int] = []
+    if images:
+        vision = image_processor(images=images, return_tensors="pt")
+        out["pixel_values"], out["image_grid_thw"] = vision["pixel_values"], vision["image_grid_thw"]
+        merge = image_processor.merge_size ** 2
+        pads = [int(g.prod()) // merge for g in vision["image_grid_thw"]]
+    it = iter(pads)
+
+    def content(message: dict[str, Any]) -> str:
+        parts = message["content"]
+        if isinstance(parts, str):
+            return parts
+        text = ""
+        for part in parts:
+            if part.get("type") == "image":
+                n = next(it, None)
+                if n is None:
+                    raise QueryError("more image parts than images")
+                text += "<|vision_start|>" + IMAGE_PAD * n + "<|vision_end|>"
+            else:
+                text += part.get("text", "")
+        return text
+
+    system = LF_DEFAULT_SYSTEM
+    turns = list(messages)
+    if turns and turns[0]["role"] == "system":
+        system = content(turns[0])
+        turns = turns[1:]
+    if len(turns) % 2 or any(m["role"] != ("user" if k % 2 == 0 else "assistant") for k, m in enumerate(turns)):
+        raise QueryError("a LLaMA-Factory example alternates user and assistant turns and ends with the assistant")
+
+    def ids(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False) if text else []
+
+    input_ids: list[int] = []
+    mask: list[int] = []
+    total = 0
+    for k in range(0, len(turns), 2):
+        source = (ids(f"<|im_start|>system\n{system}<|im_end|>\n") if k == 0 else []) + ids(
+            f"<|im_start|>user\n{content(turns[k])}<|im_end|>\n<|im_start|>assistant\n")
+        target = ids(f"{content(turns[k + 1])}<|im_end|>\n")
+        if cutoff_len is not None:
+            if total >= cutoff_len:
+                break
+            source_len, target_len = infer_seqlen(len(source), len(target), cutoff_len - total)
+            source, target = source[:source_len], target[:target_len]
+            total += source_len + target_len
+        input_ids += source + target
+        mask += [0] * len(source) + [1] * len(target)
+    if next(it, None) is not None:
+        raise QueryError("more images than image parts")
+    out["input_ids"], out["assistant_mask"] = input_ids, mask
     return out
 
 
@@ -115,8 +254,8 @@ def encode(text: str, images: list, tokenizer, image_processor) -> dict[str, Any
         out["pixel_values"], out["image_grid_thw"] = vision["pixel_values"], vision["image_grid_thw"]
         grids = list(vision["image_grid_thw"])
     expanded = expand_image_tokens(text, grids, image_processor.merge_size)
-    tok = tokenizer(expanded, add_special_tokens=False, return_offsets_mapping=True)
     spans = assistant_spans(expanded)
+    tok = tokenizer(expanded, add_special_tokens=False, return_offsets_mapping=True)
     mask, k = [], 0
     for start, _ in tok["offset_mapping"]:
         while k < len(spans) and start >= spans[k][1]:
@@ -133,13 +272,21 @@ class VilasrCollator:
         tokenizer: The model's tokenizer.
         image_processor: The model's image processor.
         max_pixels: Image area cap (the paper's SFT: 1003520).
-        max_length: Examples longer than this many tokens are cut (image tokens are never cut: an
-            example whose images end past the limit raises).
+        max_length: LLaMA-Factory's ``cutoff_len`` (``llamafactory``: pair by pair,
+            :func:`encode_llamafactory`; ``runtime``: the right end is cut). Image tokens are never
+            cut: an example that would lose some raises.
+        sft_format: ``llamafactory`` (default: the authors' SFT — :func:`encode_llamafactory`,
+            images by :func:`llamafactory_shrink`) or ``runtime`` (images as the runtime resizes
+            them, text exactly ``Trace.chat_text``, one tokenisation of the whole text).
 
     Each dataset row holds an ``example`` column: a JSON string of ``{"messages", "images"}``.
     """
 
-    def __init__(self, tokenizer, image_processor, max_pixels: int, max_length: int | None = None):
+    def __init__(self, tokenizer, image_processor, max_pixels: int, max_length: int | None = None,
+                 sft_format: str = "llamafactory"):
+        if sft_format not in SFT_FORMATS:
+            raise ValueError(f"sft_format must be one of {SFT_FORMATS}, got {sft_format!r}")
+        self.sft_format = sft_format
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.max_pixels, self.max_length = max_pixels, max_length
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
@@ -147,7 +294,13 @@ class VilasrCollator:
             protocol.EOS_TOKEN)
 
     def encode_example(self, example: dict[str, Any]) -> dict[str, Any]:
-        images = load_images(example["images"], self.max_pixels)
+        images = load_images(example["images"], self.max_pixels, self.sft_format)
+        if self.sft_format == "llamafactory":
+            enc = encode_llamafactory(example["messages"], images, self.tokenizer, self.image_processor, self.max_length)
+            expected = sum(int(g.prod()) for g in enc.get("image_grid_thw", [])) // self.image_processor.merge_size ** 2
+            if enc["input_ids"].count(self.image_token_id) != expected:
+                raise ValueError(f"example truncated at max_length={self.max_length} would lose image tokens")
+            return enc
         enc = encode(training_text(example["messages"]), images, self.tokenizer, self.image_processor)
         if self.max_length and len(enc["input_ids"]) > self.max_length:
             ids = enc["input_ids"]

@@ -25,18 +25,21 @@ from vilasr_ros.errors import QueryError
 
 # Stage keys: name -> (allowed types, required). ``args`` is checked against trl's config class.
 _SFT_KEYS: dict[str, tuple[Any, bool]] = {
-    "model": (str, True), "data": (list, False), "max_pixels": (int, False), "max_length": (int | None, False),
+    "model": (str, True), "data_dir": (str | None, False), "data": (list, False), "max_pixels": (int, False),
+    "max_length": (int | None, False), "sft_format": (str, False),
     "freeze_vision": (bool, False), "lora": (dict | None, False), "resume": (bool | str | None, False),
     "attn_implementation": (str | None, False), "args": (dict, False),
 }
 STAGE_KEYS: dict[str, dict[str, tuple[Any, bool]]] = {
     "sft": _SFT_KEYS,
-    "rrs": {"items": (dict, True), "engine": (dict | None, False), "samples": (int, False),
+    "rrs": {"data_dir": (str | None, False), "items": (dict, True), "engine": (dict | None, False), "samples": (int, False),
             "sampling": (dict | None, False), "min_accuracy": (float, False), "max_pixels": (int, False),
             "batch_size": (int, False), "seed": (int, False), "out": (str, True), "sft": (dict | None, False),
             "args": (dict, False)},
-    "grpo": {"model": (str, True), "items": (dict, True), "max_pixels": (int, False), "max_images": (int, False),
-             "max_tokens_per_turn": (int | None, False), "freeze_vision": (bool, False), "lora": (dict | None, False),
+    "grpo": {"model": (str, True), "data_dir": (str | None, False), "items": (dict, True), "max_pixels": (int, False), "max_images": (int, False),
+             "max_tokens_per_turn": (int | None, False), "max_response_tokens": (int | None, False),
+             "prompt_layout": (str, False), "on_tool_error": (str, False),
+             "freeze_vision": (bool, False), "lora": (dict | None, False),
              "resume": (bool | str | None, False), "attn_implementation": (str | None, False), "args": (dict, False)},
 }
 TRL_CLASS = {"sft": "SFTConfig", "grpo": "GRPOConfig", "rrs": None}
@@ -51,7 +54,7 @@ ARG_RANGES: dict[str, tuple[float, float, bool]] = {
     "epsilon": (0.0, 1.0, True), "epsilon_high": (0.0, math.inf, True),
 }
 _STAGE_RANGES = {"max_pixels": 3136, "max_images": 1, "samples": 1, "batch_size": 1, "max_length": 1,
-                 "max_tokens_per_turn": 1}
+                 "max_tokens_per_turn": 1, "max_response_tokens": 1}
 
 
 def _yaml(text: str, where: str) -> Any:

@@ -1,27 +1,38 @@
-"""ViLaSR-data (ShareGPT / LLaMA-Factory JSON) → trl's conversational vision format.
+"""ViLaSR-data (LLaMA-Factory ShareGPT JSON, the RL JSONL) → trl's conversational vision format.
 
-The official cold-start and reflective files are LLaMA-Factory "sharegpt" items: ``conversations``
-(``from``: ``system``/``human``/``gpt``, ``value`` with one ``<image>`` marker per image) or
-``messages`` (``role``/``content``), an optional ``system``, and ``images`` (paths relative to the
-data folder, in marker order). trl's format is ``{"messages": [{"role", "content": [{"type":
-"image"}, {"type": "text", "text": ...}]}], "images": [...]}`` with the images in the order their
-``{"type": "image"}`` parts appear — each image lands in the turn whose text held its marker.
+The official ViLaSR-data folder (``data_dir``; the authors' LLaMA-Factory ``dataset_dir``) holds
+``dataset_info.json`` naming each dataset (``vqa_cold_start`` → ``cold_start/vqa.json``, ...), the
+ShareGPT files, their images, and ``rl/vilasr_rl_data.jsonl``. A training config names datasets as
+LLaMA-Factory does (``{format: llamafactory, dataset: vqa_cold_start}``) or a file directly
+(``{format: vilasr, path: cold_start/vqa.json}``); relative paths are taken from ``data_dir``.
+
+Conversion follows LLaMA-Factory (``src/llamafactory/data/converter.py``, ``SharegptDatasetConverter``
+and ``_find_medias``): the columns and tags ``dataset_info.json`` names (defaults ``conversations`` /
+``from`` / ``value`` / ``human`` / ``gpt``); a leading system message becomes the system prompt;
+a conversation whose roles do not alternate user/assistant or that does not end with the assistant is
+skipped and counted ("Skipping this abnormal example"); an image path is ``data_dir/path`` when that
+file exists, else the path as written. trl's format is ``{"messages": [{"role", "content": [{"type":
+"image"}, {"type": "text", "text": ...}]}], "images": [...]}`` with the images in the order of the
+``<image>`` markers — each image lands in the turn whose text held its marker.
 
 Missing or truncated image files are the dataset's usual failure: :func:`check_images` lists every
-one of them, and :func:`load_sharegpt` raises :class:`MissingImagesError` naming them all instead of
-failing later inside a data loader.
+one of them, and the loaders raise :class:`MissingImagesError` naming them all instead of failing
+later inside a data loader.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vilasr_ros.errors import VilasrError
 
+logger = logging.getLogger(__name__)
+
 IMAGE_MARKER = "<image>"
-ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
 class MissingImagesError(VilasrError, FileNotFoundError):
@@ -31,6 +42,29 @@ class MissingImagesError(VilasrError, FileNotFoundError):
         self.missing = missing
         shown = "\n  ".join(missing[:50]) + ("\n  ..." if len(missing) > 50 else "")
         super().__init__(f"{len(missing)} image(s) referenced under {root} are missing or truncated:\n  {shown}")
+
+
+@dataclass(frozen=True)
+class ShareGPTFormat:
+    """A dataset's columns and tags (``dataset_info.json``; defaults of LLaMA-Factory's
+    ``DatasetAttr`` for ``formatting: sharegpt``, ``src/llamafactory/data/parser.py``)."""
+
+    messages: str = "conversations"
+    images: str = "images"
+    system: str | None = None
+    role_tag: str = "from"
+    content_tag: str = "value"
+    user_tag: str = "human"
+    assistant_tag: str = "gpt"
+    observation_tag: str = "observation"
+    function_tag: str = "function_call"
+    system_tag: str = "system"
+
+    @classmethod
+    def from_info(cls, entry: dict[str, Any]) -> "ShareGPTFormat":
+        columns, tags = entry.get("columns") or {}, entry.get("tags") or {}
+        fields = {k: v for k, v in {**columns, **tags}.items() if k in cls.__dataclass_fields__}
+        return cls(**fields)
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
@@ -43,75 +77,157 @@ def _read(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def check_images(items: list[dict[str, Any]], root: Path) -> list[str]:
-    """Every referenced image that does not exist or does not decode completely (truncated files)."""
+def media_path(path: str, media_dir: Path | None) -> str:
+    """``media_dir/path`` when that file exists, else ``path`` as written (LLaMA-Factory
+    ``DatasetConverter._find_medias``, ``media_dir`` defaulting to ``dataset_dir``)."""
+    if media_dir is not None:
+        joined = media_dir / path
+        if joined.is_file():
+            return str(joined)
+    return str(path)
+
+
+def check_images(paths: list[str]) -> list[str]:
+    """Every image that does not exist or does not decode completely (truncated files)."""
     from PIL import Image
 
     missing: list[str] = []
-    for rel in dict.fromkeys(p for item in items for p in item.get("images") or []):
+    for path in dict.fromkeys(paths):
         try:
-            with Image.open(root / rel) as im:
+            with Image.open(path) as im:
                 im.load()  # decodes the whole file: a truncated PNG/JPEG fails here
         except (OSError, SyntaxError, ValueError):
-            missing.append(rel)
+            missing.append(path)
     return missing
 
 
-def to_trl(item: dict[str, Any], root: Path) -> dict[str, Any]:
-    """One ShareGPT/LLaMA-Factory item → ``{"messages", "images"}`` (absolute image paths).
+def to_trl(item: dict[str, Any], media_dir: Path | None, fmt: ShareGPTFormat | None = None) -> dict[str, Any] | None:
+    """One ShareGPT item → ``{"messages", "images"}`` (image paths resolved), or None when
+    LLaMA-Factory would skip it (roles that do not alternate, or no final assistant turn).
 
     Raises:
-        ValueError: Unknown role, or marker count ≠ image count.
+        ValueError: Unknown role tag, or marker count ≠ image count.
     """
-    turns = item.get("conversations") or item.get("messages") or []
-    images = [str(root / p) for p in item.get("images") or []]
+    fmt = fmt or ShareGPTFormat()
+    turns = list(item.get(fmt.messages) or [])
+    roles = {fmt.user_tag: "user", fmt.assistant_tag: "assistant", fmt.observation_tag: "user",
+             fmt.function_tag: "assistant"}
+    system = None
+    if turns and turns[0].get(fmt.role_tag) == fmt.system_tag:
+        system, turns = turns[0].get(fmt.content_tag, ""), turns[1:]
+    elif fmt.system and item.get(fmt.system):
+        system = item[fmt.system]
     messages: list[dict[str, Any]] = []
-    if item.get("system"):
-        messages.append({"role": "system", "content": [{"type": "text", "text": item["system"]}]})
+    if system:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+    accept = ((fmt.user_tag, fmt.observation_tag), (fmt.assistant_tag, fmt.function_tag))
+    for k, turn in enumerate(turns):
+        tag = turn.get(fmt.role_tag)
+        if tag not in roles:
+            raise ValueError(f"unknown role {tag!r}")
+        if tag not in accept[k % 2]:
+            return None
+    if len(turns) % 2 != 0 or not turns:
+        return None
+    images = [media_path(p, media_dir) for p in item.get(fmt.images) or []]
     used = 0
     for turn in turns:
-        role = ROLES.get(turn.get("from") or turn.get("role"))
-        if role is None:
-            raise ValueError(f"unknown role {turn.get('from') or turn.get('role')!r}")
-        text = turn.get("value") if "value" in turn else turn.get("content", "")
+        text = turn.get(fmt.content_tag, "")
         parts: list[dict[str, Any]] = []
-        pieces = text.split(IMAGE_MARKER)
-        for k, piece in enumerate(pieces):
+        for k, piece in enumerate(text.split(IMAGE_MARKER)):
             if k:
                 parts.append({"type": "image"})
                 used += 1
             if piece:
                 parts.append({"type": "text", "text": piece})
-        messages.append({"role": role, "content": parts})
+        messages.append({"role": roles[turn[fmt.role_tag]], "content": parts})
     if used != len(images):
         raise ValueError(f"{used} {IMAGE_MARKER} markers for {len(images)} images")
     return {"messages": messages, "images": images}
 
 
-def load_sharegpt(path: str | Path, image_root: str | Path | None = None) -> list[dict[str, Any]]:
-    """Read a ViLaSR-data file and convert every item (see module docstring).
+def load_sharegpt(path: str | Path, media_dir: str | Path | None = None, fmt: ShareGPTFormat | None = None
+                  ) -> list[dict[str, Any]]:
+    """Read a ShareGPT file and convert every item (see module docstring); skipped items are
+    counted in a warning.
 
     Args:
         path: ``.json`` list or ``.jsonl``.
-        image_root: Folder the ``images`` paths are relative to (default: the file's folder).
+        media_dir: Folder the ``images`` paths are tried against first (default: the file's folder).
+        fmt: Columns and tags (default: LLaMA-Factory's defaults, which read ``from``/``value`` and
+            also accept ``role``/``content`` files through :func:`guess_format`).
 
     Raises:
         MissingImagesError: Some images are missing or truncated (all are named).
         ValueError: Malformed items (the item's position is given).
     """
     path = Path(path)
-    root = Path(image_root) if image_root else path.parent
+    root = Path(media_dir) if media_dir else path.parent
     items = _read(path)
-    missing = check_images(items, root)
-    if missing:
-        raise MissingImagesError(missing, root)
-    out = []
+    fmt = fmt or guess_format(items)
+    out, skipped = [], 0
     for k, item in enumerate(items):
         try:
-            out.append(to_trl(item, root))
+            example = to_trl(item, root, fmt)
         except ValueError as exc:
             raise ValueError(f"{path} item {k}: {exc}") from exc
+        if example is None:
+            skipped += 1
+            continue
+        out.append(example)
+    if skipped:
+        logger.warning("%s: skipped %d of %d conversations whose roles do not alternate user/assistant or that "
+                       "do not end with the assistant (as LLaMA-Factory does)", path, skipped, len(items))
+    written = {media_path(w, root): w for item in items for w in item.get(fmt.images) or []}
+    missing = check_images([p for e in out for p in e["images"]])
+    if missing:
+        raise MissingImagesError([written.get(m, m) for m in missing], root)
     return out
+
+
+def guess_format(items: list[dict[str, Any]]) -> ShareGPTFormat:
+    """The columns and tags of a file read without ``dataset_info.json``: LLaMA-Factory's defaults
+    (``conversations``, ``from``/``value``, ``human``/``gpt``) or, when the first turn has a ``role``,
+    the ``role``/``content``/``user``/``assistant`` tags ViLaSR-data's ``dataset_info.json`` declares;
+    the column is ``messages`` when an item has that and no ``conversations``."""
+    first = items[0] if items else {}
+    column = "messages" if "messages" in first and "conversations" not in first else "conversations"
+    turns = first.get(column) or []
+    if turns and isinstance(turns[0], dict) and "role" in turns[0]:
+        return ShareGPTFormat(messages=column, system="system", role_tag="role", content_tag="content",
+                              user_tag="user", assistant_tag="assistant")
+    return ShareGPTFormat(messages=column, system="system")
+
+
+def dataset_info(data_dir: str | Path) -> dict[str, Any]:
+    """``data_dir/dataset_info.json``.
+
+    Raises:
+        FileNotFoundError: Not a ViLaSR-data / LLaMA-Factory data folder.
+    """
+    path = Path(data_dir) / "dataset_info.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: data_dir must be the ViLaSR-data folder (the one holding "
+                                "dataset_info.json, cold_start/, reflective_rejection_sampling/, rl/)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_llamafactory(name: str, data_dir: str | Path) -> list[dict[str, Any]]:
+    """A dataset named in ``dataset_info.json`` (``vqa_cold_start``), as LLaMA-Factory loads it
+    with ``dataset_dir: data_dir`` (file ``data_dir/file_name``, images against ``data_dir``).
+
+    Raises:
+        ValueError: Unknown name (the known ones are listed) or not ``formatting: sharegpt``.
+        MissingImagesError: Missing images.
+    """
+    info = dataset_info(data_dir)
+    if name not in info:
+        raise ValueError(f"dataset {name!r} is not in {Path(data_dir) / 'dataset_info.json'} "
+                         f"(it has: {', '.join(sorted(info))})")
+    entry = info[name]
+    if entry.get("formatting", "alpaca") != "sharegpt":
+        raise ValueError(f"dataset {name!r}: only formatting 'sharegpt' is supported, got {entry.get('formatting')!r}")
+    return load_sharegpt(Path(data_dir) / entry["file_name"], data_dir, ShareGPTFormat.from_info(entry))
 
 
 # ----------------------------------------------------------------------------- other sources
@@ -155,16 +271,24 @@ def teacher_trajectories(sim_dir: str | Path, out: str | Path, *, reflect: float
     return load_traces(Path(out) / "traces")
 
 
-SOURCES = ("vilasr", "sim_teacher", "traces")
+SOURCES = ("llamafactory", "vilasr", "sim_teacher", "traces")
 
 
-def load_source(spec: dict[str, Any]) -> list[dict[str, Any]]:
+def _under(path: str, data_dir: str | Path | None) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or data_dir is None else Path(data_dir) / p
+
+
+def load_source(spec: dict[str, Any], data_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Examples from one ``data:`` entry of a training config.
 
-    ``{"format": "vilasr", "path": FILE, "image_root": DIR?}`` — ViLaSR-data (:func:`load_sharegpt`);
+    ``{"format": "llamafactory", "dataset": NAME}`` — a dataset of ``data_dir/dataset_info.json``
+    (:func:`load_llamafactory`); ``{"format": "vilasr", "path": FILE, "image_root": DIR?}`` — one
+    ShareGPT file (images against ``image_root``, else ``data_dir``, else the file's folder);
     ``{"format": "sim_teacher", "path": SIM_DIR, "out": DIR, "reflect": P?, "seed": S?}`` — teacher
     trajectories (:func:`teacher_trajectories`); ``{"format": "traces", "path": DIR}`` — saved traces
-    (e.g. stage 2's output, :func:`load_traces`). ``limit: N`` keeps the first N examples.
+    (e.g. stage 2's output, :func:`load_traces`). ``limit: N`` keeps the first N examples. Relative
+    paths are under ``data_dir`` when it is given.
 
     Raises:
         ValueError: Unknown format or missing keys.
@@ -173,10 +297,15 @@ def load_source(spec: dict[str, Any]) -> list[dict[str, Any]]:
     fmt = spec.get("format")
     if fmt not in SOURCES:
         raise ValueError(f"data format must be one of {SOURCES}, got {fmt!r}")
-    if "path" not in spec:
+    if fmt == "llamafactory":
+        if "dataset" not in spec or data_dir is None:
+            raise ValueError(f"data entry {spec}: format llamafactory needs 'dataset' and the config's data_dir")
+        examples = load_llamafactory(spec["dataset"], data_dir)
+    elif "path" not in spec:
         raise ValueError(f"data entry {spec} has no 'path'")
-    if fmt == "vilasr":
-        examples = load_sharegpt(spec["path"], spec.get("image_root"))
+    elif fmt == "vilasr":
+        path = _under(spec["path"], data_dir)
+        examples = load_sharegpt(path, spec.get("image_root") or data_dir)
     elif fmt == "sim_teacher":
         out = spec.get("out") or str(Path(spec["path"]) / "teacher")
         examples = teacher_trajectories(spec["path"], out, reflect=float(spec.get("reflect", 0.0)),
@@ -186,12 +315,55 @@ def load_source(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return examples[: spec["limit"]] if spec.get("limit") else examples
 
 
-def load_items(spec: dict[str, Any]) -> tuple[list, Path]:
+RL_KINDS = {"video": "video", "spatial_r1": "video", "maze": "single", "vqa": "single"}
+"""``data_type`` → prompt layout (``verl/utils/dataset_multimodal.py`` L221-226)."""
+
+
+def load_rl_items(path: str | Path, data_dir: str | Path | None = None) -> list:
+    """The RL stage's items (``rl/vilasr_rl_data.jsonl``, read as ``dataset_multimodal.py`` reads
+    it): ``question``, ``answer``, ``image_path`` (a list), ``question_type`` (the reward's and the
+    prompt's answer type), ``data_type`` (``video``/``spatial_r1`` → frames layout, ``maze``/``vqa``
+    → one image), ``options`` for multiple choice. Image paths are tried under ``data_dir`` first,
+    then as written. Items with a ``data_type`` outside those four are invalid (the reference raises).
+
+    Returns:
+        :class:`~vilasr_ros.evaluation.datasets.EvalItem` list (``raw`` keeps the item; budget 10
+        model calls, ``worker.rollout.num_llm_calls_available`` in ``train_grpo.sh``; mazes 20).
+    """
+    from vilasr_ros.evaluation.datasets import EvalItem
+
+    path = Path(path)
+    root = Path(data_dir) if data_dir is not None else path.parent
+    items = []
+    for k, raw in enumerate(_read(path)):
+        paths = raw.get("image_path") or []
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        images = [Path(media_path(str(p), root)) for p in paths]
+        kind = RL_KINDS.get(str(raw.get("data_type")))
+        invalid = None
+        if kind is None:
+            invalid = f"data_type must be one of {sorted(RL_KINDS)}, got {raw.get('data_type')!r}"
+        elif not isinstance(raw.get("question"), str) or "question_type" not in raw:
+            invalid = "an RL item needs 'question' and 'question_type'"
+        elif kind == "single" and len(images) != 1:
+            invalid = f"data_type {raw['data_type']!r} takes one image, got {len(images)}"
+        options = raw.get("options") if raw.get("question_type") == "multiple choice" else None
+        item = EvalItem(str(raw.get("id", f"rl_{k}")), k, raw, images, str(raw.get("question", "")),
+                        list(options) if options else None, str(raw.get("question_type", "")), kind or "video",
+                        20 if raw.get("data_type") == "maze" else 10, [], invalid)
+        item.missing.extend(check_images([str(p) for p in images]))
+        items.append(item)
+    return items
+
+
+def load_items(spec: dict[str, Any], data_dir: str | Path | None = None) -> tuple[list, Path]:
     """ViLaSR-eval items for stages 2 and 3 (questions with answers, no trajectories).
 
-    ``spec``: ``{"dataset": sim|vsi_bench|..., "path": FILE_OR_DIR, "image_folder"?, "frames"?,
-    "types"?: [original_question_type, ...], "limit"?}`` (:func:`vilasr_ros.evaluation.datasets.load_dataset`).
-    Items with missing images are left out with a warning naming them.
+    ``spec``: ``{"dataset": sim|vsi_bench|...|vilasr_rl, "path": FILE_OR_DIR, "image_folder"?,
+    "frames"?, "types"?: [original_question_type, ...], "limit"?}``
+    (:func:`vilasr_ros.evaluation.datasets.load_dataset`; ``vilasr_rl``: :func:`load_rl_items`).
+    Relative paths are under ``data_dir`` when it is given. Items with missing images or invalid
+    fields are left out with a warning naming them.
 
     Returns:
         ``(items, image_root)``.
@@ -203,13 +375,19 @@ def load_items(spec: dict[str, Any]) -> tuple[list, Path]:
 
     from vilasr_ros.evaluation.datasets import load_dataset
 
-    items, root = load_dataset(spec.get("dataset", "sim"), spec["path"], spec.get("image_folder"),
-                               int(spec.get("frames", 16)))
-    missing = [it.id for it in items if it.missing]
+    dataset = spec.get("dataset", "sim")
+    if dataset == "vilasr_rl":
+        path = _under(spec["path"], data_dir)
+        items, root = load_rl_items(path, data_dir), Path(data_dir) if data_dir is not None else path.parent
+    else:
+        image_folder = spec.get("image_folder")
+        items, root = load_dataset(dataset, _under(spec["path"], data_dir),
+                                   _under(image_folder, data_dir) if image_folder else None, int(spec.get("frames", 16)))
+    missing = [it.id for it in items if it.missing or it.invalid]
     if missing:
-        logging.getLogger(__name__).warning("leaving out %d items with missing images: %s", len(missing),
-                                            ", ".join(missing[:20]))
-    items = [it for it in items if not it.missing]
+        logging.getLogger(__name__).warning("leaving out %d items with missing images or invalid fields: %s",
+                                            len(missing), ", ".join(missing[:20]))
+    items = [it for it in items if not (it.missing or it.invalid)]
     if spec.get("types"):
         items = [it for it in items if it.raw.get("original_question_type") in spec["types"]]
     items = items[: spec.get("limit") or None]

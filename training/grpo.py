@@ -27,9 +27,13 @@ lr 1e-6, images capped at 45, KL off (``beta: 0``). Rollouts run on the training
 (transformers); trl's vLLM colocate/server generation is not wired to the multi-turn loop yet
 (``use_vllm`` is refused with that message).
 
-Config keys (``config/training/grpo.yaml``): ``model``, ``items`` (as stage 2), ``max_pixels``
-(200704, the RL setting), ``max_images``, ``max_tokens_per_turn``, ``freeze_vision``, ``lora``,
-``resume``, ``args`` (``GRPOConfig`` fields).
+Config keys (``config/training/grpo.yaml``, each setting there with its source in the authors' run):
+``model``, ``data_dir``, ``items`` (as stage 2; ``{dataset: vilasr_rl, path: rl/vilasr_rl_data.jsonl}``
+for the official RL file), ``max_pixels`` (200704, the RL setting), ``max_images`` (42),
+``max_tokens_per_turn`` (1024), ``max_response_tokens`` (13312 per trajectory), ``prompt_layout``
+(``rl``: the RL data loader's first turn, the default for ``vilasr_rl`` items; ``eval`` otherwise),
+``on_tool_error`` (``retry``), ``freeze_vision``, ``lora``, ``resume``, ``args`` (``GRPOConfig``
+fields). The loss mask leaves out ``<|im_end|>`` (:func:`rl_loss_mask`).
 """
 
 from __future__ import annotations
@@ -45,13 +49,13 @@ from vilasr_ros.errors import require
 logger = logging.getLogger(__name__)
 
 
-def rl_dataset(spec: dict[str, Any]):
+def rl_dataset(spec: dict[str, Any], data_dir: str | None = None):
     """ViLaSR-eval items as a GRPO dataset: ``prompt`` (the question, for trl's bookkeeping), ``item``
     (JSON: what the rollout needs), ``ground_truth``, ``problem_type`` (reward columns)."""
     datasets = require("datasets", "train")
     from vilasr_ros_training.data import load_items
 
-    items, root = load_items(spec)
+    items, root = load_items(spec, data_dir)
     rows = {"prompt": [], "item": [], "ground_truth": [], "problem_type": []}
     for it in items:
         rows["prompt"].append([{"role": "user", "content": it.question}])
@@ -64,17 +68,40 @@ def rl_dataset(spec: dict[str, Any]):
     return datasets.Dataset.from_dict(rows)
 
 
+RL_MAX_IMAGES = 42
+"""``MAX_IMAGES`` of the RL rollout (``verl/workers/rollout/vllm_rollout/vllm_rollout_spmd_video.py`` L52);
+evaluation allows 45."""
+RL_MAX_RESPONSE_TOKENS = 13312
+"""``data.max_response_length`` of ``train/rl/train_grpo.sh`` L10: a whole trajectory's budget."""
+
+
+def rl_loss_mask(ids: list[int], assistant_mask: list[int], tokenizer) -> list[int]:
+    """The RL stage's loss mask: what the model wrote, without its ``<|im_end|>`` (nor the line break
+    after it) — ``_get_multi_turn_mask`` of ``vllm_rollout_spmd_video.py`` L393-437 switches off at
+    every ``<|im_end|>`` and on again after ``<|im_start|>assistant\n``."""
+    im_end = tokenizer.convert_tokens_to_ids(protocol.EOS_TOKEN)
+    out = list(assistant_mask)
+    for k, token in enumerate(ids):
+        if token == im_end:
+            out[k] = 0
+            if k + 1 < len(ids) and tokenizer.decode([ids[k + 1]]) == "\n":
+                out[k + 1] = 0
+    return out
+
+
 def rollout_tensors(trace, tokenizer, image_processor) -> dict[str, Any]:
     """One trajectory as trl's prompt/completion ids, env mask and vision inputs (module docstring).
 
     The whole chat text is encoded once; the prompt ends where the model's first turn begins (the
-    first assistant token), i.e. right after the first ``<|im_start|>assistant\n``.
+    first assistant token), i.e. right after the first ``<|im_start|>assistant\n``. The mask is
+    :func:`rl_loss_mask` (no loss on ``<|im_end|>``).
     """
     from vilasr_ros_training.chat import encode
 
     whole = encode(trace.chat_text, trace.pil_images, tokenizer, image_processor)
-    ids, mask = whole["input_ids"], whole["assistant_mask"]
-    p = mask.index(1) if 1 in mask else len(ids)
+    ids = whole["input_ids"]
+    mask = rl_loss_mask(ids, whole["assistant_mask"], tokenizer)
+    p = whole["assistant_mask"].index(1) if 1 in whole["assistant_mask"] else len(ids)
     completion, env_mask = ids[p:], mask[p:]
     if not completion:  # the engine failed before writing anything: one masked end token
         completion, env_mask = [tokenizer.convert_tokens_to_ids(protocol.EOS_TOKEN)], [0]
@@ -143,7 +170,7 @@ def make_trainer_class():
                         loaded[key] = []
                         for path in key:
                             with Image.open(path) as im:
-                                loaded[key].append(im.convert("RGB"))
+                                loaded[key].append(protocol.to_rgb(im))
                     images = loaded[key]  # the loop never modifies its inputs (it draws on copies)
                     traces.append(Reasoner(engine, cfg).run(
                         images, item["question"], item["problem_type"], item["options"], kind=item["kind"],
@@ -211,9 +238,13 @@ def train_grpo(config: dict[str, Any]) -> tuple[dict[str, Any], Any]:
                                               "remove_unused_columns": False})
     policy, tokenizer, image_processor, path = policy_from_config(config, bool(grpo_args.bf16))
     reasoner_config = ReasonerConfig(max_pixels=int(config.get("max_pixels", protocol.prompts()["image_max_pixels"]["rl_training"])),
-                                     max_images=int(config.get("max_images", 45)))
+                                     max_images=int(config.get("max_images", RL_MAX_IMAGES)),
+                                     prompt_layout=config.get("prompt_layout", "rl" if config["items"].get("dataset") == "vilasr_rl"
+                                                              else "eval"),
+                                     on_tool_error=config.get("on_tool_error", "retry"),
+                                     max_response_tokens=config.get("max_response_tokens", RL_MAX_RESPONSE_TOKENS))
     trainer = make_trainer_class()(
-        model=policy, reward_funcs=[vilasr_reward_func], args=grpo_args, train_dataset=rl_dataset(config["items"]),
+        model=policy, reward_funcs=[vilasr_reward_func], args=grpo_args, train_dataset=rl_dataset(config["items"], config.get("data_dir")),
         processing_class=tokenizer, peft_config=peft_config(config.get("lora")), image_processor=image_processor,
         reasoner_config=reasoner_config, max_tokens_per_turn=config.get("max_tokens_per_turn"))
     trainer.train(resume_from_checkpoint=config.get("resume") or None)

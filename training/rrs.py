@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from vilasr_ros import protocol
 from vilasr_ros.engines.base import Engine, SamplingConfig
 from vilasr_ros.sanitize import safe_name
 from vilasr_ros.evaluation.runner import for_each
@@ -63,7 +64,7 @@ def sample_and_select(config: dict[str, Any], engine: Engine | None = None,
     from vilasr_ros.engines import create_engine
     from vilasr_ros_training.data import load_items
 
-    items, root = load_items(config["items"])
+    items, root = load_items(config["items"], config.get("data_dir"))
     if engine is None:
         options = dict(config.get("engine") or {})
         engine = create_engine(options.pop("name", "transformers"), **options)
@@ -90,7 +91,7 @@ def sample_and_select(config: dict[str, Any], engine: Engine | None = None,
         images = []
         for p in item.image_paths:
             with Image.open(p) as im:
-                images.append(im.convert("RGB"))
+                images.append(protocol.to_rgb(im))
         for k in range(k_samples):
             if (item.id, k) in done:
                 continue

@@ -133,12 +133,12 @@ def train_sft(config: dict[str, Any], examples: list[dict[str, Any]] | None = No
     from vilasr_ros_training.data import load_source
 
     if examples is None:
-        examples = [e for spec in config.get("data") or [] for e in load_source(spec)]
+        examples = [e for spec in config.get("data") or [] for e in load_source(spec, config.get("data_dir"))]
     sft_args = trainer_args(trl.SFTConfig, {"report_to": "tensorboard", **config["args"], "remove_unused_columns": False,
                                             "dataset_kwargs": {"skip_prepare_dataset": True}})
     policy, tokenizer, image_processor, path = policy_from_config(config, bool(sft_args.bf16))
     collator = VilasrCollator(tokenizer, image_processor, int(config.get("max_pixels", protocol.prompts()["image_max_pixels"]["cold_start_sft"])),
-                              config.get("max_length"))
+                              config.get("max_length"), config.get("sft_format", "llamafactory"))
     trainer = trl.SFTTrainer(model=policy, args=sft_args, train_dataset=as_dataset(examples),
                              processing_class=tokenizer, data_collator=collator,
                              peft_config=peft_config(config.get("lora")))

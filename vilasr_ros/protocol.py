@@ -42,6 +42,8 @@ FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
 FINISH_TOOL_ERROR = "ToolError"
 FINISH_TOO_MANY_IMAGES = "TooManyImages"
+FINISH_MAX_TOKENS = "max_tokens"
+"""A trajectory that spent ``ReasonerConfig.max_response_tokens`` (the RL rollout's name for it)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -114,6 +116,24 @@ def resized_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     return int(w), int(h)
 
 
+def to_rgb(image):
+    """An RGB copy of a PIL image as ``qwen_vl_utils.vision_process.to_rgb`` makes it: RGBA
+    composited over white, every other mode through ``convert("RGB")`` (what the reference's
+    ``fetch_image`` feeds the model in evaluation, RL and stage-2 sampling).
+
+    >>> from PIL import Image
+    >>> to_rgb(Image.new("RGBA", (1, 1), (0, 0, 0, 0))).getpixel((0, 0))
+    (255, 255, 255)
+    """
+    from PIL import Image
+
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.split()[3])
+        return background
+    return image.convert("RGB")
+
+
 def resize_for_model(image, max_pixels: int):
     """Resize a PIL image the way the reference does before the model sees it (spec §1).
 
@@ -128,14 +148,7 @@ def resize_for_model(image, max_pixels: int):
     Returns:
         RGB ``PIL.Image.Image`` whose sides are multiples of 28.
     """
-    from PIL import Image
-
-    if image.mode == "RGBA":
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image, mask=image.split()[3])
-        image = background
-    else:
-        image = image.convert("RGB")
+    image = to_rgb(image)
     size = resized_size(image.width, image.height, max_pixels)
     if size == image.size:
         return image.copy()
@@ -145,6 +158,15 @@ def resize_for_model(image, max_pixels: int):
 # ----------------------------------------------------------------------------- first turn
 
 
+RL_QUESTION_TEMPLATE = "\n{question}\n\nBegin your reasoning. After each tool use, critically evaluate the visualization and adjust if needed:\n"
+"""``PROMPT_TEMPLATE`` of the RL stage's data loader (AntResearchNLP/ViLaSR ``verl/utils/dataset_multimodal.py``
+L78-82): evaluation's ``question_template`` without its ``### Question:`` header."""
+RL_VIDEO_PREFIX = ("These are frames from a video, numbered from 1 to 16 in sequence. That is, the index of each image "
+                   "is 1, 2, 3, ..., 16.\n\nAnswer the quesntion with appropriate tools:\n")
+"""``construct_video_prompt`` (``dataset_multimodal.py`` L158): "16" whatever the frame count."""
+LAYOUTS = ("eval", "rl")
+
+
 def build_question_text(
     question: str,
     problem_type: str,
@@ -152,6 +174,7 @@ def build_question_text(
     *,
     n_frames: int = 1,
     kind: str = "single",
+    layout: str = "eval",
 ) -> str:
     """The user text of the first turn, after the image(s) (spec §2).
 
@@ -163,9 +186,12 @@ def build_question_text(
         n_frames: Number of frames shown (video-style prompts name it).
         kind: ``"single"`` (one image), ``"video"`` (k frames of a walkthrough, VSI-Bench style) or
             ``"multi_view"`` (k views, SPAR/MMSI style: captions without the video preamble).
+        layout: ``eval`` (``eval/infer.py``, what the released weights are evaluated with) or ``rl``
+            (the RL stage's ``verl/utils/dataset_multimodal.py`` L155-200: :data:`RL_QUESTION_TEMPLATE`,
+            :data:`RL_VIDEO_PREFIX`, options stripped; ``multi_view`` is laid out as ``video``).
 
     Returns:
-        ``question_template.format(question=...)``.
+        ``question_template.format(question=...)`` (``eval``) or ``RL_QUESTION_TEMPLATE.format(...)``.
 
     Raises:
         QueryError: Empty question or unknown type/kind.
@@ -176,8 +202,18 @@ def build_question_text(
         raise QueryError("the question is empty")
     opts = ""
     if ptype == "multiple choice" and options:
-        opts = "\n" + "\n".join(str(o) for o in options)
+        opts = "\n" + "\n".join(str(o).strip() if layout == "rl" else str(o) for o in options)
     suffix = p["answer_type_suffix"][ptype]
+    if layout == "rl":
+        if kind not in ("single", "video", "multi_view"):
+            raise QueryError(f"unknown prompt kind {kind!r}; use single, video or multi_view")
+        if kind == "single":
+            body = question + opts + p["single_image_question_suffix"] + suffix
+        else:
+            body = RL_VIDEO_PREFIX + question + opts + suffix
+        return RL_QUESTION_TEMPLATE.format(question=body)
+    if layout != "eval":
+        raise QueryError(f"unknown prompt layout {layout!r}; use eval or rl")
     if kind == "single":
         body = question + opts + p["single_image_question_suffix"] + suffix
     elif kind == "video":
@@ -195,8 +231,10 @@ def initial_messages(
     problem_type: str,
     options: list[str] | None = None,
     kind: str | None = None,
+    layout: str = "eval",
 ) -> list[dict[str, Any]]:
-    """System and first user message in Hugging Face chat format (spec §2).
+    """System and first user message in Hugging Face chat format (spec §2; ``layout`` as in
+    :func:`build_question_text`: the RL stage's first turn differs only in the question text).
 
     Images appear as ``{"type": "image", "image_index": k}`` (k = 0-based position in the model's
     image list); :func:`render_chat` turns them into Qwen2.5-VL vision placeholders.
@@ -222,7 +260,7 @@ def initial_messages(
     p = prompts()
     width, height = image_sizes[0]
     system = {"role": "system", "content": p["system_prompt"].format(width=width, height=height)}
-    text = build_question_text(question, problem_type, options, n_frames=len(image_sizes), kind=kind)
+    text = build_question_text(question, problem_type, options, n_frames=len(image_sizes), kind=kind, layout=layout)
     if kind == "single":
         content = [{"type": "image", "image_index": 0}, {"type": "text", "text": text}]
     else:

@@ -39,6 +39,23 @@ class ReasonerConfig:
             ``ToolError`` (a bound on hostile or runaway output; the reference has none, and its
             models write a handful).
         sampling: Decoding settings.
+        on_tool_error: What a tool call whose drawing fails (an image index that does not exist,
+            coordinates that are not numbers) does: ``stop`` ends the loop with ``ToolError`` (a
+            robot asks again rather than spend turns); ``retry`` discards the turn (kept in the trace
+            with ``discarded``) and generates again from the same prompt, the turn budget counting
+            down — what the reference's evaluation does (``eval/infer.py`` L262-265: the drawing
+            raises, ``process_single_response`` returns None, the response is dropped; L365-366:
+            every call counts). A turn with no box or line at all ends with ``ToolError`` either way
+            (``infer.py`` L203-204).
+        prompt_layout: First-turn text: ``eval`` or ``rl`` (the RL stage's data loader;
+            :func:`vilasr_ros.protocol.build_question_text`).
+        max_response_tokens: Budget of a whole trajectory after the first prompt — tokens the model
+            wrote plus the user turns that show drawn images (their text and image tokens) — as the
+            RL stage's rollout counts it (``vllm_rollout_spmd_video.py`` L600-604, L700-719,
+            ``data.max_response_length`` 13312 in ``train_grpo.sh``): a turn that reaches it, or a
+            next user turn that would, ends the loop with finish reason ``max_tokens`` (that turn
+            is kept, no image follows). None: no budget. Text is counted with the engine's
+            tokenizer (``Engine.count_tokens``; engines without one count the model's tokens only).
     """
 
     max_pixels: int = protocol.prompts()["image_max_pixels"]["eval_default"]
@@ -46,8 +63,17 @@ class ReasonerConfig:
     max_images: int = protocol.prompts()["max_images"]
     max_drawings_per_turn: int = 512
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    on_tool_error: str = "stop"
+    prompt_layout: str = "eval"
+    max_response_tokens: int | None = None
 
     def __post_init__(self):
+        if self.on_tool_error not in ("stop", "retry"):
+            raise ValueError(f"on_tool_error must be 'stop' or 'retry', got {self.on_tool_error!r}")
+        if self.prompt_layout not in protocol.LAYOUTS:
+            raise ValueError(f"prompt_layout must be one of {protocol.LAYOUTS}, got {self.prompt_layout!r}")
+        if self.max_response_tokens is not None and self.max_response_tokens < 1:
+            raise ValueError(f"max_response_tokens must be >= 1 or None, got {self.max_response_tokens}")
         if self.max_pixels < protocol.MIN_PIXELS:
             raise ValueError(f"max_pixels must be >= {protocol.MIN_PIXELS}, got {self.max_pixels}")
         if self.max_turns < 1:
@@ -143,7 +169,7 @@ class Reasoner:
             raise QueryError("at least one image is needed")
         pil = [protocol.resize_for_model(to_pil(img), cfg.max_pixels) for img in images]
         kind = kind or ("single" if len(pil) == 1 else "video")
-        messages = protocol.initial_messages([im.size for im in pil], question, ptype, options, kind)
+        messages = protocol.initial_messages([im.size for im in pil], question, ptype, options, kind, cfg.prompt_layout)
         trace = Trace(
             question=question,
             problem_type=ptype,
@@ -167,6 +193,7 @@ class Reasoner:
                                         "max_images": cfg.max_images, "max_drawings_per_turn": cfg.max_drawings_per_turn,
                                         **{k: v for k, v in vars(cfg.sampling).items() if v is not None}}}
 
+        budget = {"spent": 0}
         for call in range(1, cfg.max_turns + 1):
             if cancel is not None and cancel.is_set():
                 trace.finish_reason, trace.error = "cancelled", "cancelled before turn %d" % call
@@ -199,7 +226,7 @@ class Reasoner:
                 engine_s=t1 - t0,
             )
             trace.turns.append(turn)
-            done = self._after_turn(trace, turn, state, call)
+            done = self._after_turn(trace, turn, state, call, budget)
             turn.host_s = time.perf_counter() - t1
             if on_turn is not None:
                 try:
@@ -214,14 +241,21 @@ class Reasoner:
         except Exception:  # noqa: BLE001 - releasing a stream must not lose the trace
             logger.exception("engine.finish failed")
         if trace.finish_reason in (protocol.FINISH_STOP, None) and trace.turns:
-            trace.answer = protocol.extract_answer(trace.turns[-1].text)
+            trace.answer = protocol.extract_answer(trace.model_output)
         trace.total_s = time.perf_counter() - start
         return trace
 
-    def _after_turn(self, trace: Trace, turn: Turn, state: protocol.AnnotationState, call: int) -> bool:
+    def _after_turn(self, trace: Trace, turn: Turn, state: protocol.AnnotationState, call: int,
+                    budget: dict[str, int]) -> bool:
         """Apply one turn; return True when the loop ends (sets ``trace.finish_reason``)."""
         cfg = self.config
         text = turn.text
+        written = 0
+        if cfg.max_response_tokens is not None:  # the RL rollout's trajectory budget (ReasonerConfig)
+            written = turn.completion_tokens if turn.completion_tokens is not None else (self.engine.count_tokens(text) or 0)
+            if budget["spent"] + written >= cfg.max_response_tokens and call < cfg.max_turns:
+                trace.finish_reason = protocol.FINISH_MAX_TOKENS
+                return True
         if call == cfg.max_turns:  # the last call: whatever it wrote ends the loop
             trace.finish_reason = turn.finish_reason
             return True
@@ -250,6 +284,12 @@ class Reasoner:
                 draw_annotations(trace.pil_images[e.source_index], e.boxes, e.lines) for e in edits
             ]
         except (ModelOutputError, TypeError, ValueError, OverflowError) as exc:
+            if cfg.on_tool_error == "retry" and (boxes or lines) and len(boxes) + len(lines) <= cfg.max_drawings_per_turn:
+                turn.discarded = True
+                turn.error = f"tool call discarded (generated again): {exc}"
+                turn.boxes, turn.lines = [], []
+                logger.info("turn %d discarded: %s", call, exc)
+                return False
             trace.finish_reason = protocol.FINISH_TOOL_ERROR
             turn.error = trace.error = f"tool call rejected: {exc}"
             logger.info("turn %d ended the loop with ToolError: %s", call, exc)
@@ -258,6 +298,10 @@ class Reasoner:
         # Append the new images; the image budget switches to the final prompt and drops the rest
         # (reference behaviour for several edits in one turn).
         budget_final = call == cfg.max_turns - 1
+        if cfg.max_response_tokens is not None and not self._fits(trace, state, edits, drawn, text, budget_final,
+                                                                  written, budget):
+            trace.finish_reason = protocol.FINISH_MAX_TOKENS
+            return True
         shown: list[tuple[int, tuple[int, int]]] = []
         final = budget_final
         for edit, image in zip(edits, drawn):
@@ -285,3 +329,26 @@ class Reasoner:
             protocol.continuation_message(shown, final=final),
         ]
         return False
+
+    def _fits(self, trace: Trace, state, edits, drawn, text: str, final: bool, written: int, budget: dict[str, int]) -> bool:
+        """Whether this turn and the user turn that would show its images stay within
+        ``max_response_tokens`` (counted as the RL rollout does: the turn's tokens, the new user
+        turn's text, 256 per image — ``vllm_rollout_spmd_video.py`` L700-703, L785-787); adds them to
+        the budget when they do."""
+        cfg = self.config
+        shown, n = [], len(trace.pil_images)
+        for k, (edit, image) in enumerate(zip(edits, drawn)):
+            shown.append((edit.new_index, image.size))
+            if edit.new_index + 1 >= cfg.max_images:
+                final = True
+                break
+        before = protocol.render_chat(trace.messages, add_generation_prompt=True) + text
+        after = protocol.render_chat(trace.messages + [{"role": "assistant", "content": text},
+                                                       protocol.continuation_message(shown, final=final)],
+                                     add_generation_prompt=True)
+        template = self.engine.count_tokens(after[len(before):]) or 0
+        needed = written + template + 256 * len(shown)
+        if budget["spent"] + needed >= cfg.max_response_tokens:
+            return False
+        budget["spent"] += needed
+        return True

@@ -66,37 +66,51 @@ def _parse_number(text: str) -> float | None:
 
 
 def _parse_vci(text: str) -> dict[str, float] | None:
-    values: dict[str, float] = {}
+    """``parse_instruction`` of ``eval/evaluate.py`` (L71-72): ``key:value`` items split on ``,``;
+    keys are not stripped (``" move_forward"`` is another key) and a repeated key keeps its last
+    value. None where the reference raises (and scores 0)."""
     try:
-        for item in text.split(","):
-            key, value = item.split(":")
-            values[key.strip()] = values.get(key.strip(), 0.0) + float(value)
+        return {k: float(v) for k, v in [item.split(":") for item in text.split(",")]}
     except ValueError:
         return None
-    return values
 
 
-def score_answer(model_output: str, answer: str, problem_type: str) -> float:
-    """Score one model output against the ground truth as the authors' ``evaluate.py`` does.
+REFERENCE_TYPES = ("multiple choice", "numerical", "regression", "vci")
+"""The problem types ``reward_fn`` of ``eval/evaluate.py`` (L74-101) scores, compared as written."""
+
+
+def score_answer(model_output: str, answer: str, problem_type: str, *, lenient: bool = False) -> float:
+    """Score one model output against the ground truth as the authors' ``eval/evaluate.py`` does.
 
     Args:
         model_output: The model's last turn (``<answer>`` content is used when present).
         answer: Ground truth (may itself be wrapped in ``<answer>``; options like ``"B. text"``).
-        problem_type: ``multiple choice``, ``numerical``, ``regression``, ``vci`` (SPAR view change)
-            or ``free-form`` (exact match after stripping, case-insensitive).
+        problem_type: ``multiple choice``, ``numerical``, ``regression`` or ``vci`` (SPAR view
+            change), compared case-sensitively as the reference does; any other type scores 0
+            there (``reward_fn``'s ``else``), so it does here.
+        lenient: This project's own datasets (``sim``): types compared after lower-casing and
+            ``-``/``_`` → space, ``free-form`` scored by case-insensitive exact match, and an unknown
+            type raises.
 
     Returns:
-        A score in [0, 1]. Unparseable output scores 0; this never raises on model output.
+        A score in [0, 1]. Unparseable output scores 0; this never raises on model output (an
+        empty multiple-choice answer scores 0 where the reference raises ``IndexError``).
 
     Raises:
-        ValueError: Unknown problem type.
+        ValueError: Unknown problem type (``lenient`` only).
 
     >>> score_answer("<answer> B. left </answer>", "B", "multiple choice")
     1.0
     >>> score_answer("3", "3.0", "numerical")
     0.0
+    >>> score_answer("B", "B", "Multiple Choice")  # the reference compares types as written
+    0.0
     """
-    ptype = str(problem_type).strip().lower().replace("-", " ").replace("_", " ")
+    ptype = str(problem_type)
+    if lenient:
+        ptype = ptype.strip().lower().replace("-", " ").replace("_", " ")
+        if ptype not in REFERENCE_TYPES + ("free form",):
+            raise ValueError(f"unknown problem type {problem_type!r}")
     pred = extract_answer_text(model_output)
     truth = extract_answer_text(answer)
     if ptype == "multiple choice":
@@ -125,6 +139,6 @@ def score_answer(model_output: str, answer: str, problem_type: str) -> float:
             t = t_map.get(pos, 0.0) - t_map.get(neg, 0.0)
             scores.append(mean_relative_accuracy(p, t))
         return float(np.mean(scores))
-    if ptype in ("free form", "free-form"):
+    if ptype == "free form":  # lenient only
         return 1.0 if pred.lower() == truth.lower() else 0.0
-    raise ValueError(f"unknown problem type {problem_type!r}")
+    return 0.0

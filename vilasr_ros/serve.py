@@ -153,15 +153,18 @@ class QueryRequest:
 
 
 def decode_frames(blobs: list[tuple[str, bytes]]):
-    """Image files → RGB PIL images. Raises QueryError naming the first that is not an image."""
+    """Image files → RGB PIL images (alpha over white, :func:`~vilasr_ros.protocol.to_rgb`). Raises
+    QueryError naming the first that is not an image."""
     from PIL import Image
+
+    from vilasr_ros.protocol import to_rgb
 
     out = []
     for k, (name, data) in enumerate(blobs):
         try:
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
-                out.append(im.convert("RGB"))
+                out.append(to_rgb(im))
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for non-images
             raise QueryError(f"frame {k} ({clean_text(name)[:60]}) is not an image: {type(exc).__name__}") from None
     return out

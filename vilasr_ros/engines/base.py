@@ -127,3 +127,9 @@ class Engine(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Settings worth recording in a trace (name, model id, ...)."""
         return {"engine": self.name}
+
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens of ``text`` with the model's tokenizer (no special tokens added), or None when the
+        engine has no tokenizer at hand (``ReasonerConfig.max_response_tokens`` then counts the
+        model's own tokens only)."""
+        return None

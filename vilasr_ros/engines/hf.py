@@ -385,6 +385,9 @@ class TransformersEngine(Engine):
         except ImportError:
             pass
 
+    def count_tokens(self, text: str) -> int | None:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "model": self.model_id, "device": self.device, "dtype": str(self.dtype),
                 "turn_reuse": self.turn_reuse}

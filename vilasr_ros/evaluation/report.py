@@ -24,7 +24,7 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
     if not info_path.exists():
         raise FileNotFoundError(f"{run_dir} is not an evaluation run (no run.json)")
     info = json.loads(info_path.read_text())
-    records = score_records(load_results(run_dir))
+    records = score_records(load_results(run_dir), info["dataset"])
     return {"name": run_dir.name, "dir": run_dir, "info": info, "records": records,
             "summary": summarize(records, info["dataset"])}
 

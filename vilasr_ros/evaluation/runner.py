@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+from vilasr_ros import protocol
 from vilasr_ros.engines.base import Engine
 from vilasr_ros.errors import QueryError
 from vilasr_ros.evaluation.datasets import DEFAULT_FRAMES, EvalItem, load_dataset
@@ -134,6 +135,7 @@ def _record(item: EvalItem, trace: Trace, trace_dir: str | None) -> dict[str, An
         "error": trace.error,
         "extracted_answer": trace.answer,
         "turns": len(trace.turns),
+        "discarded_turns": sum(t.discarded for t in trace.turns),
         "images": len(trace.images),
         "drawings": sum(len(t.boxes) + len(t.lines) for t in trace.turns),
         "reflection": reflective(trace),
@@ -164,7 +166,8 @@ def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *,
         data: Question file or folder.
         engine: The model.
         out: Output folder (created; an existing one is resumed).
-        config: Loop settings (max_pixels, sampling); the turn budget comes from the dataset
+        config: Loop settings (max_pixels, sampling; default: a failed drawing is discarded and
+            generated again, as the reference evaluates); the turn budget comes from the dataset
             (10; 20 for mazes) unless ``max_turns_override`` is given.
         shard: ``(i, n)``.
         image_folder: Root of ``image_path`` (default: the question file's folder).
@@ -179,7 +182,7 @@ def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *,
     Raises:
         QueryError: Bad dataset, data or shard; an ``OUT`` holding a run of another dataset.
     """
-    config = config or ReasonerConfig()
+    config = config or ReasonerConfig(on_tool_error="retry")
     items, root = load_dataset(dataset, data, image_folder, frames)
     i, n = shard
     items = items[len(items) * i // n: len(items) * (i + 1) // n]
@@ -188,6 +191,7 @@ def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *,
     run_info = {"dataset": dataset, "data": str(Path(data).resolve()), "image_folder": str(root.resolve()),
                 "engine": engine.describe(), "frames": frames, "shard": list(shard),
                 "settings": {"max_pixels": config.max_pixels, "max_images": config.max_images,
+                             "on_tool_error": config.on_tool_error,
                              "max_turns": max_turns_override or "dataset default",
                              "sampling": vars(config.sampling).copy()}}
     info_path = out / "run.json"
@@ -237,7 +241,7 @@ def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *,
         for p in item.image_paths:
             try:
                 with Image.open(p) as im:
-                    images.append(im.convert("RGB"))
+                    images.append(protocol.to_rgb(im))
             except (OSError, SyntaxError, ValueError) as exc:
                 raise QueryError(f"image {p} cannot be decoded: {exc}") from exc
         trace = Reasoner(engine, cfg).run(images, item.question, item.problem_type, item.options, kind=item.kind,

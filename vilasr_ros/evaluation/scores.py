@@ -1,12 +1,18 @@
 """``vilasr eval score``: per-item scores (spec §6, :func:`~vilasr_ros.scoring.score_answer`) and the
 tables the authors print.
 
-Aggregation (spec §6): VSI-Bench's overall is the mean over its eight task types, the three
-``object_rel_direction`` levels merged into one type (their items pooled); SPAR-Bench's is the mean
-over its task types, which are also grouped into SPAR's three levels by name (depth/distance
-prediction → low, view change / position matching / camera motion → medium, the rest → high;
-``_mv`` variants with their single-view type); the sim datasets, which carry VSI-Bench's tasks, are
-averaged like VSI-Bench; every other benchmark is the mean over items.
+Aggregation, as the reference computes it:
+
+- VSI-Bench (``utils/cal_metric_vsibench.py``): types with ``_easy``/``_medium``/``_hard`` in their
+  name are merged into their base type (items pooled, ``merge_difficulty_levels`` L16-24); the
+  overall is the mean over the eight ``QUESTION_TYPES`` (L5-14) present — other types are listed
+  but left out (L58-60).
+- SPAR-Bench (``utils/cal_metric_sparbench.py``): each level (Low, Medium, High) is the mean over
+  its items, its types given by explicit lists (L6-24); a type in none of them is "Other": listed,
+  left out of the levels and the overall; the overall is the mean of the per-type means of the
+  listed types (L62-84).
+- The sim datasets (this project's; VSI-Bench's tasks) are averaged over their task types.
+- Every other benchmark: the mean over items (``eval/evaluate.py`` L117).
 """
 
 from __future__ import annotations
@@ -20,32 +26,41 @@ import numpy as np
 
 from vilasr_ros.scoring import score_answer
 
-VSI_TYPES = ("object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation",
-             "object_rel_distance", "object_rel_direction", "route_planning", "obj_appearance_order")
-TYPE_MEAN_DATASETS = ("vsi_bench", "spar_bench", "sim")
+VSI_TYPES = ("object_rel_distance", "object_rel_direction", "route_planning", "obj_appearance_order",
+             "object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation")
+"""``QUESTION_TYPES`` of ``utils/cal_metric_vsibench.py`` L5-14, in its print order."""
+SPAR_LEVELS = {
+    "low": ("depth_prediction_oc", "depth_prediction_oc_mv", "depth_prediction_oo", "depth_prediction_oo_mv",
+            "distance_prediction_oc", "distance_prediction_oc_mv", "distance_prediction_oo", "distance_prediction_oo_mv"),
+    "medium": ("position_matching", "camera_motion_infer", "view_change_infer"),
+    "high": ("distance_infer_center_oo", "distance_infer_center_oo_mv", "obj_spatial_relation_oc_mv",
+             "obj_spatial_relation_oo", "obj_spatial_relation_oo_mv", "spatial_imagination_oc",
+             "spatial_imagination_oc_mv", "spatial_imagination_oo", "spatial_imagination_oo_mv"),
+}
+"""``low_types``/``medium_types``/``high_types`` of ``utils/cal_metric_sparbench.py`` L6-24."""
+LENIENT_DATASETS = ("sim",)
+"""Datasets of this project (not the reference's): types normalised, free-form scored."""
 
 
 def task_type(dataset: str, item: dict[str, Any]) -> str:
-    """The type an item is tabulated under (``original_question_type``, levels merged where the
-    benchmark merges them; ``"all"`` when the item has none)."""
+    """The type an item is tabulated under (``original_question_type``; for VSI-Bench and sim the
+    difficulty levels merged as ``merge_difficulty_levels`` does; ``"all"`` when there is none)."""
     qtype = str(item.get("original_question_type") or "all")
-    if dataset in ("vsi_bench", "sim") and qtype.startswith("object_rel_direction"):
-        return "object_rel_direction"
+    if dataset in ("vsi_bench", "sim") and any(d in qtype for d in ("_easy", "_medium", "_hard")):
+        return qtype.split("_easy")[0].split("_medium")[0].split("_hard")[0]
     return qtype
 
 
 def spar_level(qtype: str) -> str:
-    base = qtype[:-3] if qtype.endswith("_mv") else qtype
-    if base.startswith(("depth_prediction", "distance_prediction")):
-        return "low"
-    if base.startswith(("view_change", "position_matching", "camera_motion")):
-        return "medium"
-    return "high"
+    """``low``, ``medium``, ``high`` or ``other`` (SPAR's explicit lists)."""
+    return next((level for level, types in SPAR_LEVELS.items() if qtype in types), "other")
 
 
-def score_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each record with ``score`` added (``model_output`` vs ``answer`` under ``problem_type``)."""
-    return [{**r, "score": score_answer(r.get("model_output") or "", str(r["answer"]), r["problem_type"])}
+def score_records(records: list[dict[str, Any]], dataset: str | None = None) -> list[dict[str, Any]]:
+    """Each record with ``score`` added (``model_output`` vs ``answer`` under ``problem_type``;
+    lenient types for this project's datasets, :data:`LENIENT_DATASETS`)."""
+    lenient = dataset in LENIENT_DATASETS
+    return [{**r, "score": score_answer(r.get("model_output") or "", str(r["answer"]), r["problem_type"], lenient=lenient)}
             for r in records]
 
 
@@ -61,7 +76,15 @@ def summarize(records: list[dict[str, Any]], dataset: str) -> dict[str, Any]:
     for r in records:
         by_type[task_type(dataset, r)].append(float(r["score"]))
     types = {t: {"n": len(v), "score": float(np.mean(v))} for t, v in sorted(by_type.items())}
-    if dataset in TYPE_MEAN_DATASETS:
+    if dataset == "vsi_bench":
+        aggregation = "mean over VSI-Bench's 8 task types"
+        counted = [types[t]["score"] for t in VSI_TYPES if t in types]
+        overall = float(np.mean(counted)) if counted else 0.0
+    elif dataset == "spar_bench":
+        aggregation = "mean over SPAR's listed task types"
+        counted = [v["score"] for t, v in types.items() if spar_level(t) != "other"]
+        overall = float(np.mean(counted)) if counted else 0.0
+    elif dataset == "sim":
         aggregation = "mean over task types"
         overall = float(np.mean([t["score"] for t in types.values()])) if types else 0.0
     else:
@@ -69,11 +92,16 @@ def summarize(records: list[dict[str, Any]], dataset: str) -> dict[str, Any]:
         overall = float(np.mean([r["score"] for r in records])) if records else 0.0
     summary: dict[str, Any] = {"dataset": dataset, "items": len(records), "overall": overall,
                                "aggregation": aggregation, "types": types}
-    if dataset == "spar_bench":
+    if dataset == "spar_bench":  # each level: the mean over its items
         levels: dict[str, list[float]] = defaultdict(list)
-        for t, v in types.items():
-            levels[spar_level(t)].append(v["score"])
-        summary["levels"] = {k: float(np.mean(v)) for k, v in sorted(levels.items())}
+        for r in records:
+            level = spar_level(task_type(dataset, r))
+            if level != "other":
+                levels[level].append(float(r["score"]))
+        summary["levels"] = {k: float(np.mean(levels[k])) for k in SPAR_LEVELS if levels.get(k)}
+        summary["left_out"] = sorted(t for t in types if spar_level(t) == "other")
+    if dataset == "vsi_bench":
+        summary["left_out"] = sorted(t for t in types if t not in VSI_TYPES)
     summary["finish_reasons"] = dict(Counter(str(r.get("finish_reason")) for r in records))
     for key, name in (("reflection", "reflection_rate"), ("turns", "mean_turns"), ("drawings", "mean_drawings")):
         values = [float(r[key]) for r in records if r.get(key) is not None]
@@ -123,7 +151,7 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
 def score_file(results: str | Path, dataset: str, out: str | Path) -> dict[str, Any]:
     """Score a results file (or run folder), write ``out`` (scored JSONL) and ``out`` with suffix
     ``.summary.json``; return the summary."""
-    scored = score_records(load_results(results))
+    scored = score_records(load_results(results), dataset)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
