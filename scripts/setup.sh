@@ -9,11 +9,11 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}      # a GPU machine: TORCH_SPEC=torch (CUDA build), or skip with TORCH_SPEC=
-APT_PACKAGES="libusb-1.0-0 libegl1 libegl-mesa0 libgl1 libgl1-mesa-dri libglib2.0-0 libosmesa6 chromium"
+APT_PACKAGES="libusb-1.0-0 libgomp1 libegl1 libegl-mesa0 libgl1 libgl1-mesa-dri libglib2.0-0 libosmesa6 chromium"
 
 say() { echo "[setup] $*" >&2; }
 
-# 1. System libraries: pyrealsense2 (libusb), headless MuJoCo (Mesa EGL/OSMesa), Chromium (page tests).
+# 1. System libraries: pyrealsense2 and open3d (libusb, OpenMP), headless MuJoCo (Mesa EGL/OSMesa), Chromium (page tests).
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   missing=$(for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
   if [ -n "$missing" ]; then

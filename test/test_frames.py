@@ -159,9 +159,9 @@ def test_buffer_is_thread_safe_under_concurrent_add_and_select():
     buf = FrameBuffer(BufferConfig(max_frames=50, max_interval_s=0))
     errors = []
 
-    def producer(offset):
+    def producer(offset):  # three threads on one timeline (a jump back of > 1 s would restart the buffer)
         for i in range(300):
-            buf.add(frame(offset + i * 0.001))
+            buf.add(frame(offset * 0.0003 + i * 0.001))
 
     def consumer():
         for _ in range(200):
