@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import queue
 import socket
-import sys
 import threading
 import time
 from typing import Any

@@ -108,7 +108,6 @@ def test_the_approach_turns_away_from_occupied_floor(demo):
     table = 6
     views = [BoxView(frames[1], np.array(gt_box(meta, 1, table), float), "table", position=1)]
     free = fuse_views(views, "table", GroundingConfig(standoff_m=0.3), frames=frames)
-    direct = np.array(free.approach_position)
     # a wall of depth right in front of the camera everywhere: every floor point looks occupied
     blocked = [type(f)(f.rgb, np.full_like(f.depth_m, 0.3), f.intrinsics, f.T_world_camera, f.stamp_s, index=f.index)
                for f in frames]

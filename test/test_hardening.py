@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, RGBD
+from conftest import REPO
 from misbehaving_server import MisbehavingServer
 from vilasr_ros.agent import AgentConfig, Answer, BadQueryError, SpatialAgent, goal_decision, parse_query
 from vilasr_ros.buffer import BufferConfig, FrameBuffer
 from vilasr_ros.cli import main
 from vilasr_ros.engines import create_engine
-from vilasr_ros.errors import EngineError, EngineUnavailableError
+from vilasr_ros.errors import EngineError
 from vilasr_ros.reasoner import Reasoner, ReasonerConfig
 from vilasr_ros.sources import SourceError, open_source
 from vilasr_ros.trace import Trace

@@ -3,7 +3,6 @@ streams, a bag and the live topics giving the same frames, and the lifecycle of 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
@@ -231,7 +230,6 @@ def test_compressed_streams_ground_like_raw(ros, demo, colour, depth):
     finally:
         robot.close()
     from vilasr_ros.grounding import ground_trace
-    from vilasr_ros.trace import Trace  # noqa: F401
 
     raw = ground_trace(Reasoner(create_engine("replay", responses=sofa_script(11, [47, 93, 209, 202]))).run(
         [f.rgb for f in frames], "Where is the sofa?"), frames, "sofa")

@@ -64,34 +64,28 @@ def problem_type(text: str) -> str:
         raise argparse.ArgumentTypeError(f"unknown --type {text!r}; use one of {', '.join(TYPE_SPELLINGS)}") from None
 
 
-def positive_int(text: str) -> int:
+def _at_least(text: str, cast, low) -> float | int:
+    """``cast(text)`` when it is a number ``>= low``; else the one-line argparse error."""
     try:
-        value = int(text)
+        value = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+        raise argparse.ArgumentTypeError(
+            f"expected a {'whole number' if cast is int else 'number'}, got {text!r}") from None
+    if not value >= low:
+        raise argparse.ArgumentTypeError(f"expected a number >= {low}, got {text}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _at_least(text, int, 1)
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
+    return _at_least(text, int, 0)
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
+    return _at_least(text, float, 0)
 
 
 def collect_images(paths: list[str]) -> list[Path]:

@@ -201,7 +201,6 @@ def surface_in_box(
     points = points[points[:, 2] > min_depth_m]
     if len(points) == 0:
         raise GroundingError(f"no valid depth inside box {np.round(box_px, 1).tolist()} (all zero, NaN or out of range)")
-    n_all = len(points)
     floor_fraction = 0.0
     T = frame.T_world_camera
     world = transform_points(T, points) if T is not None else None

@@ -336,8 +336,8 @@ class Reasoner:
         turn's text, 256 per image — ``vllm_rollout_spmd_video.py`` L700-703, L785-787); adds them to
         the budget when they do."""
         cfg = self.config
-        shown, n = [], len(trace.pil_images)
-        for k, (edit, image) in enumerate(zip(edits, drawn)):
+        shown = []
+        for edit, image in zip(edits, drawn):
             shown.append((edit.new_index, image.size))
             if edit.new_index + 1 >= cfg.max_images:
                 final = True
