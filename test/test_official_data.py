@@ -267,3 +267,83 @@ def test_a_trajectory_stops_at_its_response_budget():
     roomy = Reasoner(CountingReplay([tool, "<answer> A </answer>"]), ReasonerConfig(max_response_tokens=400)).run(
         image, "Where?", "free-form")
     assert roomy.finish_reason == "stop" and len(roomy.pil_images) == 2
+
+
+@pytest.fixture(scope="module")
+def benchmark_dir(tmp_path_factory) -> Path:
+    """ViLaSR-eval as the reference README places it (``./benchmark/``): one JSON per benchmark named as
+    ``eval/infer.sh``'s script_paths, ``image_path`` lists relative to that folder (``--image-folder $DATADIR``)."""
+    root = tmp_path_factory.mktemp("eval") / "benchmark"
+    frames = [f"vsi_bench/arkitscenes/41069025/{k}.jpg" for k in range(20)]
+    for k, rel in enumerate(frames):
+        _image(root / rel, (160, 120), (k * 10, 90, 90))
+    for rel in ("maze/level3/m1.png", "SpatialEval_spatialreal/r1.jpg", "spar_bench/images/a.jpg",
+                "spar_bench/images/b.jpg", "mmsi_bench/q1_0.jpg", "mmsi_bench/q1_1.jpg"):
+        _image(root / rel, (128, 96))
+    opts = ["A. left", "B. right", "C. behind", "D. above"]
+    mc = {"options": opts, "answer": "A", "problem_type": "multiple choice"}
+    files = {
+        "vsi_bench": [{**mc, "question": "Is the chair left of the sofa?", "original_question_type": "object_rel_direction_easy",
+                       "image_path": frames, "data_type": "video"},
+                      {"question": "How many chairs are in the room?", "options": None, "answer": "3",
+                       "problem_type": "regression", "original_question_type": "object_counting", "image_path": frames,
+                       "data_type": "video"}],
+        "maze": [{**mc, "question": "Which way out?", "original_question_type": "maze_nav", "image_path": ["maze/level3/m1.png"],
+                  "data_type": "image", "grid_size": 5}],
+        "SpatialEval_spatialreal": [{**mc, "question": "Where is the cup?", "original_question_type": "spatialreal",
+                                     "image_path": ["SpatialEval_spatialreal/r1.jpg"], "data_type": "image"}],
+        "spar_bench": [{**mc, "question": "Which is nearer? Your answer can only include one of options A, B, C or D.",
+                        "original_question_type": "position_matching", "image_path": ["spar_bench/images/a.jpg"],
+                        "data_type": "single_view"},
+                       {"question": "Distance between them?", "answer": "1.5", "problem_type": "regression",
+                        "original_question_type": "distance_infer_center_oo_mv",
+                        "image_path": ["spar_bench/images/a.jpg", "spar_bench/images/b.jpg"], "data_type": "multi_view"}],
+        "mmsi_bench": [{**mc, "question": "Which camera moved left?", "original_question_type": "Motion-Camera",
+                        "image_path": ["mmsi_bench/q1_0.jpg", "mmsi_bench/q1_1.jpg"], "data_type": "multi_view"}],
+    }
+    for name, items in files.items():
+        (root / f"{name}.json").write_text(json.dumps(items))
+    return root
+
+
+# reference name (eval/infer.sh) → (items, first-turn kind of each, turn budget of the first)
+BENCHMARKS = {"vsi_bench": (2, ["video", "video"], 10), "maze": (1, ["single"], 20),
+              "SpatialEval_spatialreal": (1, ["single"], 10), "spar_bench": (2, ["single", "multi_view"], 10),
+              "mmsi_bench": (1, ["multi_view"], 10)}
+
+
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_each_vilasr_eval_benchmark_runs_and_scores_from_the_benchmark_folder_by_its_reference_name(
+        name, benchmark_dir, tmp_path, capsys):
+    from vilasr_ros.cli import main
+    from vilasr_ros.evaluation.datasets import load_dataset
+
+    n, kinds, turns = BENCHMARKS[name]
+    items, root = load_dataset(name, benchmark_dir)  # the folder, as infer.sh's DATADIR
+    assert root == benchmark_dir and [it.kind for it in items] == kinds and items[0].max_turns == turns
+    assert not any(it.missing or it.invalid for it in items)
+    assert all(p.is_file() and p.is_relative_to(benchmark_dir) for it in items for p in it.image_paths)
+    replay = tmp_path / "replay.json"
+    replay.write_text(json.dumps(["<think> looked </think> Action: Answer\n<answer> A </answer>"] * n))
+    out = tmp_path / "run"
+    assert main(["eval", "run", "--dataset", name, "--data", str(benchmark_dir), "--engine", "replay",
+                 "--responses", str(replay), "--out", str(out), "-q"]) == 0
+    assert sorted(r["id"] for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())) == \
+        [f"item_{k}" for k in range(n)]
+    assert main(["eval", "score", "--results", str(out), "--dataset", name, "--out", str(out / "s.jsonl")]) == 0
+    summary = json.loads((out / "s.summary.json").read_text())
+    expected = [1.0 if it.problem_type == "multiple choice" else 0.0 for it in items]  # "A" vs 3 / 1.5: MRA 0
+    assert summary["items"] == n and summary["overall"] == pytest.approx(float(np.mean(expected)))
+    # stage 2/3 items take the same folder under data_dir, by the same name
+    stage_items, stage_root = load_items({"dataset": name, "path": "benchmark"}, data_dir=benchmark_dir.parent)
+    assert [it.id for it in stage_items] == [it.id for it in items] and stage_root == benchmark_dir
+
+
+def test_an_unknown_dataset_name_lists_ours_and_the_references(benchmark_dir, capsys):
+    from vilasr_ros.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "run", "--dataset", "spar", "--data", str(benchmark_dir), "--engine", "replay", "--out", "x"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "spar" in err and "spatialeval_real" in err and len(err.strip().splitlines()) <= 2

@@ -517,13 +517,17 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--connect", metavar="URL", help="--rerun: stream to a running viewer (rerun+http://HOST:9876/proxy) instead of a file")
     view.set_defaults(func=cmd_view)
 
-    from vilasr_ros.evaluation.datasets import DATASETS
+    from vilasr_ros.evaluation.datasets import ALIASES, DATASETS, canonical_dataset
+
+    dataset_help = f"one of {', '.join(DATASETS)} (the reference's {', '.join(ALIASES)} accepted)"
 
     ev = sub.add_parser("eval", help="benchmarks and sim datasets: run, score as the authors do, report")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True, parser_class=Parser)
     run = ev_sub.add_parser("run", help="run an engine over a dataset; resumable JSON lines in OUT")
-    run.add_argument("--dataset", required=True, choices=DATASETS)
-    run.add_argument("--data", required=True, help="question file (.json/.jsonl) or its folder")
+    run.add_argument("--dataset", required=True, type=canonical_dataset, choices=DATASETS, metavar="DATASET",
+                     help=dataset_help)
+    run.add_argument("--data", required=True, help="question file (.json/.jsonl) or its folder (ViLaSR-eval: the "
+                                                   "benchmark folder, DIR/<dataset>.json is taken)")
     run.add_argument("--image-folder", help="root of image_path (default: the question file's folder)")
     run.add_argument("--out", required=True, help="run folder (an existing one is resumed)")
     run.add_argument("--shard", default="0/1", help="i/n: run the i-th of n contiguous slices (default 0/1)")
@@ -538,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_eval_run)
     sc = ev_sub.add_parser("score", help="add scores (spec §6), print the per-type table, write a JSON summary")
     sc.add_argument("--results", required=True, help="results.jsonl or a run folder (shards merged)")
-    sc.add_argument("--dataset", required=True, choices=DATASETS)
+    sc.add_argument("--dataset", required=True, type=canonical_dataset, choices=DATASETS, metavar="DATASET",
+                    help=dataset_help)
     sc.add_argument("--out", required=True, help="scored JSONL; the summary goes beside it as .summary.json")
     sc.set_defaults(func=cmd_eval_score)
     rep = ev_sub.add_parser("report", help="Markdown page with plots comparing runs")

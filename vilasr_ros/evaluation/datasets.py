@@ -15,6 +15,13 @@ relative to the image folder) and ``data_type``. Per dataset (reference ``eval_m
   without the video preamble (kind ``multi_view``).
 - ``sim``: a dataset from ``vilasr sim generate`` (scene items as ``vsi_bench``, maze items as
   ``maze``).
+
+ViLaSR-eval (huggingface.co/datasets/AntResearchNLP/ViLaSR-eval) is one folder, ``benchmark/`` in the
+reference README: ``vsi_bench.json``, ``maze.json``, ``SpatialEval_spatialreal.json``,
+``spar_bench.json``, ``mmsi_bench.json`` beside the images, with ``image_path`` relative to that folder
+(``eval/infer.sh``: ``--input-file $DATADIR/$NAME.json --image-folder $DATADIR``). ``--data`` may name
+that folder; the reference's dataset names (``SpatialEval_spatialreal``, ``spar_bench_tiny``) are
+accepted for ours (:func:`canonical_dataset`).
 """
 
 from __future__ import annotations
@@ -30,6 +37,11 @@ from vilasr_ros import protocol
 from vilasr_ros.errors import QueryError
 
 DATASETS = ("vsi_bench", "maze", "spatialeval_real", "spar_bench", "mmsi_bench", "sim")
+# The file stem of each benchmark in ViLaSR-eval = the reference's --dataset name (eval/infer.sh script_paths).
+REFERENCE_NAMES = {"vsi_bench": "vsi_bench", "maze": "maze", "spatialeval_real": "SpatialEval_spatialreal",
+                   "spar_bench": "spar_bench", "mmsi_bench": "mmsi_bench"}
+# Reference --dataset names (eval/infer.py, eval/evaluate.py) → ours.
+ALIASES = {"SpatialEval_spatialreal": "spatialeval_real", "spar_bench_tiny": "spar_bench"}
 DEFAULT_FRAMES = 16
 SPAR_REMOVED = ("Your answer can only include one of options A, B, C or D.", "Answer using a single number and nothing else.")
 SPAR_COORDINATE_NOTE = ("The values represent the bounding box coordinates normalized to a 0-1000 scale, with the "
@@ -68,8 +80,15 @@ class EvalItem:
     invalid: str | None = None
 
 
+def canonical_dataset(name: str) -> str:
+    """Our name for a dataset given by ours or the reference's (``SpatialEval_spatialreal`` →
+    ``spatialeval_real``, ``spar_bench_tiny`` → ``spar_bench``); anything else is returned as given."""
+    return ALIASES.get(name, name)
+
+
 def find_data_file(data: str | Path, dataset: str) -> Path:
-    """The question file: ``data`` itself, ``DIR/questions.json`` (sim), or the one JSON/JSONL in ``DIR``.
+    """The question file: ``data`` itself, ``DIR/questions.json`` (sim), ``DIR/<reference name>.json``
+    (the ViLaSR-eval folder, e.g. ``benchmark/SpatialEval_spatialreal.json``), or the one JSON/JSONL in ``DIR``.
 
     Raises:
         QueryError: Nothing or several candidates found.
@@ -81,6 +100,11 @@ def find_data_file(data: str | Path, dataset: str) -> Path:
         raise QueryError(f"--data {path} does not exist")
     if (path / "questions.json").is_file():
         return path / "questions.json"
+    dataset = canonical_dataset(dataset)
+    for name in dict.fromkeys((REFERENCE_NAMES.get(dataset, dataset), dataset)):
+        for suffix in (".json", ".jsonl"):
+            if (path / f"{name}{suffix}").is_file():
+                return path / f"{name}{suffix}"
     files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and p.name != "dataset.json")
     if len(files) != 1:
         raise QueryError(f"--data {path}: expected one .json/.jsonl question file for {dataset}, found "
@@ -156,8 +180,10 @@ def prepare_item(dataset: str, raw: dict[str, Any], position: int, root: Path, f
     Raises:
         QueryError: Unknown dataset, or an item without question/answer/problem_type/image_path.
     """
+    dataset = canonical_dataset(dataset)
     if dataset not in DATASETS:
-        raise QueryError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+        raise QueryError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)} "
+                         f"(or the reference's {', '.join(ALIASES)})")
     item_id = str(raw["id"]) if raw.get("id") is not None else f"item_{position}"
     for key in ("question", "answer", "problem_type", "image_path"):
         if key not in raw:
@@ -210,6 +236,7 @@ def load_dataset(dataset: str, data: str | Path, image_folder: str | Path | None
     Raises:
         QueryError: The file cannot be found or read, or an item is malformed.
     """
+    dataset = canonical_dataset(dataset)
     path = find_data_file(data, dataset)
     root = Path(image_folder) if image_folder else path.parent
     items = [prepare_item(dataset, raw, i, root, frames) for i, raw in enumerate(read_items(path))]

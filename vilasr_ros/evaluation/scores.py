@@ -150,7 +150,11 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
 
 def score_file(results: str | Path, dataset: str, out: str | Path) -> dict[str, Any]:
     """Score a results file (or run folder), write ``out`` (scored JSONL) and ``out`` with suffix
-    ``.summary.json``; return the summary."""
+    ``.summary.json``; return the summary. ``dataset``: ours or the reference's name.
+    """
+    from vilasr_ros.evaluation.datasets import canonical_dataset
+
+    dataset = canonical_dataset(dataset)
     scored = score_records(load_results(results), dataset)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
