@@ -21,4 +21,8 @@ def test_two_minute_soak_answers_everything_and_keeps_disk_under_the_cap(tmp_pat
     result = json.loads((tmp_path / "soak.json").read_text())
     assert result["queries"] >= 20 and result["answered"] == result["queries"] and not result["duplicates"]
     assert result["trace_disk_mib"] <= 40.0
-    assert len({row["threads"] for row in result["rows"]}) == 1  # no thread leak minute to minute
+    # No thread per query: 12 queries in the second minute would add >= 12. Thread pools fill lazily — rclpy's
+    # MultiThreadedExecutor(num_threads=4) and the trace writer (1) start a thread only when callbacks overlap,
+    # and OpenMP starts its workers on first use — so the count may still rise by up to those 5.
+    threads = [row["threads"] for row in result["rows"]]
+    assert threads[-1] - threads[0] <= 5, threads
