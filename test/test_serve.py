@@ -274,3 +274,37 @@ def test_remote_link_benchmark_in_a_shaped_network_namespace(tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["chat_text_identical"]
     assert result["openai_s"] >= 3.0 * result["serve_s"], result
+
+
+@pytest.mark.parametrize("body,content_type,shown", [
+    ('{"detail": "queue full"}', "application/json", "queue full"),
+    ('[{"loc": ["body"], "msg": "bad"}]', "application/json", "[{"),  # JSON, but not FastAPI's object
+    ('{"detail": ["frame 3", "not an image"]}', "application/json", "not an image"),
+    ("<html>proxy error</html>", "text/html", "proxy error"),
+])
+def test_a_refusal_of_any_shape_is_a_clear_engine_error(body, content_type, shown, frames):
+    """What a server (or a proxy in front of it) says when it refuses becomes the error's text."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            data = body.encode()
+            self.send_response(503)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        engine = create_engine("remote", base_url=f"http://127.0.0.1:{server.server_port}", timeout_s=10.0)
+        trace = Reasoner(engine, ReasonerConfig(max_turns=2)).run(frames[:2], "Where is the sofa?")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert trace.finish_reason == "error" and "refused the query: HTTP 503" in trace.error and shown in trace.error

@@ -129,8 +129,8 @@ class RemoteEngine(Engine):
         if response is not None:
             try:
                 response.close()  # the server sees the client go away and cancels the query
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as exc:  # noqa: BLE001 - a broken stream is closed either way
+                logger.debug("closing the stream: %s", exc)
 
     def _headers(self) -> dict[str, str]:
         token = os.environ.get(self.config.token_env or "")
@@ -157,9 +157,11 @@ class RemoteEngine(Engine):
         if response.status_code != 200:
             detail = response.text[:300]
             try:
-                detail = response.json().get("detail", detail)
-            except ValueError:
-                pass
+                body = response.json()
+            except ValueError:  # not JSON: the text is the detail
+                body = None
+            if isinstance(body, dict) and body.get("detail") is not None:  # FastAPI's {"detail": ...}
+                detail = str(body["detail"])[:300]
             retry = response.headers.get("Retry-After")
             response.close()
             raise EngineError(f"{where} refused the query: HTTP {response.status_code}: {redact(detail)}"
