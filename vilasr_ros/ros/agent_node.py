@@ -353,16 +353,16 @@ class VilasrAgentNode(LifecycleNode):
                 {"sub": self.destroy_subscription, "srv": self.destroy_service, "pub": self.destroy_publisher,
                  "lpub": self.destroy_lifecycle_publisher, "guard": self.destroy_guard_condition,
                  "timer": self.destroy_timer}[kind](entity)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+            except Exception as exc:  # noqa: BLE001 - already gone; the rest is still undone
+                self.get_logger().debug(f"destroying {kind}: {exc}")
         self._configured = []
         if self.agent is not None:
             self.agent.close()
         if self.reasoner is not None and self._given_reasoner is None:
             try:
                 self.reasoner.engine.close()
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as exc:  # noqa: BLE001 - cleanup goes on; the engine is dropped below
+                self.get_logger().warning(redact(f"closing the engine failed: {clean_text(str(exc))[:300]}"))
         self.reasoner = self.agent = self.buffer = self.assembler = self.alignment = None
 
     def _reject_waiting(self, why: str) -> None:
