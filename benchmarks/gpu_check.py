@@ -29,10 +29,11 @@ import numpy as np
 from PIL import Image
 
 from vilasr_ros import protocol
-from vilasr_ros.drawing import draw_annotations
 from vilasr_ros.engines.base import GenerationRequest, SamplingConfig
 from vilasr_ros.engines.hf import TransformersEngine
 from vilasr_ros.tiny_model import build_tiny_qwen2_5_vl
+
+from turn_latency import conversation as run_turns, sync  # benchmarks/: the same loop-shaped conversation, timed
 
 SEVEN_B = {"hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
            "intermediate_size": 18944, "vocab_size": 152064, "max_position_embeddings": 128000}
@@ -74,34 +75,6 @@ def frames(n: int) -> list:
         img = Image.fromarray(base).resize((640, 480), Image.BICUBIC)
         out.append(protocol.resize_for_model(img, 351232))
     return out
-
-
-def sync():
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def run_turns(engine, images0, turns: int, tokens: int):
-    sampling = SamplingConfig(temperature=0.0, max_tokens=tokens)
-    images = list(images0)
-    messages = protocol.initial_messages([im.size for im in images], "How far is the door from the sofa?", "regression")
-    engine.reset()
-    rows = []
-    for turn in range(turns):
-        request = GenerationRequest(protocol.render_chat(messages), list(images), messages, sampling)
-        sync()
-        t0 = time.perf_counter()
-        result = engine.generate(request)
-        sync()
-        rows.append({"s": time.perf_counter() - t0, "prefill": len(engine.last_prefill_ids),
-                     "prompt": result.prompt_tokens, "text": result.text, "ids": list(engine.last_generated_ids)})
-        drawn = draw_annotations(images[turn % len(images0)], [{"bbox_2d": [40, 40, 260, 200], "label": f"obj {turn}"}], [])
-        images.append(drawn)
-        messages = messages + [{"role": "assistant", "content": result.text},
-                               protocol.continuation_message([(len(images) - 1, drawn.size)], final=False)]
-    return rows
 
 
 def main() -> int:

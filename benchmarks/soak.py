@@ -43,6 +43,8 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
+from vilasr_ros.trace_store import folder_bytes  # noqa: E402
+
 
 def proc_stats(pid: int) -> dict:
     status = Path(f"/proc/{pid}/status").read_text()
@@ -52,14 +54,7 @@ def proc_stats(pid: int) -> dict:
 
 
 def disk_mib(root: Path) -> float:
-    total = 0
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total / 2**20
+    return folder_bytes(root) / 2**20
 
 
 def main() -> int:

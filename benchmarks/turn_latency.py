@@ -31,7 +31,22 @@ PRESETS = {  # Qwen2.5-VL text configs (hidden, heads, kv heads, MLP); vision to
 }
 
 
+def sync():
+    """Wait for queued GPU work so wall-clock times include it (no-op without CUDA)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def conversation(engine, frames, turns, tokens):
+    """One conversation shaped like the loop: ``frames`` first, then ``turns`` greedy turns of at most
+    ``tokens`` new tokens, each followed by one drawn image and its caption.
+
+    Returns:
+        Per turn ``{"s": engine seconds, "prefill": tokens prefilled, "prompt": prompt tokens,
+        "text": the reply, "ids": its token ids}``.
+    """
     sampling = SamplingConfig(temperature=0.0, max_tokens=tokens)
     images = list(frames)
     messages = protocol.initial_messages([im.size for im in images], "How far is the door from the sofa?", "regression")
@@ -39,9 +54,12 @@ def conversation(engine, frames, turns, tokens):
     rows = []
     for turn in range(turns):
         request = GenerationRequest(protocol.render_chat(messages), list(images), messages, sampling)
+        sync()
         t0 = time.perf_counter()
         result = engine.generate(request)
-        rows.append((time.perf_counter() - t0, len(engine.last_prefill_ids), result.prompt_tokens))
+        sync()
+        rows.append({"s": time.perf_counter() - t0, "prefill": len(engine.last_prefill_ids),
+                     "prompt": result.prompt_tokens, "text": result.text, "ids": list(engine.last_generated_ids)})
         drawn = draw_annotations(images[turn % len(frames)], [{"bbox_2d": [40, 40, 160, 140], "label": f"obj {turn}"}], [])
         images.append(drawn)
         messages = messages + [{"role": "assistant", "content": result.text},
@@ -80,12 +98,12 @@ def main():
           f"device {engine.device} {engine.dtype}")
     print(f"{'turn':>4} {'reuse on (s)':>13} {'prefilled':>9} {'reuse off (s)':>14} {'prefilled':>9} {'prompt':>7}")
     for k, (on, off) in enumerate(zip(results[True], results[False]), 1):
-        print(f"{k:>4} {on[0]:>13.3f} {on[1]:>9} {off[0]:>14.3f} {off[1]:>9} {off[2]:>7}")
+        print(f"{k:>4} {on['s']:>13.3f} {on['prefill']:>9} {off['s']:>14.3f} {off['prefill']:>9} {off['prompt']:>7}")
     if args.turns >= 8:
         for reuse in (True, False):
             rows = results[reuse]
-            print(f"turn-8 / turn-2 latency, reuse {'on ' if reuse else 'off'}: {rows[7][0] / rows[1][0]:.2f}")
-        print(f"turn-8 speed-up from reuse: {results[False][7][0] / results[True][7][0]:.1f}x")
+            print(f"turn-8 / turn-2 latency, reuse {'on ' if reuse else 'off'}: {rows[7]['s'] / rows[1]['s']:.2f}")
+        print(f"turn-8 speed-up from reuse: {results[False][7]['s'] / results[True][7]['s']:.1f}x")
 
 
 if __name__ == "__main__":
