@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +43,35 @@ def pytest_configure(config):
         ("gpu", "needs a CUDA device"),
     ):
         config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def wait_until(predicate, timeout: float, what, poll_s: float = 0.05) -> None:
+    """Poll ``predicate`` every ``poll_s`` s until it is true.
+
+    Raises:
+        AssertionError: Still false after ``timeout`` s; names ``what`` (text, or a callable giving it
+        when the wait fails, for a message that shows the last state).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what if isinstance(what, str) else what()}")
+
+
+def stop_processes(*procs: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGINT every process still running (ROS nodes and servers shut down cleanly on it), wait up to
+    ``timeout`` s for each, kill what is left."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -36,7 +35,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # 
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, stop_processes, wait_until  # noqa: E402
 from misbehaving_server import MisbehavingServer  # noqa: E402
 from vilasr_ros.ros.conversions import camera_info_msg, color_msg, depth_msg, odometry_msg, s_to_stamp  # noqa: E402
 from vilasr_ros.sources import open_source  # noqa: E402
@@ -88,13 +87,7 @@ class Harness:
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9
 
-    def wait(self, predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what if isinstance(what, str) else what()}")
+    wait = staticmethod(wait_until)
 
     def publish_frames(self, frames, rate_hz: float = 8.0):
         for f in frames:
@@ -134,12 +127,7 @@ def system(tmp_path_factory):
         harness.wait(lambda: harness.diagnostics.get("keyframes") == "16", 60, lambda: f"16 keyframes {harness.diagnostics}")
         yield harness, agent, server, tmp
     finally:
-        if agent.poll() is None:
-            agent.send_signal(signal.SIGINT)
-            try:
-                agent.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                agent.kill()
+        stop_processes(agent, timeout=20)
         harness.close()
         server.close()
         log.close()

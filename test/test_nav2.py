@@ -23,6 +23,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # 
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
+from conftest import wait_until  # noqa: E402
 from vilasr_ros.engines import create_engine  # noqa: E402
 from vilasr_ros.reasoner import Reasoner  # noqa: E402
 from vilasr_ros.ros.agent_node import VilasrAgentNode  # noqa: E402
@@ -85,12 +86,7 @@ class Robot:
         self.thread.start()
 
     def wait(self, predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        wait_until(predicate, timeout, what, poll_s=0.02)
 
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
-from conftest import REPO, RGBD  # noqa: E402
+from conftest import REPO, RGBD, stop_processes as stop, wait_until  # noqa: E402
 from vilasr_ros.grounding import ground_trace  # noqa: E402
 from vilasr_ros.engines.replay import demo_responses  # noqa: E402
 from vilasr_ros.sources import open_source  # noqa: E402
@@ -50,18 +48,6 @@ def start(module: str, params: list[str], log: Path, extra: list[str] = ()) -> s
     for p in params:
         args += ["-p", p]
     return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
-
-
-def stop(*procs: subprocess.Popen) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 class Client:
@@ -102,13 +88,7 @@ class Client:
             if status.name.startswith(self.agent):
                 self.diagnostics = {kv.key: kv.value for kv in status.values}
 
-    def wait(self, predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    wait = staticmethod(wait_until)
 
     def ask(self, payload, timeout: float = 120.0) -> dict:
         text = payload if isinstance(payload, str) else json.dumps(payload)

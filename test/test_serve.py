@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("fastapi")
 requests = pytest.importorskip("requests")
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, stop_processes as stop  # noqa: E402
 from misbehaving_server import MisbehavingServer  # noqa: E402
 from vilasr_ros.engines import create_engine  # noqa: E402
 from vilasr_ros.reasoner import Reasoner, ReasonerConfig  # noqa: E402
@@ -61,15 +61,6 @@ def start_serve(tmp_path: Path, *extra: str, script=FIVE_TURNS, env=None) -> tup
             time.sleep(0.2)
     proc.kill()
     raise AssertionError("vilasr serve did not start: " + (tmp_path / f"serve_{port}.log").read_text()[-2000:])
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
