@@ -193,12 +193,17 @@ class RealSenseSource(FrameSource):
         syncer = rs.syncer(64)
         for sensor in sensors:
             sensor.open(sensor.get_stream_profiles())
+        # Playback starts reading when the first sensor starts; a frame read before its own sensor
+        # (or, racing with librealsense's start, the first sensor itself) is started is dropped. So
+        # start them paused: librealsense's resume() rewinds to the last frame it published.
+        playback.pause()
         for sensor in sensors:
             sensor.start(syncer)
+        playback.resume()
         align = rs.align(rs.stream.color)
         # The syncer emits a stream's first frame alone before it has seen the other stream; pair
-        # such halves by timestamp and rebuild a frameset with a processing block.
-        halves: dict[float, object] = {}
+        # such halves (one colour, one depth) by timestamp and rebuild a frameset with a processing block.
+        halves: dict[float, dict] = {}
         partner: list = []
         merged = rs.frame_queue(4)
         combine = rs.processing_block(lambda f, src: src.frame_ready(src.allocate_composite_frame([f, partner[0]])))
@@ -206,7 +211,7 @@ class RealSenseSource(FrameSource):
         profiles = {p.stream_type(): p for s in sensors for p in s.get_stream_profiles()}
         has_depth = rs.stream.depth in profiles and rs.stream.color in profiles
         align = None if not has_depth or already_registered(profiles[rs.stream.depth], profiles[rs.stream.color]) else align
-        index = 0
+        index, last_stamp = 0, None
         try:
             while True:
                 ok, frame = syncer.try_wait_for_frames(int(self.timeout_s * 1000))
@@ -217,13 +222,20 @@ class RealSenseSource(FrameSource):
                 if has_depth and not (color and depth):
                     half = color or depth
                     half.keep()
-                    other = halves.pop(half.get_timestamp(), None)
-                    if other is None:
-                        halves[half.get_timestamp()] = half
+                    kind = half.get_profile().stream_type()
+                    waiting = halves.setdefault(half.get_timestamp(), {})
+                    waiting[kind] = half  # a repeat of the same stream replaces, never pairs with itself
+                    if len(waiting) < 2:
                         continue
-                    partner[:] = [other]
+                    del halves[half.get_timestamp()]
+                    partner[:] = [next(f for k, f in waiting.items() if k != kind)]
                     combine.invoke(half)
                     frameset = rs.composite_frame(merged.wait_for_frame())
+                stamp = frameset.get_color_frame().get_timestamp() if frameset.get_color_frame() else None
+                if stamp is not None and last_stamp is not None and stamp <= last_stamp:
+                    logger.debug("%s: playback repeated the frame at %.3f ms; skipped", self.source_id, stamp)
+                    continue
+                last_stamp = stamp if stamp is not None else last_stamp
                 if align is not None:
                     frameset = align.process(frameset)
                 yield frameset_to_frame(frameset, units=units, index=index, source_id=self.source_id,
