@@ -231,11 +231,13 @@ class RealSenseSource(FrameSource):
                     partner[:] = [next(f for k, f in waiting.items() if k != kind)]
                     combine.invoke(half)
                     frameset = rs.composite_frame(merged.wait_for_frame())
-                stamp = frameset.get_color_frame().get_timestamp() if frameset.get_color_frame() else None
-                if stamp is not None and last_stamp is not None and stamp <= last_stamp:
-                    logger.debug("%s: playback repeated the frame at %.3f ms; skipped", self.source_id, stamp)
-                    continue
-                last_stamp = stamp if stamp is not None else last_stamp
+                color = frameset.get_color_frame()
+                if color:
+                    if last_stamp is not None and color.get_timestamp() <= last_stamp:
+                        logger.debug("%s: playback repeated the frame at %.3f ms; skipped",
+                                     self.source_id, color.get_timestamp())
+                        continue
+                    last_stamp = color.get_timestamp()
                 if align is not None:
                     frameset = align.process(frameset)
                 yield frameset_to_frame(frameset, units=units, index=index, source_id=self.source_id,
