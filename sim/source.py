@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vilasr_ros.errors import QueryError
+from vilasr_ros.errors import ConfigError
 from vilasr_ros.frames import Frame
 from vilasr_ros.sources.base import FrameSource, SourceError
 
@@ -38,20 +38,20 @@ def parse_sim_spec(arg: str) -> dict:
     """``"seed=3,frames=8"`` → ``{"seed": 3, "frames": 8}``.
 
     Raises:
-        QueryError: Unknown key or a value of the wrong type.
+        ConfigError: Unknown key or a value of the wrong type.
     """
     out: dict = {}
     for part in filter(None, (p.strip() for p in arg.split(","))):
         key, sep, value = part.partition("=")
         if not sep or key not in _KEYS:
-            raise QueryError(f"bad sim option {part!r}; use sim:DIR or sim:seed=N[,frames=16,kind=walkthrough|look_around,"
+            raise ConfigError(f"bad sim option {part!r}; use sim:DIR or sim:seed=N[,frames=16,kind=walkthrough|look_around,"
                              "width=640,height=480,fovy=60,shadows=1,height_m=1.1]")
         try:
             out[key] = _KEYS[key](value)
         except ValueError as exc:
-            raise QueryError(f"sim option {key} needs a {_KEYS[key].__name__}, got {value!r}") from exc
+            raise ConfigError(f"sim option {key} needs a {_KEYS[key].__name__}, got {value!r}") from exc
     if "seed" not in out:
-        raise QueryError("sim source needs seed=N or a scene folder (sim:DIR)")
+        raise ConfigError("sim source needs seed=N or a scene folder (sim:DIR)")
     return out
 
 
@@ -59,7 +59,7 @@ class SimSource(FrameSource):
     """Frames of a simulated scene (see module docstring for the spec).
 
     Raises:
-        QueryError: Malformed spec.
+        ConfigError: Malformed spec.
         SourceError: A folder that is not a rendered scene.
     """
 
@@ -94,7 +94,7 @@ class SimSource(FrameSource):
             self._traj = TrajectoryConfig(opts.get("kind", "walkthrough"), opts.get("frames", 16),
                                           opts.get("height_m", 1.1))
         except ValueError as exc:
-            raise QueryError(f"sim source: {exc}") from exc
+            raise ConfigError(f"sim source: {exc}") from exc
         self._seed = opts["seed"]
 
     def __len__(self) -> int:

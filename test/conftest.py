@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to ../shared, a tiny Qwen2.5-VL built offline, loopback-only ROS env."""
+"""Shared fixtures: the test data shipped in test/data, a tiny Qwen2.5-VL built offline, loopback-only ROS env."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VILASR_SHARED", REPO.parent / "shared"))
-SPEC = SHARED / "spec"
+# Everything the tests read ships in the repository (test/data/README.md names sources and licences):
+# a plain clone tests itself.
+DATA = REPO / "test" / "data"
+SPEC = DATA / "spec"
 VECTORS = SPEC / "vectors"
-RGBD = SHARED / "data" / "rgbd"
+RGBD = DATA / "rgbd"
 
-# Tests never reach a hub: everything is built here or read from ../shared.
+# Tests never reach a hub: everything is built here or read from test/data.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="vilasr_hf_home_"))
@@ -72,13 +74,6 @@ def stop_processes(*procs: subprocess.Popen, timeout: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"shared folder not found at {SHARED} (set VILASR_SHARED)")
-    return SHARED
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,7 @@ def test_bad_queries_are_refused_with_their_id(text, match, qid):
 def test_good_query_is_normalised():
     q = parse_query('{"id": "q", "question": "Which?", "type": "Multiple Choice", "options": ["A. x", "B. y"], '
                     '"target": "chair", "frames": 8}')
-    assert (q.id, q.type, q.options, q.target, q.frames) == ("q", "multiple choice", ["A. x", "B. y"], "chair", 8)
+    assert (q.id, q.problem_type, q.options, q.target, q.frames) == ("q", "multiple choice", ["A. x", "B. y"], "chair", 8)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_assembler_waits_for_camera_info():
     assert "no CameraInfo" in asm.health.last_reason
 
 
-def test_shipped_parameter_file_holds_every_default(shared_dir):
+def test_shipped_parameter_file_holds_every_default():
     from vilasr_ros.ros.env import fastdds_profile
 
     params = load_parameters(fastdds_profile().parent / "agent.yaml")

@@ -13,7 +13,7 @@ from PIL import Image
 from vilasr_ros import protocol
 from vilasr_ros.engines import SamplingConfig, create_engine
 from vilasr_ros.engines.base import Engine, GenerationResult
-from vilasr_ros.errors import EngineUnavailableError, ModelNotFoundError, QueryError
+from vilasr_ros.errors import ConfigError, EngineUnavailableError, ModelNotFoundError
 from vilasr_ros.reasoner import Reasoner, ReasonerConfig
 
 FORCED_TOOL_TURN = (
@@ -98,16 +98,16 @@ def test_missing_weights_name_the_path(tmp_path):
 
 
 def test_unknown_engine_and_missing_options():
-    with pytest.raises(QueryError, match="unknown engine"):
+    with pytest.raises(ConfigError, match="unknown engine"):
         create_engine("gpt")
     assert create_engine("replay").describe()["responses"] == "shipped demo script"  # no file: the demo, said so
-    with pytest.raises(QueryError, match="replay file not found"):
+    with pytest.raises(ConfigError, match="replay file not found"):
         create_engine("replay", responses="/nonexistent.json")
-    with pytest.raises(QueryError, match="--base-url"):
+    with pytest.raises(ConfigError, match="--base-url"):
         create_engine("openai")
-    with pytest.raises(QueryError, match="has no option reflect"):
+    with pytest.raises(ConfigError, match="has no option reflect"):
         create_engine("openai", base_url="http://127.0.0.1:9/v1", reflect=0.5)
-    with pytest.raises(QueryError, match="timeout_s must be a number"):
+    with pytest.raises(ConfigError, match="timeout_s must be a number"):
         create_engine("openai", base_url="http://127.0.0.1:9/v1", timeout_s="soon")
 
 

@@ -30,7 +30,7 @@ def _image(path, color=(120, 80, 40), size=(160, 120)):
     return path
 
 
-def test_eval_vectors_score_as_the_reference_through_the_cli(tmp_path, shared_dir, capsys):
+def test_eval_vectors_score_as_the_reference_through_the_cli(tmp_path, capsys):
     cases = json.loads((VECTORS / "score_vectors.json").read_text())["eval"]
     results = tmp_path / "results.jsonl"
     with open(results, "w") as f:

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import RGBD
 from vilasr_ros.buffer import BufferConfig, EmptyBufferError, FrameBuffer, StaleBufferError, select_frames
-from vilasr_ros.errors import QueryError
+from vilasr_ros.errors import ConfigError, MessageError
 from vilasr_ros.frames import CameraIntrinsics, Frame, FrameError
 from vilasr_ros.sources import SourceError, open_source
 from vilasr_ros.sources.bag import BagSource, write_bag
@@ -25,7 +25,7 @@ def frame(t=0.0, x=0.0, yaw_deg=0.0, depth=True):
 
 
 @pytest.fixture(scope="module")
-def o3d_frames(shared_dir):
+def o3d_frames():
     with open_source(f"rgbd_folder:{RGBD / 'open3d_testdata_rgbd'}") as source:
         return list(source)
 
@@ -38,7 +38,7 @@ def test_rgbd_folder_reads_intrinsics_depth_and_poses(o3d_frames):
     np.testing.assert_allclose(f.T_world_camera[:3, 3], [-0.31057997, 0.57301224, 2.12648002], atol=1e-6)
 
 
-def test_tum_sample_has_no_pose_and_scale_5000(shared_dir):
+def test_tum_sample_has_no_pose_and_scale_5000():
     (f,) = list(open_source(f"rgbd_folder:{RGBD / 'tum_rgbd_sample'}"))
     assert f.T_world_camera is None and 0.3 < np.median(f.depth_m[f.depth_m > 0]) < 5
 
@@ -68,7 +68,7 @@ def test_bag_with_jpeg_colour_decodes_close(o3d_frames, tmp_path):
 
 
 def test_bad_sources_are_refused(tmp_path):
-    with pytest.raises(QueryError, match="unknown source"):
+    with pytest.raises(ConfigError, match="unknown source"):
         open_source("webcam:0")
     with pytest.raises(SourceError, match="no color/ folder"):
         open_source(f"rgbd_folder:{tmp_path}")
@@ -98,7 +98,7 @@ def test_unknown_bag_encoding_is_a_clear_error(tmp_path):
     class Msg:
         encoding, height, width, step, data = "yuv422", 2, 2, 4, b"\0" * 8
 
-    with pytest.raises(SourceError, match="unsupported colour encoding 'yuv422'"):
+    with pytest.raises(MessageError, match="unsupported colour encoding 'yuv422'"):
         decode_color(Msg, IMAGE)
 
 

@@ -24,7 +24,7 @@ def to_model(box):
 
 
 @pytest.fixture(scope="module")
-def frames(shared_dir):
+def frames():
     return list(open_source(f"rgbd_folder:{RGBD / 'open3d_testdata_rgbd'}"))
 
 
@@ -110,7 +110,7 @@ def test_background_leaking_into_the_box_is_ignored(frames):
     assert abs(wide.depth_m - tight.depth_m) < 0.05
 
 
-def test_vilasr_ask_with_source_and_target_writes_the_target(tmp_path, shared_dir):
+def test_vilasr_ask_with_source_and_target_writes_the_target(tmp_path):
     turn = ("<think> box it </think> Action: Object Mapper\n```json\n"
             + json.dumps([{"index": 1, "bbox_2d": to_model(BACKREST[0]), "label": "chair"}]) + "\n```")
     responses = tmp_path / "r.json"

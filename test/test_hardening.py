@@ -26,7 +26,7 @@ from vilasr_ros.agent import AgentConfig, Answer, BadQueryError, SpatialAgent, g
 from vilasr_ros.buffer import BufferConfig, FrameBuffer
 from vilasr_ros.cli import main
 from vilasr_ros.engines import create_engine
-from vilasr_ros.errors import EngineError
+from vilasr_ros.errors import EngineError, MessageError
 from vilasr_ros.reasoner import Reasoner, ReasonerConfig
 from vilasr_ros.sources import SourceError, open_source
 from vilasr_ros.trace import Trace
@@ -312,11 +312,11 @@ def test_depth_byte_order_is_honoured_and_a_wrong_flag_is_refused():
     mm = np.random.default_rng(0).integers(800, 4000, (48, 64))
     np.testing.assert_allclose(decode_depth(DepthMsg(mm, ">u2", 1), IMAGE), mm / 1000.0, atol=1e-6)
     np.testing.assert_allclose(decode_depth(DepthMsg(mm, "<u2", 0), IMAGE), mm / 1000.0, atol=1e-6)
-    with pytest.raises(SourceError, match="byte order"):
+    with pytest.raises(MessageError, match="byte order"):
         decode_depth(DepthMsg(mm, "<u2", 1), IMAGE)  # little-endian data flagged big-endian
     m = mm / 1000.0
     np.testing.assert_allclose(decode_depth(DepthMsg(m, ">f4", 1, "32FC1"), IMAGE), m, atol=1e-6)
-    with pytest.raises(SourceError, match="byte order"):
+    with pytest.raises(MessageError, match="byte order"):
         decode_depth(DepthMsg(m, "<f4", 1, "32FC1"), IMAGE)
 
 

@@ -9,7 +9,7 @@ from vilasr_ros import protocol
 from vilasr_ros.errors import QueryError
 
 
-def test_shipped_prompts_equal_the_spec(shared_dir):
+def test_shipped_prompts_equal_the_spec():
     shipped = protocol.prompts()
     assert shipped == json.loads((SPEC / "vilasr_prompts.json").read_text())
 
@@ -32,7 +32,7 @@ def test_resize_for_model_gives_28_multiples_and_rgb():
     assert resized.getpixel((0, 0)) == (255, 255, 255)  # transparent pixels over white, as fetch_image
 
 
-def test_parse_vectors_match_reference(shared_dir):
+def test_parse_vectors_match_reference():
     cases = json.loads((VECTORS / "score_vectors.json").read_text())["parse"]
     assert cases
     for case in cases:

@@ -16,7 +16,7 @@ LOOP_CASES = sorted(p.name for p in (VECTORS / "loop").iterdir()) if (VECTORS / 
 
 
 @pytest.mark.parametrize("name", LOOP_CASES)
-def test_vilasr_ask_replay_reproduces_reference(name, tmp_path, shared_dir):
+def test_vilasr_ask_replay_reproduces_reference(name, tmp_path):
     case_dir = VECTORS / "loop" / name
     case = json.loads((case_dir / "case.json").read_text())
     responses = tmp_path / "responses.json"

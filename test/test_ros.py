@@ -115,7 +115,7 @@ def ros_context():
 
 
 @pytest.fixture(scope="module")
-def replay_system(ros_context, shared_dir, tmp_path_factory):
+def replay_system(ros_context, tmp_path_factory):
     """camera_node streaming the bundled demo scene once (16 frames) + vilasr_agent with the replay engine."""
     tmp = tmp_path_factory.mktemp("ros_replay")
     client = Client("test_client_replay")
@@ -203,7 +203,7 @@ def test_bad_queries_each_get_an_error_with_their_id_and_the_node_keeps_serving(
     assert empty["id"] == "empty" and "buffer is empty" in empty["error"]
 
 
-def test_agent_with_the_tiny_transformers_model(ros_context, tiny_model_dir, shared_dir, tmp_path):
+def test_agent_with_the_tiny_transformers_model(ros_context, tiny_model_dir, tmp_path):
     """The real model-loading path under ROS: the answer is garbage, the path is real."""
     client = Client("test_client_tiny", agent="tiny_agent")  # its own node name: the replay agent may still run
     camera = start("vilasr_ros.ros.camera_node", [f"source:=rgbd_folder:{O3D}", "rate_hz:=10.0",
@@ -254,18 +254,19 @@ def test_parameters_are_validated_on_change(ros_context, tmp_path):
 def test_conversions_round_trip_images_and_intrinsics():
     from vilasr_ros.frames import CameraIntrinsics
     from vilasr_ros.ros.conversions import (
-        camera_info_msg, camera_info_to_intrinsics, color_msg, decode_color_msg, decode_depth_msg, depth_msg,
+        camera_info_msg, color_msg, depth_msg,
         s_to_stamp)
+    from vilasr_ros.messages import decode_color, decode_depth, intrinsics_from_camera_info
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
     depth = (rng.integers(0, 5000, (48, 64)) / 1000.0).astype(np.float32)
     stamp = s_to_stamp(12.5)
-    assert np.array_equal(decode_color_msg(color_msg(rgb, stamp, "cam")), rgb)
-    assert np.array_equal(decode_depth_msg(depth_msg(depth, stamp, "cam", "16UC1")), depth)
-    assert np.array_equal(decode_depth_msg(depth_msg(depth, stamp, "cam", "32FC1")), depth)
+    assert np.array_equal(decode_color(color_msg(rgb, stamp, "cam")), rgb)
+    assert np.array_equal(decode_depth(depth_msg(depth, stamp, "cam", "16UC1")), depth)
+    assert np.array_equal(decode_depth(depth_msg(depth, stamp, "cam", "32FC1")), depth)
     intr = CameraIntrinsics(64, 48, 50.0, 51.0, 31.5, 23.5, "plumb_bob", (0.1, -0.2, 0.0, 0.0, 0.01))
-    assert camera_info_to_intrinsics(camera_info_msg(intr, stamp, "cam")) == intr
+    assert intrinsics_from_camera_info(camera_info_msg(intr, stamp, "cam")) == intr
 
 
 def _other_domain() -> str:

@@ -8,7 +8,7 @@ from conftest import VECTORS
 from vilasr_ros.scoring import mean_relative_accuracy, score_answer
 
 
-def test_eval_vectors(shared_dir):
+def test_eval_vectors():
     cases = json.loads((VECTORS / "score_vectors.json").read_text())["eval"]
     assert len(cases) > 50
     wrong = [

@@ -11,7 +11,7 @@ from PIL import Image
 pytest.importorskip("mujoco")
 
 from vilasr_ros.cli import main as vilasr  # noqa: E402
-from vilasr_ros.errors import QueryError  # noqa: E402
+from vilasr_ros.errors import ConfigError  # noqa: E402
 from vilasr_ros.sources import open_source  # noqa: E402
 from vilasr_ros_sim.catalog import CATEGORIES  # noqa: E402
 from vilasr_ros_sim.dataset import generate_dataset  # noqa: E402
@@ -296,9 +296,9 @@ def test_sim_source_live_and_from_folder_give_the_same_frames(dataset):
     assert np.abs(live.depth_m - f.depth_m).max() <= 0.0005 + 1e-6
     frames = list(open_source("sim:seed=2,frames=2,width=320,height=240"))
     assert len(frames) == 2 and frames[0].rgb.shape == (240, 320, 3) and frames[0].intrinsics.cx == 159.5
-    with pytest.raises(QueryError, match="seed=N"):
+    with pytest.raises(ConfigError, match="seed=N"):
         open_source("sim:frames=3")
-    with pytest.raises(QueryError, match="bad sim option"):
+    with pytest.raises(ConfigError, match="bad sim option"):
         open_source("sim:seed=1,colour=red")
     with pytest.raises(OSError, match="not a rendered sim scene"):
         open_source(f"sim:{root / 'mazes'}")

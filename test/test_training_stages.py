@@ -19,8 +19,9 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from vilasr_ros import protocol  # noqa: E402
 from vilasr_ros.engines.base import Engine, GenerationRequest, GenerationResult  # noqa: E402
-from vilasr_ros.errors import QueryError  # noqa: E402
+from vilasr_ros.errors import DatasetError  # noqa: E402
 from vilasr_ros.trace import Trace  # noqa: E402
+from conftest import RGBD  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = 12544  # image area cap of the smoke runs (16 vision tokens per frame)
@@ -210,13 +211,13 @@ def test_stage3_grpo_trains_on_multi_turn_drawing_rollouts(sim_dataset, tiny_mod
     assert (tmp_path / "grpo" / "config.json").exists()
 
 
-def test_site_bag_and_questions_become_items(shared_dir, tmp_path):
+def test_site_bag_and_questions_become_items(tmp_path):
     from vilasr_ros.evaluation.datasets import load_dataset
     from vilasr_ros.sources import open_source
     from vilasr_ros.sources.bag import write_bag
     from vilasr_ros_training.site import convert_site
 
-    with open_source(f"rgbd_folder:{shared_dir / 'data' / 'rgbd' / 'open3d_testdata_rgbd'}") as source:
+    with open_source(f"rgbd_folder:{RGBD / 'open3d_testdata_rgbd'}") as source:
         frames = [replace(f, stamp_s=100.0 + 0.5 * k) for k, f in enumerate(source)]  # 0.5 s apart
     assert len(frames) >= 3
     bag = tmp_path / "bags" / "walk"
@@ -239,7 +240,7 @@ def test_site_bag_and_questions_become_items(shared_dir, tmp_path):
 
     lines.append({"id": "q3", "bag": "bags/walk", "window": [50.0, 60.0], "question": "?", "answer": "1"})
     questions.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    with pytest.raises(QueryError, match=r"questions.jsonl:3: no frames in window"):
+    with pytest.raises(DatasetError, match=r"questions.jsonl:3: no frames in window"):
         convert_site(questions, tmp_path / "site2")
 
 

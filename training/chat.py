@@ -25,7 +25,7 @@ from typing import Any
 
 from vilasr_ros import protocol
 from vilasr_ros.engines.hf import IMAGE_PAD, expand_image_tokens
-from vilasr_ros.errors import QueryError
+from vilasr_ros.errors import DatasetError
 from vilasr_ros.trace import Trace
 
 IGNORE_INDEX = -100
@@ -39,10 +39,10 @@ def training_text(messages: list[dict[str, Any]]) -> str:
     """The chat text of a conversation that ends with the assistant (see module docstring).
 
     Raises:
-        QueryError: The last message is not the assistant's.
+        DatasetError: The last message is not the assistant's.
     """
     if not messages or messages[-1]["role"] != "assistant":
-        raise QueryError("a training conversation must end with an assistant message")
+        raise DatasetError("a training conversation must end with an assistant message")
     last = messages[-1]["content"]
     if not isinstance(last, str):
         last = "".join(part.get("text", "") for part in last)
@@ -61,7 +61,7 @@ def example_from_trace(trace: Trace, image_paths: list[str]) -> dict[str, Any]:
         last turn ended with the end token (a turn cut by the token limit is not a training target).
     """
     if not trace.turns:
-        raise QueryError("a trace without turns has nothing to train on")
+        raise DatasetError("a trace without turns has nothing to train on")
     messages = [_plain(m) for m in trace.messages] + [{"role": "assistant", "content": trace.model_output}]
     return {"messages": messages, "images": [str(p) for p in image_paths]}
 
@@ -172,7 +172,7 @@ def encode_llamafactory(messages: list[dict[str, Any]], images: list, tokenizer,
         when there are images.
 
     Raises:
-        QueryError: Roles that do not alternate, or image parts ≠ images.
+        DatasetError: Roles that do not alternate, or image parts ≠ images.
     """
     out: dict[str, Any] = {}
     pads: list[int] = []
@@ -192,7 +192,7 @@ def encode_llamafactory(messages: list[dict[str, Any]], images: list, tokenizer,
             if part.get("type") == "image":
                 n = next(it, None)
                 if n is None:
-                    raise QueryError("more image parts than images")
+                    raise DatasetError("more image parts than images")
                 text += "<|vision_start|>" + IMAGE_PAD * n + "<|vision_end|>"
             else:
                 text += part.get("text", "")
@@ -204,7 +204,7 @@ def encode_llamafactory(messages: list[dict[str, Any]], images: list, tokenizer,
         system = content(turns[0])
         turns = turns[1:]
     if len(turns) % 2 or any(m["role"] != ("user" if k % 2 == 0 else "assistant") for k, m in enumerate(turns)):
-        raise QueryError("a LLaMA-Factory example alternates user and assistant turns and ends with the assistant")
+        raise DatasetError("a LLaMA-Factory example alternates user and assistant turns and ends with the assistant")
 
     def ids(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False) if text else []
@@ -225,7 +225,7 @@ def encode_llamafactory(messages: list[dict[str, Any]], images: list, tokenizer,
         input_ids += source + target
         mask += [0] * len(source) + [1] * len(target)
     if next(it, None) is not None:
-        raise QueryError("more images than image parts")
+        raise DatasetError("more images than image parts")
     out["input_ids"], out["assistant_mask"] = input_ids, mask
     return out
 

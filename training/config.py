@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from vilasr_ros.configs import check_value
-from vilasr_ros.errors import QueryError
+from vilasr_ros.errors import ConfigError
 
 # Stage keys: name -> (allowed types, required). ``args`` is checked against trl's config class.
 _SFT_KEYS: dict[str, tuple[Any, bool]] = {
@@ -126,7 +126,7 @@ def check_args(stage: str, args: dict[str, Any], where: str) -> None:
             raise ValueError(f"{where}: args.{key} is not a trl {name} setting")
         try:
             check_value(f"args.{key}", value, hints.get(key, Any), where)
-        except QueryError as exc:
+        except ConfigError as exc:
             raise ValueError(str(exc)) from None
         _check_range(f"args.{key}".split(".")[-1], value, f"{where}: args")
 
@@ -151,7 +151,7 @@ def check_config(stage: str, config: dict[str, Any], where: str) -> None:
             continue
         try:
             check_value(key, config[key], types, where)
-        except QueryError as exc:
+        except ConfigError as exc:
             raise ValueError(str(exc)) from None
         value = config[key]
         if key in _STAGE_RANGES and isinstance(value, int) and value < _STAGE_RANGES[key]:

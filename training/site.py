@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from vilasr_ros.sanitize import safe_name
-from vilasr_ros.errors import QueryError
+from vilasr_ros.errors import DatasetError
 
 TYPES = ("multiple choice", "numerical", "regression", "free-form")
 
@@ -38,16 +38,16 @@ TYPES = ("multiple choice", "numerical", "regression", "free-form")
 def _check(line: dict[str, Any], where: str) -> None:
     for key in ("id", "bag", "window", "question", "answer"):
         if key not in line:
-            raise QueryError(f"{where}: missing {key!r}")
+            raise DatasetError(f"{where}: missing {key!r}")
     window = line["window"]
     if not (isinstance(window, list) and len(window) == 2 and all(isinstance(t, (int, float)) for t in window)
             and window[0] <= window[1]):
-        raise QueryError(f"{where}: window must be [start_s, end_s] with start <= end, got {window!r}")
+        raise DatasetError(f"{where}: window must be [start_s, end_s] with start <= end, got {window!r}")
     ptype = line.get("type", "free-form")
     if ptype not in TYPES:
-        raise QueryError(f"{where}: type must be one of {TYPES}, got {ptype!r}")
+        raise DatasetError(f"{where}: type must be one of {TYPES}, got {ptype!r}")
     if ptype == "multiple choice" and not line.get("options"):
-        raise QueryError(f"{where}: a multiple-choice question needs options")
+        raise DatasetError(f"{where}: a multiple-choice question needs options")
 
 
 def convert_site(questions: str | Path, out: str | Path, *, frames: int = 16) -> list[dict[str, Any]]:
@@ -62,7 +62,7 @@ def convert_site(questions: str | Path, out: str | Path, *, frames: int = 16) ->
         The items written.
 
     Raises:
-        QueryError: A malformed line, a missing bag, or a window without frames (the line is named).
+        DatasetError: A malformed line, a missing bag, or a window without frames (the line is named).
     """
     from PIL import Image
 
@@ -76,18 +76,18 @@ def convert_site(questions: str | Path, out: str | Path, *, frames: int = 16) ->
         try:
             line = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise QueryError(f"{questions}:{n}: not JSON: {exc}") from exc
+            raise DatasetError(f"{questions}:{n}: not JSON: {exc}") from exc
         _check(line, f"{questions}:{n}")
         lines.append((n, line))
     ids = [line["id"] for _, line in lines]
     if len(set(ids)) != len(ids):
-        raise QueryError(f"{questions}: question ids are not unique")
+        raise DatasetError(f"{questions}: question ids are not unique")
 
     by_bag: dict[Path, list] = {}
     for n, line in lines:
         bag = (questions.parent / line["bag"]).resolve()
         if not bag.exists():
-            raise QueryError(f"{questions}:{n}: bag not found: {bag}")
+            raise DatasetError(f"{questions}:{n}: bag not found: {bag}")
         by_bag.setdefault(bag, []).append((n, line))
 
     items = []
@@ -97,14 +97,14 @@ def convert_site(questions: str | Path, out: str | Path, *, frames: int = 16) ->
         with BagSource(bag) as source:
             stamps = np.array([f.stamp_s for f in source])
         if stamps.size == 0:
-            raise QueryError(f"{bag}: no colour frames")
+            raise DatasetError(f"{bag}: no colour frames")
         stamps = stamps - stamps[0]
         wanted: dict[int, list[Path]] = {}
         for n, line in entries:
             start, end = line["window"]
             inside = np.flatnonzero((stamps >= start) & (stamps <= end))
             if inside.size == 0:
-                raise QueryError(f"{questions}:{n}: no frames in window {line['window']} s of {bag.name} "
+                raise DatasetError(f"{questions}:{n}: no frames in window {line['window']} s of {bag.name} "
                                  f"(the bag spans 0–{stamps[-1]:.2f} s)")
             picks = inside[np.unique(np.linspace(0, inside.size - 1, min(frames, inside.size)).round().astype(int))]
             folder = out / "frames" / safe_name(line["id"])

@@ -4,9 +4,9 @@ The ROS node (:mod:`vilasr_ros.ros.agent_node`) is a thin adapter around :class:
 fills the :class:`~vilasr_ros.buffer.FrameBuffer` from topics, hands each query's JSON to
 :func:`parse_query`, calls :meth:`SpatialAgent.answer`, and publishes :meth:`Answer.to_json`.
 
-Query JSON (``~/query``)::
+Query JSON (``~/query``): one schema for every front end, :class:`vilasr_ros.query.Query`::
 
-    {"id": "q1", "question": "Go to the chair", "type": "free-form",
+    {"id": "q1", "question": "Go to the chair", "problem_type": "free-form",
      "options": ["A. ...", ...], "target": "chair", "frames": 16}
 
 Answer JSON (``~/answer``)::
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,127 +36,16 @@ from typing import Any, Callable
 
 from vilasr_ros import protocol
 from vilasr_ros.buffer import FrameBuffer
-from vilasr_ros.errors import QueryError, VilasrError
+from vilasr_ros.errors import VilasrError
 from vilasr_ros.grounding import GroundingConfig, GroundingResult, ground_trace
 from vilasr_ros.reasoner import Reasoner
-from vilasr_ros.sanitize import check_json_depth, clean_json, clean_text, is_encodable, safe_name
+from vilasr_ros.query import SELECTIONS, BadQueryError, Query, Selection, parse_query
+from vilasr_ros.sanitize import clean_json, clean_text, safe_name
 from vilasr_ros.trace import Trace, Turn
 from vilasr_ros.trace_store import TraceStore
 
 logger = logging.getLogger(__name__)
-
-QUERY_FIELDS = {"id", "question", "type", "options", "target", "frames", "selection", "kind"}
-SELECTIONS = ("uniform", "latest", "coverage")
-MAX_QUERY_DEPTH = 4
-"""A query is an object of strings, numbers and one list of strings: depth 2; 4 leaves room."""
-MAX_OPTIONS = 26
-
-
-@dataclass(frozen=True)
-class Query:
-    """A validated query (see the module docstring for the JSON)."""
-
-    id: str | None
-    question: str
-    type: str = "free-form"
-    options: list[str] | None = None
-    target: str | None = None
-    frames: int | None = None
-    selection: str | None = None
-    kind: str | None = None
-
-
-class BadQueryError(QueryError):
-    """A query that cannot be served; ``query_id`` is the request id when one could be read."""
-
-    def __init__(self, message: str, query_id: str | None = None):
-        super().__init__(message)
-        self.query_id = query_id
-
-
-def parse_query(text: str, *, max_bytes: int = 4096, max_frames: int = 64) -> Query:
-    """Validate a query's JSON text.
-
-    The size is checked before parsing, and the nesting depth (without recursion) before
-    ``json.loads``, so no text can exhaust memory or the stack; every string must be encodable
-    (no lone surrogates: they could not be published or saved).
-
-    Raises:
-        BadQueryError: Not text, over ``max_bytes``, nested deeper than :data:`MAX_QUERY_DEPTH`, not
-            JSON / not an object, missing or empty ``question``, unknown ``type``, ``options``
-            missing for multiple choice or not strings, ``frames`` outside 1..max_frames, unknown
-            fields, text that is not valid Unicode. ``query_id`` carries the id when readable.
-    """
-    if not isinstance(text, str):
-        raise BadQueryError(f"query must be JSON text, got {type(text).__name__}")
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > max_bytes:
-        raise BadQueryError(f"query is {size} bytes; the limit is {max_bytes} (max_query_bytes)", _peek_id(text))
-    try:
-        check_json_depth(text, MAX_QUERY_DEPTH)
-        data = json.loads(text)
-    except ValueError as exc:  # JSONDecodeError or too deep
-        what = "too deeply nested" if "nested" in str(exc) else "not JSON"
-        raise BadQueryError(f"query is {what}: {clean_text(exc)}", _peek_id(text)) from None
-    except RecursionError:  # unreachable after the depth check; kept as the invariant's guard
-        raise BadQueryError("query is too deeply nested", _peek_id(text)) from None
-    if not isinstance(data, dict):
-        raise BadQueryError(f"query must be a JSON object, got {type(data).__name__}")
-    qid = data.get("id")
-    qid = None if qid is None else clean_text(qid if isinstance(qid, str) else json.dumps(qid))[:128]
-
-    def bad(message: str):
-        return BadQueryError(message, qid)
-
-    if not is_encodable(json.dumps(data, ensure_ascii=False)):
-        raise bad("query holds text that is not valid Unicode (a lone surrogate \\ud800-\\udfff)")
-    unknown = set(data) - QUERY_FIELDS
-    if unknown:
-        raise bad(f"unknown query fields {sorted(unknown)}; allowed: {sorted(QUERY_FIELDS)}")
-    question = data.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise bad("query needs a non-empty string 'question'")
-    try:
-        ptype = protocol.normalize_problem_type(data.get("type", "free-form"))
-    except QueryError as exc:
-        raise bad(str(exc)) from None
-    options = data.get("options")
-    if options is not None and (not isinstance(options, list) or not all(isinstance(o, str) for o in options)
-                                or len(options) > MAX_OPTIONS):
-        raise bad(f"'options' must be a list of at most {MAX_OPTIONS} strings")
-    if ptype == "multiple choice" and not options:
-        raise bad("a multiple-choice query needs 'options'")
-    target = data.get("target")
-    if target is not None and (not isinstance(target, str) or not target.strip()):
-        raise bad("'target' must be a non-empty string")
-    frames = data.get("frames")
-    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= max_frames):
-        raise bad(f"'frames' must be an integer in 1..{max_frames}")
-    selection = data.get("selection")
-    if selection is not None and selection not in SELECTIONS:
-        raise bad(f"'selection' must be one of {SELECTIONS}")
-    kind = data.get("kind")
-    if kind is not None and kind not in ("single", "video", "multi_view"):
-        raise bad("'kind' must be single, video or multi_view")
-    return Query(qid, question, ptype, options, target, frames, selection, kind)
-
-
-_ID_RE = re.compile(r'"id"\s*:\s*(?:"((?:[^"\\]|\\.){0,128})"|(-?\d{1,20}))')
-
-
-def _peek_id(text: str) -> str | None:
-    """The ``id`` of a query too large to parse, read from its first KiB (so even a refused query
-    is answered under its id)."""
-    match = _ID_RE.search(text[:1024])
-    if not match:
-        return None
-    if match.group(2) is not None:
-        return match.group(2)
-    try:
-        return clean_text(json.loads('"' + match.group(1) + '"'))
-    except ValueError:
-        return None
-
+__all__ = ["AgentConfig", "Answer", "BadQueryError", "Query", "Result", "SpatialAgent", "goal_decision", "parse_query"]
 
 def goal_decision(trace: Trace | None, grounding: GroundingResult | None, min_confidence: float) -> tuple[bool, str | None]:
     """May this answer move the robot? (the safety rule in the module docstring)
@@ -204,7 +92,8 @@ class Answer:
         return json.dumps(clean_json(asdict(self)), ensure_ascii=False, default=str)
 
     @classmethod
-    def failure(cls, query_id: str | None, error: str, finish_reason: str = "error") -> "Answer":
+    def failure(cls, query_id: str | None, error: str,
+                finish_reason: protocol.FinishReason = protocol.FinishReason.ERROR) -> "Answer":
         return cls(id=query_id, finish_reason=finish_reason, error=error)
 
 
@@ -225,7 +114,7 @@ class AgentConfig:
     """
 
     frames: int = 16
-    selection: str = "uniform"
+    selection: Selection = Selection.UNIFORM
     window_s: float | None = None
     max_age_s: float | None = 5.0
     trace_root: str | None = "runs/agent"
@@ -238,6 +127,7 @@ class AgentConfig:
     def __post_init__(self):
         if self.frames < 1 or self.selection not in SELECTIONS:
             raise ValueError(f"frames must be >= 1 and selection one of {SELECTIONS}")
+        object.__setattr__(self, "selection", Selection(self.selection))
         if self.trace_max_total_mb <= 0 or self.trace_max_age_h < 0:
             raise ValueError("trace_max_total_mb must be > 0 and trace_max_age_h >= 0")
         if not 0.0 <= self.min_goal_confidence <= 1.0:
@@ -317,9 +207,9 @@ class SpatialAgent:
         localization = None
         if self.localization is not None:
             frames, localization = self.localization.express(frames)
-        kind = query.kind or ("single" if len(frames) == 1 else "video")
+        kind = query.kind or protocol.default_kind(len(frames))
         try:
-            trace = self.reasoner.run([f.rgb for f in frames], query.question, query.type, query.options,
+            trace = self.reasoner.run([f.rgb for f in frames], query.question, query.problem_type, query.options,
                                       kind=kind, cancel=cancel, on_turn=on_turn)
         except (VilasrError, ValueError) as exc:
             return Result(Answer.failure(query.id, str(exc)))

@@ -25,11 +25,9 @@ import numpy as np
 from vilasr_ros.errors import VilasrError
 from vilasr_ros.frames import Frame
 from vilasr_ros.health import SensorHealth
+from vilasr_ros.query import SELECTIONS
 
 logger = logging.getLogger(__name__)
-
-SELECTIONS = ("uniform", "latest", "coverage")
-
 
 class EmptyBufferError(VilasrError, LookupError):
     """No frame has been received (or the buffer was cleared)."""

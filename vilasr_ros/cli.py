@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from vilasr_ros.errors import MissingDependencyError, VilasrError
+from vilasr_ros.protocol import FinishReason, PromptKind, default_kind
+from vilasr_ros.query import SELECTIONS
 
 logger = logging.getLogger("vilasr_ros.cli")
 
@@ -166,13 +168,13 @@ def choose(args: argparse.Namespace, *, standalone: bool = True) -> EngineChoice
         UserError: A flag the engine does not take, a missing or invalid value.
     """
     from vilasr_ros.engines import choose_engine, engine_class, engine_config, engine_options
-    from vilasr_ros.errors import QueryError
+    from vilasr_ros.errors import ConfigError
 
     try:
         name, sentence = choose_engine(args.engine, model=args.model, base_url=args.base_url)
         options = engine_options(name, given_engine_options(args), ENGINE_FLAGS)
         config = engine_config(name, **options)
-    except QueryError as exc:
+    except ConfigError as exc:
         raise UserError(str(exc)) from None
     if name in ("transformers", "vllm"):  # weights are checked here, before torch or the model load
         from vilasr_ros.engines.hf import resolve_model_path
@@ -191,13 +193,13 @@ def choose(args: argparse.Namespace, *, standalone: bool = True) -> EngineChoice
 
 
 def loop_config(args: argparse.Namespace):
-    from vilasr_ros.errors import QueryError
+    from vilasr_ros.errors import ConfigError
     from vilasr_ros.reasoner import reasoner_config
 
     try:
         return reasoner_config(max_pixels=args.max_pixels, max_turns=args.max_turns, temperature=args.temperature,
                                top_p=args.top_p, max_tokens=args.max_tokens)
-    except QueryError as exc:
+    except ConfigError as exc:
         raise UserError(str(exc)) from None
 
 
@@ -254,7 +256,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
                     images.append(to_rgb(im))
             except OSError as exc:
                 raise UserError(f"--images: cannot read {p}: {exc}") from None
-    kind = args.kind or ("single" if len(images) == 1 else "video")
+    kind = args.kind or default_kind(len(images))
     trace = reasoner.run(images, args.question, args.type, args.option or None, kind=kind)
     trace.frames = [f.record() for f in frames or []]
     result = None
@@ -271,7 +273,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(_target_line(result))
     print(f"turns: {len(trace.turns)}  images: {len(trace.images)}  time: {trace.total_s:.2f}s")
     print(f"trace: {out / 'trace.json'}   (look at it: vilasr view {out})")
-    return 0 if trace.finish_reason != "error" else 1
+    return 0 if trace.finish_reason != FinishReason.ERROR else 1
 
 
 def _target_line(result) -> str:
@@ -346,7 +348,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from vilasr_ros.configs import build_config
-    from vilasr_ros.errors import QueryError
+    from vilasr_ros.errors import ConfigError
     from vilasr_ros.serve import ServeConfig, serve
 
     try:
@@ -355,7 +357,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ("max_queue", args.max_queue), ("max_frames", args.max_frames), ("max_body_mb", args.max_body_mb),
             ("default_deadline_s", args.default_deadline), ("max_deadline_s", args.max_deadline)) if v is not None},
             "vilasr serve")
-    except QueryError as exc:
+    except ConfigError as exc:
         raise UserError(str(exc)) from None
     choice = choose(args)
     if choice.name == "remote":
@@ -459,8 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", nargs="+", help="image files or a folder (sorted by name)")
     src.add_argument("--source", help="frame source: rgbd_folder:PATH, bag:PATH, realsense[:SERIAL|FILE.db3], sim:...")
     src.add_argument("--frames", type=positive_int, default=16, help="frames to select from --source (default 16)")
-    src.add_argument("--selection", default="uniform", choices=("uniform", "latest", "coverage"))
-    src.add_argument("--kind", choices=("single", "video", "multi_view"), help="prompt layout (default by count)")
+    src.add_argument("--selection", default="uniform", choices=SELECTIONS)
+    src.add_argument("--kind", choices=[k.value for k in PromptKind], help="prompt layout (default by count)")
     ask.add_argument("--question", required=True)
     ask.add_argument("--type", default="free-form", type=problem_type, help=", ".join(TYPE_SPELLINGS))
     ask.add_argument("--option", action="append", help="multiple-choice option, repeatable ('A. yes')")

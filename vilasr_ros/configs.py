@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any
 
-from vilasr_ros.errors import QueryError
+from vilasr_ros.errors import ConfigError
 
 
 def _allowed_types(annotation: Any) -> tuple[type, ...] | None:
@@ -45,7 +45,7 @@ def check_value(name: str, value: Any, annotation: Any, context: str) -> Any:
     """``value`` when it fits ``annotation`` (an int for a float field becomes a float).
 
     Raises:
-        QueryError: It does not.
+        ConfigError: It does not.
     """
     allowed = _allowed_types(annotation)
     if allowed is None:
@@ -53,9 +53,9 @@ def check_value(name: str, value: Any, annotation: Any, context: str) -> Any:
     if str in allowed and isinstance(value, os.PathLike):
         value = os.fspath(value)
     if isinstance(value, bool) and bool not in allowed:  # True is an int; never a number here
-        raise QueryError(f"{context}: {name} must be {_type_name(allowed)}, got {value!r}")
+        raise ConfigError(f"{context}: {name} must be {_type_name(allowed)}, got {value!r}")
     if not isinstance(value, allowed):
-        raise QueryError(f"{context}: {name} must be {_type_name(allowed)}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{context}: {name} must be {_type_name(allowed)}, got {value!r} ({type(value).__name__})")
     declared = _declared(annotation)
     if isinstance(value, int) and float in declared and int not in declared:
         return float(value)
@@ -91,21 +91,21 @@ def build_config(cls: type, options: dict[str, Any], context: str) -> Any:
         context: What is being configured, for messages (``"openai engine"``).
 
     Raises:
-        QueryError: An unknown option, a value of the wrong type, or what ``__post_init__`` raises
-            (a ``ValueError`` becomes a ``QueryError`` with the same text).
+        ConfigError: An unknown option, a value of the wrong type, or what ``__post_init__`` raises
+            (a ``ValueError`` becomes a ``ConfigError`` with the same text).
     """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(options) - set(fields))
     if unknown:
-        raise QueryError(f"{context} has no option {', '.join(unknown)} (its options: {', '.join(sorted(fields))})")
+        raise ConfigError(f"{context} has no option {', '.join(unknown)} (its options: {', '.join(sorted(fields))})")
     values = {name: check_value(name, value, hints.get(name, Any), context) for name, value in options.items()}
     try:
         return cls(**values)
-    except QueryError:
+    except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
-        raise QueryError(f"{context}: {exc}") from exc
+        raise ConfigError(f"{context}: {exc}") from exc
 
 
 def describe_fields(cls: type) -> dict[str, Any]:

@@ -16,7 +16,21 @@ class ModelOutputError(VilasrError, ValueError):
 
 
 class QueryError(VilasrError, ValueError):
-    """A question, problem type, option list or image list that cannot be asked."""
+    """A question, problem type, option list or image list that cannot be asked (queries only)."""
+
+
+class ConfigError(VilasrError, ValueError):
+    """A setting that cannot be used: an unknown engine or option, a value of the wrong type or out of
+    range, a bad source spec. The message says how to fix it."""
+
+
+class DatasetError(VilasrError, ValueError):
+    """A dataset, item, image file or results file that cannot be read as one (named in the message)."""
+
+
+class MessageError(VilasrError, ValueError):
+    """A sensor message (live or from a bag) that cannot be decoded or is implausible: unknown
+    encoding, short data, content that does not match its declared format, a non-finite pose."""
 
 
 class EngineError(VilasrError, RuntimeError):

@@ -23,6 +23,7 @@ REASONS = {
     "future_stamp": "stamp ahead of the clock",
     "too_large": "frame larger than the buffer's byte bound",
     "odometry": "odometry rejected (not finite, out of range or a jump beyond max_speed_mps)",
+    "map_pose": "map pose rejected (not finite, a zero quaternion, out of range or covariance not trusted)",
     "callback": "a callback failed on the message",
     "depth_byte_order": "depth byte order does not match is_bigendian",
 }

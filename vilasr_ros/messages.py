@@ -14,7 +14,7 @@ field names), so a bag and the live topics it was recorded from decode identical
 - ``nav_msgs/Odometry``, ``geometry_msgs/PoseStamped``, ``geometry_msgs/PoseWithCovarianceStamped``
   → ``(stamp_s, T, frame_id)``; every quaternion goes through SciPy's ``Rotation`` (x, y, z, w).
 
-Every decoder raises :class:`~vilasr_ros.sources.base.SourceError` for data it cannot use.
+Every decoder raises :class:`~vilasr_ros.errors.MessageError` (a ``ValueError``) for data it cannot use.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import struct
 import numpy as np
 
 from vilasr_ros.frames import CameraIntrinsics
-from vilasr_ros.sources.base import SourceError
+from vilasr_ros.errors import MessageError
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
@@ -51,20 +51,29 @@ def message_kind(msg) -> str:
         return POSE_WITH_COVARIANCE
     if pose is not None:
         return POSE_STAMPED
-    raise SourceError(f"not a sensor message this package reads: {type(msg).__name__}")
+    raise MessageError(f"not a sensor message this package reads: {type(msg).__name__}")
 
 
 def stamp_s(header) -> float:
+    """``std_msgs/Header`` stamp → seconds (float)."""
     return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
-def pose_to_matrix(position, orientation) -> np.ndarray:
-    """geometry_msgs Point + Quaternion (x y z w) → 4×4."""
+def pose_to_matrix(pose) -> np.ndarray:
+    """``geometry_msgs/Pose`` (position m, quaternion x y z w) → 4×4 ``T_parent_child``.
+
+    Raises:
+        MessageError: A coordinate that is not finite, or a zero quaternion.
+    """
     from scipy.spatial.transform import Rotation
 
+    q = np.array([pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w], float)
+    p = np.array([pose.position.x, pose.position.y, pose.position.z], float)
+    if not (np.isfinite(q).all() and np.isfinite(p).all()) or np.linalg.norm(q) < 1e-9:
+        raise MessageError("pose is not finite or has a zero quaternion")
     T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat([orientation.x, orientation.y, orientation.z, orientation.w]).as_matrix()  # normalises
-    T[:3, 3] = [position.x, position.y, position.z]
+    T[:3, :3] = Rotation.from_quat(q).as_matrix()  # normalises
+    T[:3, 3] = p
     return T
 
 
@@ -72,7 +81,7 @@ def decode_color(msg, msgtype: str | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB from an Image or CompressedImage message.
 
     Raises:
-        SourceError: Unknown encoding or undecodable data.
+        MessageError: Unknown encoding or undecodable data.
     """
     if (msgtype or message_kind(msg)) == COMPRESSED:
         from PIL import Image
@@ -80,15 +89,15 @@ def decode_color(msg, msgtype: str | None = None) -> np.ndarray:
         try:
             return np.asarray(Image.open(io.BytesIO(bytes(msg.data))).convert("RGB"))
         except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
-            raise SourceError(f"cannot decode compressed colour image ({msg.format}): {exc}") from exc
+            raise MessageError(f"cannot decode compressed colour image ({msg.format}): {exc}") from exc
     enc = msg.encoding
     if enc not in COLOR_ENCODINGS:
-        raise SourceError(f"unsupported colour encoding {enc!r}; use one of {', '.join(COLOR_ENCODINGS)}")
+        raise MessageError(f"unsupported colour encoding {enc!r}; use one of {', '.join(COLOR_ENCODINGS)}")
     ch = COLOR_ENCODINGS[enc]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     data = bytes(msg.data)
     if step < w * ch or len(data) < h * step or h < 1 or w < 1:
-        raise SourceError(f"{enc} image {w}x{h} with step {step} needs {h * step} bytes, got {len(data)}")
+        raise MessageError(f"{enc} image {w}x{h} with step {step} needs {h * step} bytes, got {len(data)}")
     rows = np.frombuffer(data[: h * step], dtype=np.uint8).reshape(h, step)[:, : w * ch].reshape(h, w, ch)
     if enc == "mono8":
         return np.repeat(rows, 3, axis=2)
@@ -101,7 +110,7 @@ def decode_depth(msg, msgtype: str | None = None) -> np.ndarray:
     """(H, W) float32 metres from a 16UC1/32FC1 Image or a compressedDepth CompressedImage.
 
     Raises:
-        SourceError: Unknown encoding or format.
+        MessageError: Unknown encoding or format.
     """
     from PIL import Image
 
@@ -109,12 +118,12 @@ def decode_depth(msg, msgtype: str | None = None) -> np.ndarray:
         fmt = msg.format
         raw = bytes(msg.data)
         if "compressedDepth" not in fmt or len(raw) < 12:
-            raise SourceError(f"unsupported compressed depth format {fmt!r} (expected '16UC1; compressedDepth png')")
+            raise MessageError(f"unsupported compressed depth format {fmt!r} (expected '16UC1; compressedDepth png')")
         _, quant_a, quant_b = struct.unpack("<iff", raw[:12])
         try:
             values = np.asarray(Image.open(io.BytesIO(raw[12:])))
         except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
-            raise SourceError(f"cannot decode compressedDepth PNG: {exc}") from exc
+            raise MessageError(f"cannot decode compressedDepth PNG: {exc}") from exc
         if fmt.startswith("16UC1") or fmt.startswith("mono16"):
             return (values.astype(np.float32) / np.float32(1000.0)).astype(np.float32)
         if fmt.startswith("32FC1"):
@@ -122,7 +131,7 @@ def decode_depth(msg, msgtype: str | None = None) -> np.ndarray:
             with np.errstate(divide="ignore"):
                 depth = np.where(v > 0, quant_a / (v - quant_b), 0.0)
             return depth.astype(np.float32)
-        raise SourceError(f"unsupported compressedDepth encoding {fmt!r}")
+        raise MessageError(f"unsupported compressedDepth encoding {fmt!r}")
     enc = msg.encoding
     data = bytes(msg.data)
     big = bool(msg.is_bigendian)
@@ -135,18 +144,18 @@ def decode_depth(msg, msgtype: str | None = None) -> np.ndarray:
         with np.errstate(all="ignore"):
             _check_byte_order(arr.astype(np.float32), arr.byteswap().astype(np.float32), big)
         return np.ascontiguousarray(arr.astype(np.float32))
-    raise SourceError(f"unsupported depth encoding {enc!r}; use 16UC1 (mm) or 32FC1 (m)")
+    raise MessageError(f"unsupported depth encoding {enc!r}; use 16UC1 (mm) or 32FC1 (m)")
 
 
 def _rows(data: bytes, dtype: str, msg, itemsize: int) -> np.ndarray:
     """(height, width) values of an Image's data honouring ``step`` (row padding).
 
     Raises:
-        SourceError: ``data`` is shorter than ``height * step`` or ``step`` is shorter than a row.
+        MessageError: ``data`` is shorter than ``height * step`` or ``step`` is shorter than a row.
     """
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if step < w * itemsize or len(data) < h * step or h < 1 or w < 1:
-        raise SourceError(f"{msg.encoding} image {w}x{h} with step {step} needs {h * step} bytes, got {len(data)}")
+        raise MessageError(f"{msg.encoding} image {w}x{h} with step {step} needs {h * step} bytes, got {len(data)}")
     return np.frombuffer(data[: h * step], dtype=dtype).reshape(h, step // itemsize)[:, :w]
 
 
@@ -164,15 +173,19 @@ def _check_byte_order(as_flagged: np.ndarray, swapped: np.ndarray, big: bool) ->
     moves targets silently)."""
     flagged, other = _plausible(as_flagged), _plausible(swapped)
     if flagged < 0.5 and other >= 0.5 and other > 2 * flagged:
-        raise SourceError(
+        raise MessageError(
             f"depth byte order: is_bigendian={int(big)} but the data reads as {'little' if big else 'big'}-endian "
             f"({100 * flagged:.0f}% of readings plausible as flagged, {100 * other:.0f}% swapped); frame dropped")
 
 
 def intrinsics_from_camera_info(msg) -> CameraIntrinsics:
-    return CameraIntrinsics.from_K(msg.k, msg.width, msg.height, D=tuple(msg.d), distortion_model=msg.distortion_model or "plumb_bob")
+    """``sensor_msgs/CameraInfo`` → :class:`~vilasr_ros.frames.CameraIntrinsics` (``k`` row-major 3×3, ``d``).
 
-
+    Raises:
+        FrameError: A zero or invalid ``k`` (an uncalibrated camera) or a bad size.
+    """
+    return CameraIntrinsics.from_K(list(msg.k), msg.width, msg.height, D=tuple(msg.d),
+                                   distortion_model=msg.distortion_model or "plumb_bob")
 
 
 def pose_from_message(msg) -> tuple[float, np.ndarray, str]:
@@ -180,7 +193,7 @@ def pose_from_message(msg) -> tuple[float, np.ndarray, str]:
     the pose of the child (Odometry ``child_frame_id``, e.g. ``base_link``) in ``header.frame_id``.
 
     Raises:
-        SourceError: Not a pose message, or a pose that is not finite / a zero quaternion.
+        MessageError: Not a pose message, or a pose that is not finite / a zero quaternion.
     """
     kind = message_kind(msg)
     if kind == ODOMETRY or kind == POSE_WITH_COVARIANCE:
@@ -188,12 +201,12 @@ def pose_from_message(msg) -> tuple[float, np.ndarray, str]:
     elif kind == POSE_STAMPED:
         pose = msg.pose
     else:
-        raise SourceError(f"{kind} carries no pose")
-    q = np.array([pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w], float)
-    p = np.array([pose.position.x, pose.position.y, pose.position.z], float)
-    if not (np.isfinite(q).all() and np.isfinite(p).all()) or np.linalg.norm(q) < 1e-9:
-        raise SourceError(f"{kind} pose is not finite or has a zero quaternion")
-    return stamp_s(msg.header), pose_to_matrix(pose.position, pose.orientation), msg.header.frame_id
+        raise MessageError(f"{kind} carries no pose")
+    try:
+        T = pose_to_matrix(pose)
+    except MessageError as exc:
+        raise MessageError(f"{kind.rsplit('/', 1)[-1]} {exc}") from None
+    return stamp_s(msg.header), T, msg.header.frame_id
 
 
 # ----------------------------------------------------------------------------- encoding (the other way)

@@ -228,6 +228,10 @@ class FrameAssembler:
             return self.expect_pose and newest - t <= self.wait_s
         return self._pose_stamps[-1] < t - 1e-9 and newest - t <= self.wait_s
 
+    def pending(self) -> int:
+        """Colour images still waiting for their depth image, pose or CameraInfo."""
+        return len(self._colour)
+
     def flush(self, force: bool = False) -> list[Frame]:
         """Settle colour images that have waited more than ``wait_s`` since they *arrived*
         (monotonic clock) — or all of them with ``force`` (the end of a bag): when a stream stops,

@@ -18,6 +18,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from importlib import resources
 from typing import Any
 
@@ -38,11 +39,49 @@ turn the reference could generate holds one; ``ast.literal_eval`` of megabytes t
 
 PROBLEM_TYPES = ("multiple choice", "free-form", "regression", "numerical", "vci")
 
-FINISH_STOP = "stop"
-FINISH_LENGTH = "length"
-FINISH_TOOL_ERROR = "ToolError"
-FINISH_TOO_MANY_IMAGES = "TooManyImages"
-FINISH_MAX_TOKENS = "max_tokens"
+
+
+class PromptKind(str, Enum):
+    """Layout of the first turn (spec §2): one image, a video's frames, or views of one scene."""
+
+    SINGLE = "single"
+    VIDEO = "video"
+    MULTI_VIEW = "multi_view"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def default_kind(n_images: int) -> PromptKind:
+    """The layout a query gets when it names none: ``single`` for one image, else ``video`` (the
+    reference's rule, ``eval/infer.py``)."""
+    return PromptKind.SINGLE if n_images == 1 else PromptKind.VIDEO
+
+
+class FinishReason(str, Enum):
+    """Why a run ended. ``stop``/``length`` come from the model call; ``ToolError``, ``TooManyImages``
+    and ``max_tokens`` are the reference rollout's names (``vllm_rollout_spmd_video.py``); ``error``,
+    ``cancelled`` and ``rejected`` are this package's (engine failure, cancel or deadline, refused
+    before it ran). Members are strings: they compare equal to, and serialise as, their values."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    TOOL_ERROR = "ToolError"
+    TOO_MANY_IMAGES = "TooManyImages"
+    MAX_TOKENS = "max_tokens"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINISH_STOP = FinishReason.STOP
+FINISH_LENGTH = FinishReason.LENGTH
+FINISH_TOOL_ERROR = FinishReason.TOOL_ERROR
+FINISH_TOO_MANY_IMAGES = FinishReason.TOO_MANY_IMAGES
+FINISH_MAX_TOKENS = FinishReason.MAX_TOKENS
 """A trajectory that spent ``ReasonerConfig.max_response_tokens`` (the RL rollout's name for it)."""
 
 
@@ -205,7 +244,7 @@ def build_question_text(
         opts = "\n" + "\n".join(str(o).strip() if layout == "rl" else str(o) for o in options)
     suffix = p["answer_type_suffix"][ptype]
     if layout == "rl":
-        if kind not in ("single", "video", "multi_view"):
+        if kind not in tuple(PromptKind):
             raise QueryError(f"unknown prompt kind {kind!r}; use single, video or multi_view")
         if kind == "single":
             body = question + opts + p["single_image_question_suffix"] + suffix
@@ -254,7 +293,7 @@ def initial_messages(
     """
     if not image_sizes:
         raise QueryError("at least one image is needed")
-    kind = kind or ("single" if len(image_sizes) == 1 else "video")
+    kind = kind or default_kind(len(image_sizes))
     if kind == "single" and len(image_sizes) != 1:
         raise QueryError(f"kind 'single' takes one image, got {len(image_sizes)}")
     p = prompts()

@@ -168,7 +168,7 @@ class Reasoner:
         if not images:
             raise QueryError("at least one image is needed")
         pil = [protocol.resize_for_model(to_pil(img), cfg.max_pixels) for img in images]
-        kind = kind or ("single" if len(pil) == 1 else "video")
+        kind = kind or protocol.default_kind(len(pil))
         messages = protocol.initial_messages([im.size for im in pil], question, ptype, options, kind, cfg.prompt_layout)
         trace = Trace(
             question=question,
@@ -196,7 +196,7 @@ class Reasoner:
         budget = {"spent": 0}
         for call in range(1, cfg.max_turns + 1):
             if cancel is not None and cancel.is_set():
-                trace.finish_reason, trace.error = "cancelled", "cancelled before turn %d" % call
+                trace.finish_reason, trace.error = protocol.FinishReason.CANCELLED, "cancelled before turn %d" % call
                 break
             request = GenerationRequest(
                 prompt=protocol.render_chat(trace.messages, add_generation_prompt=True),
@@ -213,7 +213,7 @@ class Reasoner:
                 reason = result.finish_reason if result.finish_reason in (protocol.FINISH_STOP, protocol.FINISH_LENGTH) \
                     else protocol.FINISH_STOP
             except Exception as exc:  # noqa: BLE001 - any engine failure ends this query, never the caller
-                trace.finish_reason, trace.error = "error", clean_text(f"{type(exc).__name__}: {exc}")
+                trace.finish_reason, trace.error = protocol.FinishReason.ERROR, clean_text(f"{type(exc).__name__}: {exc}")
                 logger.error("engine failed on turn %d: %s", call, trace.error)
                 break
             t1 = time.perf_counter()

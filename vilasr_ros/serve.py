@@ -10,8 +10,9 @@ robot: depth and poses never leave it.
 
 API (FastAPI; the OpenAPI document is at ``/openapi.json``, interactive at ``/docs``):
 
-- ``POST /v1/queries`` — multipart: ``query`` (JSON text: ``question``, ``problem_type``,
-  ``options``, ``kind``, ``loop`` — ``max_pixels``, ``max_turns``, ``max_images``,
+- ``POST /v1/queries`` — multipart: ``query`` (JSON text: the fields of
+  :class:`~vilasr_ros.query.Query` — ``id``, ``question``, ``problem_type`` (alias ``type``),
+  ``options``, ``kind`` —, and this server's ``loop`` — ``max_pixels``, ``max_turns``, ``max_images``,
   ``max_drawings_per_turn``, ``temperature``, ``top_p``, ``max_tokens``, ``seed`` —, ``deadline_s``,
   ``images``: ``none``|``last``|``all``) and ``frames`` (image files, in order). With
   ``?stream=true`` the reply is ``text/event-stream``: one ``turn`` event per model turn, then
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vilasr_ros import __version__
-from vilasr_ros.errors import QueryError, require
+from vilasr_ros.errors import ConfigError, QueryError, require
 from vilasr_ros.sanitize import clean_json, clean_text
 
 logger = logging.getLogger(__name__)
@@ -103,46 +104,33 @@ class Metrics:
 
 
 class QueryRequest:
-    """A validated query: the parsed ``query`` JSON and the decoded frames."""
+    """A validated request: the :class:`~vilasr_ros.query.Query` (the same schema as the ROS topic's,
+    less ``target``, ``frames`` and ``selection``: the robot chose its frames and grounds targets
+    itself), this server's fields (``loop``, ``deadline_s``, ``images``) and the decoded frames.
+
+    Raises:
+        QueryError: A field outside its rules (the message names it), no frames, or too many.
+    """
 
     LOOP_KEYS = ("max_pixels", "max_turns", "max_images", "max_drawings_per_turn", "temperature", "top_p",
                  "max_tokens", "seed")
+    FIELDS = ("loop", "deadline_s", "images")
 
     def __init__(self, text: str, frames: list, config: ServeConfig):
-        from vilasr_ros.protocol import normalize_problem_type
+        from vilasr_ros.query import parse_query
         from vilasr_ros.reasoner import reasoner_config
-        from vilasr_ros.sanitize import check_json_depth, is_encodable
 
-        try:
-            check_json_depth(text, 6)
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise QueryError(f"'query' is not valid JSON: {clean_text(exc)}") from None
-        if not isinstance(data, dict) or not is_encodable(json.dumps(data, ensure_ascii=False)):
-            raise QueryError("'query' must be a JSON object of valid Unicode text")
-        unknown = set(data) - {"question", "problem_type", "options", "kind", "loop", "deadline_s", "images", "id"}
-        if unknown:
-            raise QueryError(f"unknown query fields {sorted(unknown)}")
-        self.id = clean_text(data.get("id") or "")[:128]
-        self.question = data.get("question")
-        if not isinstance(self.question, str) or not self.question.strip():
-            raise QueryError("'question' must be non-empty text")
-        self.problem_type = normalize_problem_type(data.get("problem_type", "free-form"))
-        self.options = data.get("options")
-        if self.options is not None and (not isinstance(self.options, list) or not all(isinstance(o, str) for o in self.options)):
-            raise QueryError("'options' must be a list of strings")
-        self.kind = data.get("kind")
-        if self.kind not in (None, "single", "video", "multi_view"):
-            raise QueryError("'kind' must be single, video or multi_view")
-        loop = data.get("loop") or {}
+        self.query, rest = parse_query(text, max_bytes=1 << 20, extra=self.FIELDS,
+                                       exclude=("target", "frames", "selection"))
+        loop = rest.get("loop") or {}
         if not isinstance(loop, dict) or set(loop) - set(self.LOOP_KEYS):
             raise QueryError(f"'loop' takes {', '.join(self.LOOP_KEYS)}")
         self.loop = reasoner_config(**loop)
-        deadline = data.get("deadline_s", config.default_deadline_s)
+        deadline = rest.get("deadline_s", config.default_deadline_s)
         if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline:
             raise QueryError("'deadline_s' must be a positive number of seconds")
         self.deadline_s = min(float(deadline), config.max_deadline_s)
-        self.images = data.get("images", "none")
+        self.images = rest.get("images", "none")
         if self.images not in IMAGE_CHOICES:
             raise QueryError(f"'images' must be one of {', '.join(IMAGE_CHOICES)}")
         if not frames:
@@ -150,6 +138,10 @@ class QueryRequest:
         if len(frames) > config.max_frames:
             raise QueryError(f"{len(frames)} frames; at most {config.max_frames} per query")
         self.frames = frames
+
+    @property
+    def id(self) -> str:
+        return self.query.id or ""
 
 
 def decode_frames(blobs: list[tuple[str, bytes]]):
@@ -236,8 +228,9 @@ def create_app(engine, config: ServeConfig | None = None):
         try:
             if cancel.is_set():
                 raise QueryError("cancelled before it started")
-            trace = Reasoner(engine, q.loop).run(q.frames, q.question, q.problem_type, q.options, kind=q.kind,
-                                                 cancel=cancel, on_turn=on_turn)
+            query = q.query
+            trace = Reasoner(engine, q.loop).run(q.frames, query.question, query.problem_type, query.options,
+                                                 kind=query.kind, cancel=cancel, on_turn=on_turn)
             if trace.finish_reason == "cancelled" and time.monotonic() - start >= q.deadline_s:
                 trace.error = f"deadline of {q.deadline_s:g} s passed"
                 with lock:
@@ -291,7 +284,7 @@ def create_app(engine, config: ServeConfig | None = None):
         try:
             blobs = [(f.filename or f"frame{k}", await f.read()) for k, f in enumerate(frames)]
             q = QueryRequest(query, decode_frames(blobs), config)
-        except QueryError as exc:
+        except (QueryError, ConfigError) as exc:  # ConfigError: a bad 'loop' value
             with lock:
                 metrics.bad_requests += 1
             raise HTTPException(400, str(exc)) from None

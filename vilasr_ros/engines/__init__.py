@@ -17,7 +17,7 @@ from typing import Any
 
 from vilasr_ros.configs import build_config
 from vilasr_ros.engines.base import Engine, GenerationRequest, GenerationResult, SamplingConfig
-from vilasr_ros.errors import QueryError
+from vilasr_ros.errors import ConfigError
 
 DEFAULT_MODEL_ID = "AntResearchNLP/ViLaSR"
 ENTRY_POINT_GROUP = "vilasr_ros.engines"
@@ -55,7 +55,7 @@ def engine_class(name: str) -> type:
     """The engine class registered under ``name`` (its module is imported; the engine is not built).
 
     Raises:
-        QueryError: Unknown name.
+        ConfigError: Unknown name.
         MissingDependencyError: Its package cannot be imported.
     """
     if name in BUILTIN_ENGINES:
@@ -63,7 +63,7 @@ def engine_class(name: str) -> type:
         return getattr(importlib.import_module(module), attr)
     plugin = _plugins().get(name)
     if plugin is None:
-        raise QueryError(f"unknown engine {name!r}; use one of {', '.join(engine_names())}")
+        raise ConfigError(f"unknown engine {name!r}; use one of {', '.join(engine_names())}")
     return plugin.load()
 
 
@@ -71,7 +71,7 @@ def engine_config(name: str, **options: Any) -> Any:
     """A validated config of engine ``name`` from options; None values mean "the default".
 
     Raises:
-        QueryError: Unknown engine, an option that engine does not have, a wrong type or range.
+        ConfigError: Unknown engine, an option that engine does not have, a wrong type or range.
     """
     cls = engine_class(name)
     return build_config(cls.config_class, {k: v for k, v in options.items() if v is not None}, f"the {name} engine")
@@ -89,7 +89,7 @@ def create_engine(name: str, config: Any = None, **options: Any) -> Engine:
         The engine.
 
     Raises:
-        QueryError: Unknown engine name, unknown options, missing or invalid values.
+        ConfigError: Unknown engine name, unknown options, missing or invalid values.
         ModelNotFoundError: Weights absent (transformers, vllm).
         MissingDependencyError: The engine's optional extra is not installed.
     """
@@ -112,11 +112,11 @@ def choose_engine(name: str, *, model: str | None = None, base_url: str | None =
         ``(engine name, a plain sentence saying which engine answers and why)``.
 
     Raises:
-        QueryError: An unknown engine name.
+        ConfigError: An unknown engine name.
     """
     if name != "auto":
         if name not in engine_names():
-            raise QueryError(f"unknown engine {name!r}; use auto or one of {', '.join(engine_names())}")
+            raise ConfigError(f"unknown engine {name!r}; use auto or one of {', '.join(engine_names())}")
         return name, f"engine: {name}"
     if base_url:
         from vilasr_ros.engines.remote import detect_server
@@ -147,7 +147,7 @@ def engine_options(name: str, given: dict[str, Any], spelling: dict[str, str] | 
         spelling: How the user wrote each option (``{"base_url": "--base-url"}``), for messages.
 
     Raises:
-        QueryError: The user set an option the engine does not take (``--reflect`` with ``openai``):
+        ConfigError: The user set an option the engine does not take (``--reflect`` with ``openai``):
             silently ignoring it would run something other than what was asked.
     """
     spelling = spelling or {}
@@ -158,6 +158,6 @@ def engine_options(name: str, given: dict[str, Any], spelling: dict[str, str] | 
             continue
         if option not in fields:
             takes = ", ".join(spelling.get(f, f) for f in sorted(fields) if f in spelling or not spelling) or "nothing"
-            raise QueryError(f"{spelling.get(option, option)} does not apply to the {name} engine (it takes: {takes})")
+            raise ConfigError(f"{spelling.get(option, option)} does not apply to the {name} engine (it takes: {takes})")
         out[option] = value
     return out

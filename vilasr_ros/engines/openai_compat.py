@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vilasr_ros.engines.base import Engine, GenerationRequest, GenerationResult
-from vilasr_ros.errors import EngineError, EngineUnavailableError, QueryError, require
+from vilasr_ros.errors import ConfigError, EngineError, EngineUnavailableError, require
 from vilasr_ros.sanitize import clean_text, redact, redact_url
 
 logger = logging.getLogger(__name__)
@@ -128,13 +128,13 @@ class OpenAIConfig:
 
     def __post_init__(self):
         if not self.base_url:
-            raise QueryError("the openai engine needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+            raise ConfigError("the openai engine needs --base-url (e.g. http://127.0.0.1:8000/v1)")
         if not str(self.base_url).startswith(("http://", "https://")):
-            raise QueryError(f"--base-url must start with http:// or https://, got {redact_url(self.base_url)!r}")
+            raise ConfigError(f"--base-url must start with http:// or https://, got {redact_url(self.base_url)!r}")
         if not self.timeout_s > 0 or self.max_retries < 0 or self.max_reply_bytes < 1024:
-            raise QueryError("openai engine: timeout_s must be > 0, max_retries >= 0, max_reply_bytes >= 1024")
+            raise ConfigError("openai engine: timeout_s must be > 0, max_retries >= 0, max_reply_bytes >= 1024")
         if self.image_format not in IMAGE_FORMATS:
-            raise QueryError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
+            raise ConfigError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
 
 
 class ReplyTooLargeError(EngineError):
@@ -150,7 +150,7 @@ class OpenAIEngine(Engine):
         **settings: The other :class:`OpenAIConfig` fields.
 
     Raises:
-        QueryError: Bad settings (no ``base_url``, unknown image format, ...).
+        ConfigError: Bad settings (no ``base_url``, unknown image format, ...).
         MissingDependencyError: The ``openai`` extra is not installed.
     """
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vilasr_ros.engines.base import Engine, GenerationRequest, GenerationResult
-from vilasr_ros.errors import EngineError, EngineUnavailableError, QueryError, require
+from vilasr_ros.errors import ConfigError, EngineError, EngineUnavailableError, require
 from vilasr_ros.sanitize import redact, redact_url
 
 logger = logging.getLogger(__name__)
@@ -58,11 +58,11 @@ class RemoteConfig:
 
     def __post_init__(self):
         if not str(self.base_url).startswith(("http://", "https://")):
-            raise QueryError("the remote engine needs --base-url of a vilasr serve, e.g. http://gpu:8080")
+            raise ConfigError("the remote engine needs --base-url of a vilasr serve, e.g. http://gpu:8080")
         if not self.timeout_s > 0 or (self.deadline_s is not None and not self.deadline_s > 0):
-            raise QueryError("timeout_s and deadline_s must be > 0")
+            raise ConfigError("timeout_s and deadline_s must be > 0")
         if self.image_format not in FORMATS:
-            raise QueryError(f"image_format must be one of {', '.join(FORMATS)}, got {self.image_format!r}")
+            raise ConfigError(f"image_format must be one of {', '.join(FORMATS)}, got {self.image_format!r}")
 
 
 def encode_frame(image, image_format: str = "png") -> bytes:
@@ -91,7 +91,7 @@ class RemoteEngine(Engine):
     """A ``vilasr serve`` (see the module docstring).
 
     Raises:
-        QueryError: Bad settings.
+        ConfigError: Bad settings.
         MissingDependencyError: ``requests`` missing (the ``remote`` extra).
     """
 

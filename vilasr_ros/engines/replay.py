@@ -14,29 +14,29 @@ from pathlib import Path
 from typing import Any
 
 from vilasr_ros.engines.base import Engine, GenerationRequest, GenerationResult
-from vilasr_ros.errors import EngineError, QueryError
+from vilasr_ros.errors import ConfigError, EngineError
 
 
 def load_responses(source: str | Path | list) -> list[dict[str, Any]]:
     """Normalise a replay list (or a file holding one, or a ``trace.json``) to dicts.
 
     Raises:
-        QueryError: The file is missing, not JSON, or entries are malformed.
+        ConfigError: The file is missing, not JSON, or entries are malformed.
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
-            raise QueryError(f"replay file not found: {path}") from exc
+            raise ConfigError(f"replay file not found: {path}") from exc
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise QueryError(f"replay file {path} is not JSON: {exc}") from exc
+            raise ConfigError(f"replay file {path} is not JSON: {exc}") from exc
         if isinstance(data, dict) and "turns" in data:  # a saved trace
             data = [{"text": t["text"], "finish_reason": t.get("finish_reason", "stop")} for t in data["turns"]]
     else:
         data = source
     if not isinstance(data, list):
-        raise QueryError("a replay list must be a JSON list of strings or {text, finish_reason} objects")
+        raise ConfigError("a replay list must be a JSON list of strings or {text, finish_reason} objects")
     out = []
     for i, entry in enumerate(data):
         if isinstance(entry, str):
@@ -44,10 +44,10 @@ def load_responses(source: str | Path | list) -> list[dict[str, Any]]:
         elif isinstance(entry, dict) and isinstance(entry.get("text"), str):
             reason = entry.get("finish_reason", "stop")
             if reason not in ("stop", "length"):
-                raise QueryError(f"replay entry {i}: finish_reason must be 'stop' or 'length', got {reason!r}")
+                raise ConfigError(f"replay entry {i}: finish_reason must be 'stop' or 'length', got {reason!r}")
             out.append({"text": entry["text"], "finish_reason": reason})
         else:
-            raise QueryError(f"replay entry {i} is neither a string nor an object with 'text': {entry!r}")
+            raise ConfigError(f"replay entry {i} is neither a string nor an object with 'text': {entry!r}")
     return out
 
 
@@ -72,9 +72,9 @@ class ReplayConfig:
 
     def __post_init__(self):
         if self.delay_s < 0:
-            raise QueryError("delay_s must be >= 0")
+            raise ConfigError("delay_s must be >= 0")
         if isinstance(self.responses, str) and not Path(self.responses).is_file():
-            raise QueryError(f"replay file not found: {self.responses}")
+            raise ConfigError(f"replay file not found: {self.responses}")
 
 
 class ReplayEngine(Engine):

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from vilasr_ros import protocol
-from vilasr_ros.errors import QueryError
+from vilasr_ros.errors import DatasetError, QueryError
 
 DATASETS = ("vsi_bench", "maze", "spatialeval_real", "spar_bench", "mmsi_bench", "sim")
 # The file stem of each benchmark in ViLaSR-eval = the reference's --dataset name (eval/infer.sh script_paths).
@@ -91,13 +91,13 @@ def find_data_file(data: str | Path, dataset: str) -> Path:
     (the ViLaSR-eval folder, e.g. ``benchmark/SpatialEval_spatialreal.json``), or the one JSON/JSONL in ``DIR``.
 
     Raises:
-        QueryError: Nothing or several candidates found.
+        DatasetError: Nothing or several candidates found.
     """
     path = Path(data)
     if path.is_file():
         return path
     if not path.is_dir():
-        raise QueryError(f"--data {path} does not exist")
+        raise DatasetError(f"--data {path} does not exist")
     if (path / "questions.json").is_file():
         return path / "questions.json"
     dataset = canonical_dataset(dataset)
@@ -107,7 +107,7 @@ def find_data_file(data: str | Path, dataset: str) -> Path:
                 return path / f"{name}{suffix}"
     files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and p.name != "dataset.json")
     if len(files) != 1:
-        raise QueryError(f"--data {path}: expected one .json/.jsonl question file for {dataset}, found "
+        raise DatasetError(f"--data {path}: expected one .json/.jsonl question file for {dataset}, found "
                          f"{[p.name for p in files] or 'none'}; pass the file itself")
     return files[0]
 
@@ -116,7 +116,7 @@ def read_items(path: Path) -> list[dict[str, Any]]:
     """A JSON list or JSON Lines file of items.
 
     Raises:
-        QueryError: Not JSON, or not a list of objects.
+        DatasetError: Not JSON, or not a list of objects.
     """
     text = path.read_text(encoding="utf-8")
     try:
@@ -125,9 +125,9 @@ def read_items(path: Path) -> list[dict[str, Any]]:
         else:
             items = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise QueryError(f"{path} is not valid JSON: {exc}") from exc
+        raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
-        raise QueryError(f"{path} must hold a list of item objects")
+        raise DatasetError(f"{path} must hold a list of item objects")
     return items
 
 
@@ -136,7 +136,7 @@ def _paths(raw: dict, root: Path) -> list[Path]:
     if isinstance(paths, str):
         paths = [paths]
     if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
-        raise QueryError("'image_path' must be a path or a non-empty list of paths")
+        raise DatasetError("'image_path' must be a path or a non-empty list of paths")
     return [root / p for p in paths]
 
 
@@ -178,21 +178,21 @@ def prepare_item(dataset: str, raw: dict[str, Any], position: int, root: Path, f
         frames: Video items with more frames are sampled uniformly down to this many.
 
     Raises:
-        QueryError: Unknown dataset, or an item without question/answer/problem_type/image_path.
+        DatasetError: Unknown dataset, or an item without question/answer/problem_type/image_path.
     """
     dataset = canonical_dataset(dataset)
     if dataset not in DATASETS:
-        raise QueryError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)} "
+        raise DatasetError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)} "
                          f"(or the reference's {', '.join(ALIASES)})")
     item_id = str(raw["id"]) if raw.get("id") is not None else f"item_{position}"
     for key in ("question", "answer", "problem_type", "image_path"):
         if key not in raw:
-            raise QueryError(f"item {position} has no {key!r}")
+            raise DatasetError(f"item {position} has no {key!r}")
     invalid = _invalid(raw)
     try:
         ptype = protocol.normalize_problem_type(raw["problem_type"])
         paths = _paths(raw, root)
-    except QueryError as exc:
+    except (QueryError, DatasetError) as exc:
         ptype, paths, invalid = "free-form", [], invalid or str(exc)
     if invalid:
         return EvalItem(item_id, position, raw, paths, "", None, ptype, "single", 1, [], invalid)
@@ -221,7 +221,7 @@ def prepare_item(dataset: str, raw: dict[str, Any], position: int, root: Path, f
         elif data_type == "multi_view":
             kind = "multi_view"
         else:
-            raise QueryError(f"item {position}: data_type must be single_view or multi_view, got {data_type!r}")
+            raise DatasetError(f"item {position}: data_type must be single_view or multi_view, got {data_type!r}")
     return EvalItem(item_id, position, raw, paths, question, options, ptype, kind, max_turns, _check_images(paths))
 
 
@@ -234,15 +234,15 @@ def load_dataset(dataset: str, data: str | Path, image_folder: str | Path | None
         skipped by the runner, never scored).
 
     Raises:
-        QueryError: The file cannot be found or read, or an item is malformed.
+        DatasetError: The file cannot be found or read, or an item is malformed.
     """
     dataset = canonical_dataset(dataset)
     path = find_data_file(data, dataset)
     root = Path(image_folder) if image_folder else path.parent
     items = [prepare_item(dataset, raw, i, root, frames) for i, raw in enumerate(read_items(path))]
     if items and all(it.invalid for it in items):
-        raise QueryError(f"{path}: no item can be asked (item 0: {items[0].invalid})")
+        raise DatasetError(f"{path}: no item can be asked (item 0: {items[0].invalid})")
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
-        raise QueryError(f"{path}: item ids are not unique")
+        raise DatasetError(f"{path}: item ids are not unique")
     return items, root

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from vilasr_ros import protocol
 from vilasr_ros.engines.base import Engine
-from vilasr_ros.errors import QueryError
+from vilasr_ros.errors import ConfigError, DatasetError
 from vilasr_ros.evaluation.datasets import DEFAULT_FRAMES, EvalItem, load_dataset
 from vilasr_ros.reasoner import Reasoner, ReasonerConfig
 from vilasr_ros.sanitize import clean_text, safe_name
@@ -58,14 +58,14 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"i/n"`` → ``(i, n)`` with ``0 <= i < n``.
 
     Raises:
-        QueryError: Malformed.
+        ConfigError: Malformed.
     """
     try:
         i, n = (int(x) for x in str(text).split("/"))
     except ValueError as exc:
-        raise QueryError(f"--shard must be i/n (e.g. 0/4), got {text!r}") from exc
+        raise ConfigError(f"--shard must be i/n (e.g. 0/4), got {text!r}") from exc
     if not 0 <= i < n:
-        raise QueryError(f"--shard {text}: need 0 <= i < n")
+        raise ConfigError(f"--shard {text}: need 0 <= i < n")
     return i, n
 
 
@@ -180,7 +180,7 @@ def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *,
         A :class:`RunSummary`.
 
     Raises:
-        QueryError: Bad dataset, data or shard; an ``OUT`` holding a run of another dataset.
+        DatasetError / ConfigError: Bad dataset, data or shard; an ``OUT`` holding a run of another dataset.
     """
     config = config or ReasonerConfig(on_tool_error="retry")
     items, root = load_dataset(dataset, data, image_folder, frames)
@@ -198,7 +198,7 @@ def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *,
     if info_path.exists():
         previous = json.loads(info_path.read_text())
         if previous.get("dataset") != dataset:
-            raise QueryError(f"{out} holds a {previous.get('dataset')} run; use another --out for {dataset}")
+            raise DatasetError(f"{out} holds a {previous.get('dataset')} run; use another --out for {dataset}")
     info_path.write_text(json.dumps(run_info, indent=1) + "\n")
     results_path = out / results_name(shard)
     done = {r.get("id") for r in read_results(results_path, repair=True)}
@@ -243,7 +243,7 @@ def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *,
                 with Image.open(p) as im:
                     images.append(protocol.to_rgb(im))
             except (OSError, SyntaxError, ValueError) as exc:
-                raise QueryError(f"image {p} cannot be decoded: {exc}") from exc
+                raise DatasetError(f"image {p} cannot be decoded: {exc}") from exc
         trace = Reasoner(engine, cfg).run(images, item.question, item.problem_type, item.options, kind=item.kind,
                                           metadata={"item": item.raw, "root": str(root)})
         trace_dir = None

@@ -56,31 +56,29 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from vilasr_ros.agent import AgentConfig, Answer, BadQueryError, Query, SpatialAgent, parse_query
+from vilasr_ros.agent import AgentConfig, Answer, SpatialAgent
+from vilasr_ros.protocol import FinishReason
+from vilasr_ros.query import SELECTIONS, BadQueryError, Query, parse_query
 from vilasr_ros.buffer import BufferConfig, EmptyBufferError, FrameBuffer
 from vilasr_ros.grounding import GroundingConfig
 from vilasr_ros.health import SensorHealth
-from vilasr_ros.messages import pose_from_message
+from vilasr_ros.messages import decode_color, decode_depth, intrinsics_from_camera_info, pose_from_message, stamp_s
 from vilasr_ros.ros.conversions import (
-    camera_info_to_intrinsics,
     color_msg,
-    decode_color_msg,
-    decode_depth_msg,
     markers_msg,
     points_msg,
     path_msg,
     pose_stamped,
-    pose_to_matrix,
-    stamp_to_s,
     transform_from_xyz_quat,
 )
 from vilasr_ros.pairing import FrameAssembler, MapAlignment
+from vilasr_ros.ros.client import QUERY_QOS_DEPTH, reliable_qos
 from vilasr_ros.sanitize import clean_text, redact
 
 
@@ -149,19 +147,12 @@ PARAMETERS: dict[str, tuple[Any, str, dict, bool]] = {
     "top_p": (0.9, "nucleus sampling", _f(0.001, 1.0), False),
     "max_tokens": (16384, "new tokens per model call", _i(1, 1 << 20), False),
 }
-CHOICES = {"selection": ("uniform", "latest", "coverage"), "color_transport": ("raw", "compressed"),
+CHOICES = {"selection": SELECTIONS, "color_transport": ("raw", "compressed"),
            "depth_transport": ("raw", "compressedDepth"), "map_pose_type": ("PoseWithCovarianceStamped", "PoseStamped")}
 # Engine parameters → engine options (engines.engine_options checks they apply to the engine chosen).
 ENGINE_PARAMETERS = {"model": "model", "base_url": "base_url", "api_key_env": "api_key_env", "responses": "responses",
                      "request_timeout_s": "timeout_s", "image_format": "image_format", "device": "device",
                      "turn_reuse": "turn_reuse"}
-QUERY_QOS_DEPTH = 1000
-"""``~/query`` and ``~/answer`` keep this many messages (reliable): a client bursting queries must
-publish reliable with a history at least as deep (README "Queries in bursts")."""
-
-
-def _reliable(depth: int) -> QoSProfile:
-    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def engine_from_parameters(p: dict[str, Any]):
@@ -276,7 +267,7 @@ class VilasrAgentNode(LifecycleNode):
                          max_interval_s=p["buffer.max_interval_s"], max_future_s=p["max_future_stamp_s"]),
             wall_clock=lambda: self.get_clock().now().nanoseconds * 1e-9, health=self.health)
         self.assembler = FrameAssembler(
-            decode_color_msg, decode_depth_msg, T_base_camera=transform_from_xyz_quat(p["T_base_camera"]),
+            decode_color, decode_depth, T_base_camera=transform_from_xyz_quat(p["T_base_camera"]),
             tolerance_s=p["sync_tolerance_s"], pose_tolerance_s=p["pose_tolerance_s"],
             expect_depth=p["expect_depth"], world_frame_id=p["world_frame_id"] or None, source_id="ros:" + p["color_topic"],
             keep=self.buffer.wants, on_skip=self.buffer.note, health=self.health,  # only keyframes are decoded
@@ -291,12 +282,14 @@ class VilasrAgentNode(LifecycleNode):
 
         quiet_pub = {"event_callbacks": PublisherEventCallbacks(use_default_callbacks=False)}
         made = self._configured
-        made.append(("sub", self.create_subscription(String, "~/query", self._on_query, _reliable(QUERY_QOS_DEPTH),
+        made.append(("sub", self.create_subscription(String, "~/query", self._on_query, reliable_qos(QUERY_QOS_DEPTH),
                                                      callback_group=self.control_group)))
         made.append(("srv", self.create_service(Trigger, "~/cancel", self._on_cancel, callback_group=self.control_group)))
+        made.append(("sub", self.create_subscription(String, "~/cancel_query", self._on_cancel_query, reliable_qos(100),
+                                                     callback_group=self.control_group)))
         made.append(("srv", self.create_service(Trigger, "~/clear_buffer", self._on_clear, callback_group=self.control_group)))
         # Answers go out in every configured state (an inactive node answers "inactive"); the rest only when active.
-        self.answer_pub = self.create_publisher(String, "~/answer", _reliable(QUERY_QOS_DEPTH), **quiet_pub)
+        self.answer_pub = self.create_publisher(String, "~/answer", reliable_qos(QUERY_QOS_DEPTH), **quiet_pub)
         made.append(("pub", self.answer_pub))
         lifecycle = {
             "progress_pub": (String, "~/progress", 50), "target_pub": (PoseStamped, "~/target_pose", 10),
@@ -305,7 +298,7 @@ class VilasrAgentNode(LifecycleNode):
             "points_pub": (PointCloud2, "~/target_points", 10),
             "diagnostics_pub": (DiagnosticArray, "/diagnostics", 10)}
         for attr, (kind, topic, depth) in lifecycle.items():
-            pub = self.create_lifecycle_publisher(kind, topic, _reliable(depth), **quiet_pub)
+            pub = self.create_lifecycle_publisher(kind, topic, reliable_qos(depth), **quiet_pub)
             setattr(self, attr, pub)
             made.append(("lpub", pub))
         # Event-driven worker: the intake triggers this guard condition (no polling timer).
@@ -339,7 +332,7 @@ class VilasrAgentNode(LifecycleNode):
             kind = PoseWithCovarianceStamped if p["map_pose_type"] == "PoseWithCovarianceStamped" else PoseStamped
             # AMCL publishes /amcl_pose reliable and transient-local: a reliable subscriber matches it
             subs.append(self.create_subscription(kind, p["map_pose_topic"], self._guard(self._on_map_pose, "map pose"),
-                                                 _reliable(10), callback_group=self.sensor_group))
+                                                 reliable_qos(10), callback_group=self.sensor_group))
         self._sensor_subs = subs
 
     def _teardown(self) -> None:
@@ -372,7 +365,7 @@ class VilasrAgentNode(LifecycleNode):
             except queue.Empty:
                 return
             try:
-                self._publish_answer(Answer.failure(query.id, why, finish_reason="rejected"))
+                self._publish_answer(Answer.failure(query.id, why, finish_reason=FinishReason.REJECTED))
             except Exception:  # noqa: BLE001 - no publisher any more
                 return
 
@@ -441,14 +434,14 @@ class VilasrAgentNode(LifecycleNode):
             self.buffer.add(frame)
 
     def _on_colour(self, msg: Image) -> None:
-        self._add_frames(self.assembler.add_colour(stamp_to_s(msg.header.stamp), msg, msg.header.frame_id))
+        self._add_frames(self.assembler.add_colour(stamp_s(msg.header), msg, msg.header.frame_id))
 
     def _on_depth(self, msg: Image) -> None:
-        self._add_frames(self.assembler.add_depth(stamp_to_s(msg.header.stamp), msg))
+        self._add_frames(self.assembler.add_depth(stamp_s(msg.header), msg))
 
     def _on_info(self, msg: CameraInfo) -> None:
         try:
-            intrinsics = camera_info_to_intrinsics(msg)
+            intrinsics = intrinsics_from_camera_info(msg)
         except ValueError as exc:
             self.health.drop("camera_info", f"CameraInfo rejected: {exc}")
             self.get_logger().warning(f"ignoring CameraInfo: {exc}", throttle_duration_sec=5.0)
@@ -457,12 +450,12 @@ class VilasrAgentNode(LifecycleNode):
 
     def _on_odom(self, msg: Odometry) -> None:
         try:
-            T = pose_to_matrix(msg.pose.pose)
-        except ValueError as exc:
+            stamp, T, frame = pose_from_message(msg)
+        except ValueError as exc:  # MessageError: not finite, zero quaternion
             self.health.drop("odometry", f"odometry rejected: {exc}")
             self.get_logger().warning(f"ignoring odometry: {exc}", throttle_duration_sec=5.0)
             return
-        frames = self.assembler.add_pose(stamp_to_s(msg.header.stamp), T, msg.header.frame_id)
+        frames = self.assembler.add_pose(stamp, T, frame)
         if self.alignment is not None:
             self.alignment.retry()
         if self.assembler.stats.odometry_rejected and self.health.last_reason and "odometry" in self.health.last_reason:
@@ -472,8 +465,9 @@ class VilasrAgentNode(LifecycleNode):
     def _on_map_pose(self, msg) -> None:
         try:
             stamp, T_map_base, frame = pose_from_message(msg)
-        except ValueError as exc:
-            self.health.drop("odometry", f"map pose rejected: {exc}")
+        except ValueError as exc:  # MessageError: a counted, named drop (never a callback error)
+            self.health.drop("map_pose", f"map pose rejected: {exc}")
+            self.get_logger().warning(f"ignoring map pose: {exc}", throttle_duration_sec=5.0)
             return
         self.alignment.add_map_pose(stamp, T_map_base, frame or "map")
 
@@ -523,19 +517,19 @@ class VilasrAgentNode(LifecycleNode):
                 self._publish_answer(Answer.failure(exc.query_id, f"bad query: {exc}"))
                 return
             if self._closing:
-                self._publish_answer(Answer.failure(query.id, "the node is shutting down", finish_reason="rejected"))
+                self._publish_answer(Answer.failure(query.id, "the node is shutting down", finish_reason=FinishReason.REJECTED))
                 return
             if not self.active:
                 self._publish_answer(Answer.failure(query.id, "the agent is inactive (lifecycle state "
                                                     f"{self._state_machine.current_state[1]}); activate it to serve queries",
-                                                    finish_reason="rejected"))
+                                                    finish_reason=FinishReason.REJECTED))
                 return
             try:
                 self.queries.put_nowait(query)
                 self._wake.trigger()
             except queue.Full:
                 self._publish_answer(Answer.failure(
-                    query.id, f"query queue full ({self.queries.maxsize} waiting); retry later", finish_reason="rejected"))
+                    query.id, f"query queue full ({self.queries.maxsize} waiting); retry later", finish_reason=FinishReason.REJECTED))
         except Exception as exc:  # noqa: BLE001 - the intake boundary: an answer, never a crash
             self.callback_errors += 1
             self.get_logger().error(f"query intake failed: {exc!r}")
@@ -549,6 +543,20 @@ class VilasrAgentNode(LifecycleNode):
             self._cancel.set()
             response.success, response.message = True, clean_text(f"cancelling query {current.id!r} after its current turn")
         return response
+
+    def _on_cancel_query(self, msg: String) -> None:
+        """Cancel one query by id: the running one after its current turn, a waiting one at once."""
+        qid = clean_text(msg.data)[:128]
+        current = self._current
+        if current is not None and current.id == qid:
+            self._cancel.set()
+            return
+        with self.queries.mutex:
+            waiting = [q for q in self.queries.queue if q.id == qid]
+            for q in waiting:
+                self.queries.queue.remove(q)
+        for q in waiting:
+            self._publish_answer(Answer.failure(q.id, "cancelled before it started", finish_reason=FinishReason.CANCELLED))
 
     def _on_clear(self, request, response):
         if self.buffer is None:

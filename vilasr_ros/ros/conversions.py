@@ -6,6 +6,9 @@ metres, 0 or NaN = no reading); ``CameraInfo`` carries the colour intrinsics wit
 (``header.frame_id`` = world, ``child_frame_id`` = base), and the camera from it as
 ``T_world_camera = T_world_base @ T_base_camera`` (REP-105 frames; optical frame per REP-103).
 
+Decoding (messages → numpy and core types) lives in :mod:`vilasr_ros.messages`, one decoder per
+message kind for live topics and bags alike; this module only builds messages.
+
 Byte arrays are handed to rclpy as ``array.array('B')``: the generated setters copy those with one
 ``memcpy`` instead of checking every element.
 """
@@ -25,13 +28,12 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from vilasr_ros.frames import CameraIntrinsics
-from vilasr_ros.messages import compress_colour, compress_depth, decode_color, decode_depth
+from vilasr_ros.messages import compress_colour, compress_depth
 
 __all__ = [
-    "camera_info_msg", "camera_info_to_intrinsics", "color_msg", "compressed_color_msg", "compressed_depth_msg",
-    "decode_color_msg", "decode_depth_msg",
-    "depth_msg", "markers_msg", "matrix_to_pose", "odometry_msg", "path_msg", "pose_stamped", "pose_to_matrix",
-    "stamp_to_s", "s_to_stamp", "transform_from_xyz_quat",
+    "camera_info_msg", "color_msg", "compressed_color_msg", "compressed_depth_msg",
+    "depth_msg", "markers_msg", "matrix_to_pose", "odometry_msg", "path_msg", "pose_stamped",
+    "s_to_stamp", "transform_from_xyz_quat",
 ]
 
 
@@ -39,10 +41,6 @@ def s_to_stamp(t: float) -> Time:
     """Seconds → ``builtin_interfaces/Time``."""
     sec = int(np.floor(t))
     return Time(sec=sec, nanosec=min(int(round((t - sec) * 1e9)), 999_999_999))
-
-
-def stamp_to_s(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def _bytes(arr: np.ndarray) -> array.array:
@@ -80,17 +78,6 @@ def depth_msg(depth_m: np.ndarray, stamp: Time, frame_id: str, encoding: str = "
     return msg
 
 
-def decode_color_msg(msg: Image | CompressedImage) -> np.ndarray:
-    """``Image`` (rgb8/bgr8/rgba8/bgra8/mono8) or ``CompressedImage`` (jpeg/png) → (H, W, 3) uint8 RGB
-    (:mod:`vilasr_ros.messages`, shared with bags). Raises SourceError."""
-    return decode_color(msg)
-
-
-def decode_depth_msg(msg: Image | CompressedImage) -> np.ndarray:
-    """``Image`` 16UC1 (mm) / 32FC1 (m) or ``compressedDepth`` → (H, W) float32 metres. Raises SourceError."""
-    return decode_depth(msg)
-
-
 def compressed_color_msg(rgb: np.ndarray, stamp: Time, frame_id: str, codec: str = "jpeg") -> CompressedImage:
     """(H, W, 3) uint8 RGB → ``CompressedImage`` as image_transport's ``compressed`` plugin publishes it."""
     fmt, data = compress_colour(rgb, codec)
@@ -119,12 +106,6 @@ def camera_info_msg(intr: CameraIntrinsics, stamp: Time, frame_id: str) -> Camer
     return msg
 
 
-def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
-    """Raises FrameError for a zero/invalid ``k`` (an uncalibrated camera)."""
-    return CameraIntrinsics.from_K(list(msg.k), msg.width, msg.height, D=tuple(msg.d),
-                                   distortion_model=msg.distortion_model or "plumb_bob")
-
-
 def transform_from_xyz_quat(values: Sequence[float]) -> np.ndarray:
     """``[x, y, z, qx, qy, qz, qw]`` (metres, unit quaternion) → 4×4.
 
@@ -144,11 +125,6 @@ def matrix_to_pose(T: np.ndarray) -> Pose:
     q = Rotation.from_matrix(T[:3, :3]).as_quat()
     return Pose(position=Point(x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
                 orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
-
-
-def pose_to_matrix(pose: Pose) -> np.ndarray:
-    p, q = pose.position, pose.orientation
-    return transform_from_xyz_quat([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
 
 
 def odometry_msg(T_world_base: np.ndarray, stamp: Time, world_frame_id: str, child_frame_id: str) -> Odometry:

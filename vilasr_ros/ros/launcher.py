@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -100,16 +99,16 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
               agent: dict[str, Any] | None = None, query: str | None = None, wait_frames: int = 16,
               timeout_s: float = 600.0, reasoner=None, print_fn=print) -> int:
     """Run ``camera_node`` and ``vilasr_agent`` in this process (rclpy must be importable and the
-    DDS environment set).
+    DDS environment set); with ``query``, ask it through an :class:`~vilasr_ros.ros.client.AgentClient`.
 
     Args:
         config: Parameter file (default: the shipped ``config/agent.yaml``).
         camera, agent: Parameter overrides per node; an empty camera ``source`` runs the agent
             alone (frames from other processes).
-        query: Query JSON to send once ``wait_frames`` keyframes are buffered — or once a finite
-            source has published its last frame; the process then exits after the answer (exit code
-            0 when it has no ``error``). When the source knows the scene's ground truth (a sim
-            scene), the target's error in metres is printed too.
+        query: Query JSON to send once ``wait_frames`` keyframes are buffered — or once every frame of a
+            finite source has reached the agent; the process then exits after the answer (exit code 0
+            when it has no ``error``). When the source knows the scene's ground truth (a sim scene),
+            the target's error in metres is printed too.
         timeout_s: Give up waiting for frames or the answer after this long.
 
     Returns:
@@ -120,9 +119,8 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
     """
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
-    from std_msgs.msg import String
 
-    from vilasr_ros.ros.agent_node import PARAMETERS, QUERY_QOS_DEPTH, VilasrAgentNode, _reliable
+    from vilasr_ros.ros.agent_node import PARAMETERS, VilasrAgentNode
     from vilasr_ros.ros.camera_node import DEFAULTS as CAMERA_DEFAULTS
     from vilasr_ros.ros.camera_node import CameraNode
 
@@ -153,39 +151,7 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
         if query is None:
             executor.spin()
             return 0
-        client = rclpy.create_node("vilasr_agent_cli")
-        nodes.append(client)
-        executor.add_node(client)
-        data = json.loads(query)
-        data.setdefault("id", uuid.uuid4().hex[:8])
-        answers: list[dict] = []
-        client.create_subscription(String, "/vilasr_agent/answer", lambda m: answers.append(json.loads(m.data)),
-                                   _reliable(QUERY_QOS_DEPTH))
-        publisher = client.create_publisher(String, "/vilasr_agent/query", _reliable(QUERY_QOS_DEPTH))
-        deadline = time.monotonic() + timeout_s
-        want = min(wait_frames, data.get("frames") or wait_frames)
-        while len(node.buffer) < want and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.1)
-            if camera_node is not None and camera_node.finished.is_set():
-                for _ in range(20):  # let the last frames' callbacks run
-                    executor.spin_once(timeout_sec=0.05)
-                break
-        print_fn(f"buffer: {len(node.buffer)} keyframes of {node.buffer.received} frames received"
-                 + (f" (the source ended after {camera_node.published} frames)"
-                    if camera_node is not None and camera_node.finished.is_set() else ""))
-        while publisher.get_subscription_count() < 1 and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        publisher.publish(String(data=json.dumps(data)))
-        print_fn(f"query: {json.dumps(data)}")
-        mine = None
-        while mine is None and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.1)
-            mine = next((a for a in answers if a.get("id") == data["id"]), None)
-        if mine is None:
-            print_fn(f"no answer within {timeout_s:.0f} s")
-            return 1
-        node.agent.close()  # wait for the trace to be written
-        code = print_answer(mine, data, camera_node.source if camera_node is not None else None, print_fn)
+        code = _ask_once(executor, node, camera_node, query, wait_frames, timeout_s, print_fn, nodes)
     except KeyboardInterrupt:
         pass
     finally:
@@ -194,6 +160,47 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
             n.destroy_node()
         rclpy.try_shutdown()
     return code
+
+
+def _ask_once(executor, node, camera_node, query: str, wait_frames: int, timeout_s: float, print_fn, nodes) -> int:
+    """``vilasr agent --query``: wait for the frames, ask through an AgentClient, print the answer."""
+    import rclpy
+
+    from vilasr_ros.ros.client import AgentClient
+
+    client_node = rclpy.create_node("vilasr_agent_cli")
+    nodes.append(client_node)
+    executor.add_node(client_node)
+    client = AgentClient(client_node, "/" + node.get_name())
+    deadline = time.monotonic() + timeout_s
+
+    def spin_until(predicate) -> None:
+        while not predicate() and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+
+    data = json.loads(query)
+    want = min(wait_frames, data.get("frames") or wait_frames)
+    finished = camera_node.finished if camera_node is not None else None
+
+    def settled() -> bool:  # every frame a finished source published has reached the agent and been settled
+        seen = node.health.received.get("colour", 0)
+        return seen >= camera_node.published and not node.assembler.pending()
+
+    spin_until(lambda: len(node.buffer) >= want or (finished is not None and finished.is_set()))
+    if finished is not None and finished.is_set():
+        spin_until(settled)
+    print_fn(f"buffer: {len(node.buffer)} keyframes of {node.buffer.received} frames received"
+             + (f" (the source ended after {camera_node.published} frames)" if finished is not None and finished.is_set() else ""))
+    client.wait_for_agent(max(0.0, deadline - time.monotonic()), spin=executor)
+    handle = client.ask(query)
+    print_fn(f"query: {json.dumps(handle.query.to_dict(), ensure_ascii=False)}")
+    try:
+        answer = handle.result(max(0.0, deadline - time.monotonic()), spin=executor)
+    except TimeoutError:
+        print_fn(f"no answer within {timeout_s:.0f} s")
+        return 1
+    node.agent.close()  # wait for the trace to be written
+    return print_answer(answer, handle.query.to_dict(), camera_node.source if camera_node is not None else None, print_fn)
 
 
 def _wait_param(cam_params: dict[str, Any]):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from vilasr_ros.buffer import select_frames
-from vilasr_ros.errors import QueryError
+from vilasr_ros.errors import ConfigError
 from vilasr_ros.sources.base import FrameSource, SourceError
 
 __all__ = ["FrameSource", "SourceError", "open_source", "select_frames", "source_kinds"]
@@ -37,7 +37,7 @@ def open_source(spec: str, **options) -> FrameSource:
     """Open a frame source from its spec string (``KIND:ARG``).
 
     Raises:
-        QueryError: Unknown source kind or malformed spec.
+        ConfigError: Unknown source kind or malformed spec.
         SourceError: The source exists but cannot be read.
     """
     kind, _, arg = str(spec).partition(":")
@@ -58,7 +58,7 @@ def open_source(spec: str, **options) -> FrameSource:
         try:
             cls = plugin.load()
         except ImportError as exc:
-            raise QueryError(f"the {kind!r} source cannot be loaded ({exc}); is its extra installed?") from exc
+            raise ConfigError(f"the {kind!r} source cannot be loaded ({exc}); is its extra installed?") from exc
         return cls(arg, **options)
-    raise QueryError(f"unknown source {spec!r}; use one of "
+    raise ConfigError(f"unknown source {spec!r}; use one of "
                      + ", ".join(f"{k}:..." for k in source_kinds()))

@@ -189,7 +189,7 @@ class BagSource(FrameSource):
                 else:
                     t, T, world = pose_from_message(msg)
                     frames = assembler.add_pose(t, T, world)
-            except (SourceError, FrameError, ValueError) as exc:
+            except (FrameError, ValueError) as exc:  # MessageError is a ValueError
                 self._skip(f"{conn.topic} message: {exc}")
                 continue
             if health.total_dropped > dropped:
