@@ -119,7 +119,8 @@ def write_scene_folder(scene: Scene, out_dir: str | Path, render: RenderConfig |
     (out / "trajectory.log").write_text("".join(log))
     (out / "camera_intrinsic.json").write_text(json.dumps(_open3d_intrinsics(render), indent=1) + "\n")
     (out / "rgbd.json").write_text(json.dumps({"depth_scale": DEPTH_SCALE, "pose_file": "trajectory.log",
-                                               "pose_convention": "camera-to-world 4x4 (optical frame), Open3D log format"}) + "\n")
+                                               "pose_convention": "camera-to-world 4x4 (optical frame), Open3D log format",
+                                               "world_up": "z"}) + "\n")
     (out / "scene.xml").write_text(to_mjcf(scene, render.width, render.height))
     meta = {
         **scene.object_table(),

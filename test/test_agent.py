@@ -142,19 +142,39 @@ def test_assembler_waits_for_camera_info():
 
 
 def test_shipped_parameter_file_holds_every_default():
+    """Each default is written once: the node's parameters are generated from AgentNodeSettings, whose
+    defaults are read from the component configs; config/agent.yaml must hold the same values."""
+    import inspect
+
+    from vilasr_ros.agent_settings import AgentNodeSettings
+    from vilasr_ros.pairing import FrameAssembler, MapAlignment
+    from vilasr_ros.reasoner import ReasonerConfig, reasoner_config
     from vilasr_ros.ros.env import fastdds_profile
+    from vilasr_ros.settings import specs
 
     params = load_parameters(fastdds_profile().parent / "agent.yaml")
     assert set(params) == {"camera_node", "vilasr_agent"}
     assert flatten({"buffer": {"max_frames": 3}}) == {"buffer.max_frames": 3}
+    table = specs(AgentNodeSettings)
+    assert set(params["vilasr_agent"]) == set(table)
+    for name, spec in table.items():
+        assert params["vilasr_agent"][name] == spec.default, f"config/agent.yaml {name}"
+    # The node's defaults build exactly the components' defaults.
+    settings = AgentNodeSettings()
+    assert settings.agent_config() == AgentConfig()
+    assert settings.buffer_config() == BufferConfig()
+    assert reasoner_config(**settings.loop_options()) == ReasonerConfig()
+    defaults = inspect.signature(FrameAssembler.__init__).parameters
+    for option, value in settings.assembler_options().items():
+        if option not in ("world_frame_id", "source_id", "expect_pose"):  # the node's own
+            assert defaults[option].default == value, option
+    assert MapAlignment(lambda t: (None, None)).max_covariance_m2 == settings.max_map_covariance
     pytest.importorskip("rclpy")
     from vilasr_ros.ros.agent_node import PARAMETERS
     from vilasr_ros.ros.camera_node import DEFAULTS
 
-    assert set(params["vilasr_agent"]) == set(PARAMETERS)
+    assert PARAMETERS == table  # the node declares exactly these
     assert set(params["camera_node"]) == set(DEFAULTS)
-    for name, (default, *_rest) in PARAMETERS.items():
-        assert params["vilasr_agent"][name] == default, name
     for name, default in DEFAULTS.items():
         if name != "source":  # the YAML names the robot's camera; the code has no default source
             assert params["camera_node"][name] == default, name

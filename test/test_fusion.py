@@ -187,3 +187,23 @@ def test_rerun_recording_holds_every_keyframe_and_the_target(tmp_path):
     data.pop("frames")
     (out / "trace.json").write_text(json.dumps(data))
     assert vilasr(["view", str(out), "--rerun", "--source", DEMO]) == 2
+
+
+def test_two_views_that_disagree_without_a_majority_never_make_a_goal(demo):
+    """Issue 28 #10: one box on the table and one on the shelf, both labelled 'table': nothing says
+    which is right, so the confidence is 0 and the goal rule refuses, saying the views disagree."""
+    from vilasr_ros.agent import goal_decision
+
+    frames, meta, objects = demo
+    table, shelf = 6, 5
+    trace = run(frames, box_turn([(2, gt_box(meta, 1, table), "table")]), box_turn([(1, gt_box(meta, 0, shelf), "table")]))
+    fused = ground_trace(trace, frames, "table")
+    assert fused.ok and fused.confidence == 0.0 and "disagree" in fused.reason
+    assert len(fused.views_rejected) == 1 and "disagrees" in fused.views_rejected[0]["reason"]
+    ok, why = goal_decision(trace, fused, 0.3)
+    assert not ok and "disagree" in why
+    # A third view agreeing with the table gives it the majority: a goal on the table again.
+    trace = run(frames, box_turn([(2, gt_box(meta, 1, table), "table"), (3, gt_box(meta, 2, table), "table")]),
+                box_turn([(1, gt_box(meta, 0, shelf), "table")]))
+    fused = ground_trace(trace, frames, "table")
+    assert fused.confidence > 0.3 and obb_distance(objects, table, fused.position_world) <= 0.05

@@ -60,8 +60,9 @@ def sofa_script(index: int, box) -> list[str]:
 class Robot:
     """An in-process agent node and a test node that publishes its sensors and asks it."""
 
-    def __init__(self, name: str, script: list[str], params: list[Parameter], autostart: bool = True):
-        self.agent = VilasrAgentNode(name, reasoner=Reasoner(create_engine("replay", responses=script)),
+    def __init__(self, name: str, script: list[str], params: list[Parameter], autostart: bool = True,
+                 delay_s: float = 0.0):
+        self.agent = VilasrAgentNode(name, reasoner=Reasoner(create_engine("replay", responses=script, delay_s=delay_s)),
                                      parameter_overrides=[Parameter("buffer.min_translation_m", value=0.0),
                                                           Parameter("max_age_s", value=0.0),
                                                           Parameter("trace_root", value=""),
@@ -344,4 +345,96 @@ def test_lifecycle_transitions_through_services(ros, demo, tmp_path):
         assert state() == "unconfigured" and "no_weights" in robot.agent.failure_reason
     finally:
         client.destroy_node()
+        robot.close()
+
+
+def test_lifecycle_transitions_mid_query_and_invalid_ones_never_end_the_node(ros, demo):
+    """Issue 28 #1: deactivate and cleanup while a query runs, configure while active, and transition
+    id 99 on ~/change_state: every query is answered exactly once (the running one 'cancelled', no
+    goal), invalid transitions are refused with success false, the node keeps its state and serves on."""
+    frames, _ = demo
+    robot = Robot("midquery", sofa_script(11, [47, 93, 209, 202]), [], delay_s=1.0)
+    client = rclpy.create_node("midquery_client")
+    ex = SingleThreadedExecutor()
+    ex.add_node(client)
+    change = client.create_client(ChangeState, "/midquery/change_state")
+    get = client.create_client(GetState, "/midquery/get_state")
+
+    def call(cli, request):
+        assert cli.wait_for_service(timeout_sec=10)
+        future = cli.call_async(request)
+        ex.spin_until_future_complete(future, timeout_sec=60)
+        return future.result()
+
+    def transition(tid):
+        return call(change, ChangeState.Request(transition=Transition(id=tid))).success
+
+    def state():
+        return call(get, GetState.Request()).current_state.label
+
+    def running(qid):
+        robot.query.publish(String(data=json.dumps({"id": qid, "question": "Where is the sofa? Go to it.",
+                                                     "target": "sofa"})))
+        robot.wait(lambda: robot.agent._current is not None and robot.agent._current.id == qid, 30, f"{qid} running")
+
+    def load():
+        for f in frames:
+            robot.agent.buffer.add(f)
+
+    try:
+        load()
+        assert not transition(99) and state() == "active"  # not a transition: refused, state kept
+        assert not transition(Transition.TRANSITION_CONFIGURE) and state() == "active"  # not from active
+        running("d1")
+        robot.query.publish(String(data=json.dumps({"id": "d2", "question": "And the chair?"})))
+        assert transition(Transition.TRANSITION_DEACTIVATE) and state() == "inactive"
+        robot.wait(lambda: {"d1", "d2"} <= {a["id"] for a in robot.answers}, 30, "both answers")
+        by_id = {a["id"]: a for a in robot.answers}
+        assert by_id["d1"]["finish_reason"] == "cancelled" and not by_id["d1"]["goal_sent"]
+        assert by_id["d2"]["finish_reason"] == "rejected"
+        assert transition(Transition.TRANSITION_ACTIVATE)
+        load()
+        running("c1")
+        assert transition(Transition.TRANSITION_DEACTIVATE) and transition(Transition.TRANSITION_CLEANUP)
+        assert state() == "unconfigured" and robot.agent.buffer is None
+        robot.wait(lambda: "c1" in {a["id"] for a in robot.answers}, 30, "the answer to c1")
+        assert transition(Transition.TRANSITION_CONFIGURE) and transition(Transition.TRANSITION_ACTIVATE)
+        load()
+        assert robot.ask({"id": "after", "question": "Where is the sofa?"})["error"] is None
+        ids = [a["id"] for a in robot.answers]
+        assert sorted(ids) == sorted(set(ids))  # each query answered exactly once
+        assert robot.agent.callback_errors == 0
+    finally:
+        client.destroy_node()
+        robot.close()
+
+
+def test_a_bad_map_pose_is_a_named_sensor_drop_not_a_callback_error(ros):
+    """Issue 24: a map pose that cannot be decoded (zero quaternion), is not finite, or lies (AMCL
+    covariance NaN, x = 1e12) is counted as a 'map_pose' drop in /diagnostics with its reason."""
+    robot = Robot("badmap", sofa_script(11, [47, 93, 209, 202]), [Parameter("map_pose_topic", value="/amcl_pose")])
+    try:
+        robot.wait(lambda: robot.pub["amcl"].get_subscription_count() >= 1, 30, "the map pose subscription")
+        bad = []
+        zero_q = PoseWithCovarianceStamped()
+        zero_q.header.frame_id = "map"
+        bad.append(zero_q)  # orientation (0, 0, 0, 0)
+        nan_cov = PoseWithCovarianceStamped()
+        nan_cov.header.frame_id = "map"
+        nan_cov.pose.pose.orientation.w = 1.0
+        nan_cov.pose.covariance = [float("nan")] * 36
+        bad.append(nan_cov)
+        far = PoseWithCovarianceStamped()
+        far.header.frame_id = "map"
+        far.pose.pose.orientation.w = 1.0
+        far.pose.pose.position.x = 1e12
+        bad.append(far)
+        for msg in bad:
+            robot.pub["amcl"].publish(msg)
+        health = robot.agent.health
+        robot.wait(lambda: health.dropped["map_pose"] == 3, 30, lambda: f"3 map_pose drops (have {dict(health.dropped)})")
+        assert robot.agent.callback_errors == 0 and health.dropped["callback"] == 0
+        assert "beyond max_position_m" in health.last_reason
+        assert robot.agent.alignment.untrusted is not None and len(robot.agent.alignment) == 0
+    finally:
         robot.close()

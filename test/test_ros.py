@@ -294,3 +294,55 @@ def test_vilasr_agent_command_runs_the_main_job(ros_context, tmp_path):
     trace_dir = Path(next(line for line in lines if line.startswith("trace: ")).split(" ", 1)[1])
     assert (trace_dir / "trace.json").is_file() and (trace_dir / "images" / "image_18.png").is_file()
     assert json.loads((trace_dir / "trace.json").read_text())["target"]["ok"] is True, pose
+
+
+def test_agent_client_asks_waits_times_out_and_cancels(ros_context):
+    """AgentClient: a handle per query; a waiting query cancelled is answered 'cancelled' at once, the
+    running one after its turn with no goal; the others are still served; a short wait raises TimeoutError."""
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from vilasr_ros.engines import create_engine
+    from vilasr_ros.query import Query
+    from vilasr_ros.reasoner import Reasoner
+    from vilasr_ros.ros.agent_node import VilasrAgentNode
+    from vilasr_ros.ros.client import AgentClient
+
+    slow = Reasoner(create_engine("replay", responses=str(demo_responses()), delay_s=1.0))
+    node = VilasrAgentNode("vilasr_agent_client_test", reasoner=slow, parameter_overrides=[
+        Parameter("trace_root", value=""), Parameter("max_age_s", value=0.0)])
+    with open_source("sim:demo") as source:
+        for frame in source:
+            node.buffer.add(frame)
+    caller = rclpy.create_node("agent_client_test")
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    executor.add_node(caller)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        client = AgentClient(caller, "/vilasr_agent_client_test")
+        assert client.wait_for_agent(30)
+        first = client.ask({"id": "first", "question": "Where is the sofa? Go to it.", "target": "sofa"})
+        wait_until(lambda: node._current is not None and node._current.id == "first", 30, "the first query to run")
+        second = client.ask('{"id": "second", "question": "And the chair?"}')
+        third = client.ask(Query(question="Where is the door?"))
+        assert third.id and third.id not in ("first", "second")  # a query without an id gets one
+        wait_until(lambda: node.queries.qsize() == 2, 30, "two queries waiting")
+        with pytest.raises(TimeoutError, match="no answer to query 'second'"):
+            second.result(timeout_s=0.05)
+        second.cancel()
+        answer2 = second.result(timeout_s=30)
+        assert answer2["id"] == "second" and answer2["finish_reason"] == "cancelled" and not first.done()
+        first.cancel()
+        answer1 = first.result(timeout_s=60)
+        assert answer1["finish_reason"] == "cancelled" and not answer1["goal_sent"] and answer1["target_pose"] is None
+        answer3 = third.result(timeout_s=60)
+        assert answer3["id"] == third.id and answer3["error"] is None and answer3["finish_reason"] == "stop"
+        assert node.answered == 3  # each query answered exactly once
+    finally:
+        executor.shutdown()
+        spinner.join(timeout=10)
+        client.destroy()
+        caller.destroy_node()
+        node.destroy_node()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vilasr_ros.errors import VilasrError
+from vilasr_ros.images import image_problems
 
 logger = logging.getLogger(__name__)
 
@@ -88,17 +89,9 @@ def media_path(path: str, media_dir: Path | None) -> str:
 
 
 def check_images(paths: list[str]) -> list[str]:
-    """Every image that does not exist or does not decode completely (truncated files)."""
-    from PIL import Image
-
-    missing: list[str] = []
-    for path in dict.fromkeys(paths):
-        try:
-            with Image.open(path) as im:
-                im.load()  # decodes the whole file: a truncated PNG/JPEG fails here
-        except (OSError, SyntaxError, ValueError):
-            missing.append(path)
-    return missing
+    """Every image that does not exist or does not decode completely (truncated files), each once
+    (:func:`vilasr_ros.images.image_problems`, the one check every loop uses)."""
+    return list(image_problems(paths))
 
 
 def to_trl(item: dict[str, Any], media_dir: Path | None, fmt: ShareGPTFormat | None = None) -> dict[str, Any] | None:

@@ -144,9 +144,8 @@ def make_trainer_class():
         def _rollout(self, items: list[dict]) -> list:
             from dataclasses import replace
 
-            from PIL import Image
-
             from vilasr_ros.engines.base import SamplingConfig
+            from vilasr_ros.images import open_rgb
             from vilasr_ros.engines.hf import TransformersEngine
             from vilasr_ros.reasoner import Reasoner
 
@@ -167,10 +166,7 @@ def make_trainer_class():
                     cfg = replace(self.reasoner_config, max_turns=item["max_turns"], sampling=sampling)
                     key = tuple(item["image_paths"])  # a prompt comes num_generations times: read it once
                     if key not in loaded:
-                        loaded[key] = []
-                        for path in key:
-                            with Image.open(path) as im:
-                                loaded[key].append(protocol.to_rgb(im))
+                        loaded[key] = [open_rgb(path) for path in key]
                     images = loaded[key]  # the loop never modifies its inputs (it draws on copies)
                     traces.append(Reasoner(engine, cfg).run(
                         images, item["question"], item["problem_type"], item["options"], kind=item["kind"],

@@ -28,8 +28,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vilasr_ros import protocol
 from vilasr_ros.engines.base import Engine, SamplingConfig
+from vilasr_ros.images import open_rgb
 from vilasr_ros.sanitize import safe_name
 from vilasr_ros.evaluation.runner import for_each
 from vilasr_ros.reasoner import Reasoner, ReasonerConfig
@@ -59,8 +59,6 @@ def sample_and_select(config: dict[str, Any], engine: Engine | None = None,
         The summary: ``items``, ``samples``, ``kept``, ``yield`` (kept / samples),
         ``items_with_kept``, ``out``.
     """
-    from PIL import Image
-
     from vilasr_ros.engines import create_engine
     from vilasr_ros_training.data import load_items
 
@@ -88,10 +86,7 @@ def sample_and_select(config: dict[str, Any], engine: Engine | None = None,
     sink = open(samples_path, "a", encoding="utf-8")
 
     def one(item) -> None:
-        images = []
-        for p in item.image_paths:
-            with Image.open(p) as im:
-                images.append(protocol.to_rgb(im))
+        images = [open_rgb(p) for p in item.image_paths]
         for k in range(k_samples):
             if (item.id, k) in done:
                 continue

@@ -114,10 +114,8 @@ class TeacherEngine(Engine):
     """Writes ground-truth trajectories for sim dataset items (see module docstring).
 
     Args:
-        model: A generated dataset folder (``questions.json``), used to find an item by its question
-            when the request carries no ``metadata["item"]``; optional otherwise.
-        reflect: Probability that a trajectory starts with a wrong box and its correction.
-        seed: Randomness of the reflection choice (per query: ``seed`` and the item id).
+        config: A :class:`TeacherConfig`, or its ``model`` (the dataset folder).
+        **options: :class:`TeacherConfig` fields (``reflect``, ``seed``), over those of ``config``.
 
     Raises:
         EngineError: (from ``generate``) the item cannot be found or is not a sim item.
@@ -127,12 +125,13 @@ class TeacherEngine(Engine):
     config_class = TeacherConfig
     standalone_requires = ("model",)
 
-    def __init__(self, model: str | Path | None = None, reflect: float = 0.0, seed: int = 0):
-        if not 0.0 <= float(reflect) <= 1.0:
-            raise ValueError(f"reflect must be in [0, 1], got {reflect}")
-        self.root = Path(model) if model else None
-        self.reflect = float(reflect)
-        self.seed = int(seed)
+    primary_option = "model"
+
+    def __init__(self, config: TeacherConfig | str | Path | None = None, /, **options: Any):
+        self.config = config = self.resolve_config(config, options)
+        self.root = Path(config.model) if config.model else None
+        self.reflect = float(config.reflect)
+        self.seed = int(config.seed)
         self._items: list[dict] | None = None
         self.reset()
 

@@ -19,9 +19,12 @@ Answer JSON (``~/answer``)::
      "localization": "map (map poses corrected odometry: 12 corrections)" | "odom: no map pose received yet" | null}
 
 Safety rule for goals (:func:`goal_decision`): ``target_pose`` is filled — and the node publishes
-``~/target_pose`` and ``/goal_pose`` — only when the run finished ``stop`` with an answer, the
-target's box comes from a turn whose tool call was accepted, and grounding is ``ok`` with confidence
-at least ``min_goal_confidence``. Otherwise ``goal_sent`` is false and ``goal_reason`` says why.
+``~/target_pose`` and ``/goal_pose`` — only when the run finished ``stop`` with a non-empty answer,
+the map pose is trusted (finite, in range, covariance within ``max_map_covariance``), the target's
+box comes from a turn whose tool call was accepted and marks an object (not degenerate, not clipped
+by more than 10 %, not nearly the whole image: :func:`vilasr_ros.geometry.check_box_meaningful`),
+and grounding is ``ok`` with confidence at least ``min_goal_confidence``. Otherwise ``goal_sent`` is
+false and ``goal_reason`` says why.
 """
 
 from __future__ import annotations
@@ -47,8 +50,15 @@ from vilasr_ros.trace_store import TraceStore
 logger = logging.getLogger(__name__)
 __all__ = ["AgentConfig", "Answer", "BadQueryError", "Query", "Result", "SpatialAgent", "goal_decision", "parse_query"]
 
-def goal_decision(trace: Trace | None, grounding: GroundingResult | None, min_confidence: float) -> tuple[bool, str | None]:
+def goal_decision(trace: Trace | None, grounding: GroundingResult | None, min_confidence: float,
+                  localization_fault: str | None = None) -> tuple[bool, str | None]:
     """May this answer move the robot? (the safety rule in the module docstring)
+
+    Args:
+        trace: The run (None: it failed before the model ran).
+        grounding: The target's grounding (None: no target was asked for).
+        min_confidence: ``min_goal_confidence``.
+        localization_fault: Why the map pose is not trusted now (:attr:`MapAlignment.untrusted`), or None.
 
     Returns:
         ``(True, None)``, or ``(False, why)``.
@@ -58,13 +68,18 @@ def goal_decision(trace: Trace | None, grounding: GroundingResult | None, min_co
     if trace is None:
         return False, "the query failed before the model ran"
     if trace.finish_reason != protocol.FINISH_STOP or trace.answer is None:
-        return False, f"the run did not finish with an answer (finish_reason {trace.finish_reason!r})"
+        return False, f"the run did not finish with an answer (finish_reason {str(trace.finish_reason)!r})"
+    if not trace.answer.strip():
+        return False, "the answer is empty: it says nothing to act on"
+    if localization_fault:
+        return False, f"localisation is not trusted: {localization_fault}"
     if not grounding.ok:
         return False, f"the target could not be grounded: {grounding.reason}"
     if grounding.turn is not None and 0 <= grounding.turn < len(trace.turns) and trace.turns[grounding.turn].error:
         return False, "the target's box comes from a rejected tool call"
     if grounding.confidence is None or grounding.confidence < min_confidence:
-        return False, f"grounding confidence {grounding.confidence} is below min_goal_confidence {min_confidence:g}"
+        why = f": {grounding.reason}" if grounding.reason else ""
+        return False, f"grounding confidence {grounding.confidence} is below min_goal_confidence {min_confidence:g}{why}"
     return True, None
 
 
@@ -233,7 +248,8 @@ class SpatialAgent:
             answer.target = trace.target
             if not grounding.ok and answer.error is None:
                 answer.error = f"no target: {grounding.reason}"
-            answer.goal_sent, answer.goal_reason = goal_decision(trace, grounding, cfg.min_goal_confidence)
+            fault = getattr(self.localization, "untrusted", None)
+            answer.goal_sent, answer.goal_reason = goal_decision(trace, grounding, cfg.min_goal_confidence, fault)
             if answer.goal_sent:
                 answer.target_pose = {
                     "position": grounding.approach_position,

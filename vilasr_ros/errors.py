@@ -28,6 +28,11 @@ class DatasetError(VilasrError, ValueError):
     """A dataset, item, image file or results file that cannot be read as one (named in the message)."""
 
 
+class ImageError(VilasrError, ValueError):
+    """An image file or upload that is missing, not an image, truncated, or over the pixel budget
+    (named in the message; :mod:`vilasr_ros.images`)."""
+
+
 class MessageError(VilasrError, ValueError):
     """A sensor message (live or from a bag) that cannot be decoded or is implausible: unknown
     encoding, short data, content that does not match its declared format, a non-finite pose."""

@@ -82,6 +82,10 @@ def check_pose(T: np.ndarray, what: str = "T_world_camera") -> np.ndarray:
     return T
 
 
+WORLD_UP = ("z", "unknown")
+"""Up axes a frame's world may state (:attr:`Frame.world_up`)."""
+
+
 @dataclass(frozen=True, eq=False)
 class Frame:
     """One RGB-D frame.
@@ -97,6 +101,9 @@ class Frame:
         world_frame_id: Frame ``T_world_camera`` is expressed in (``map``/``odom``).
         source_id: Which source produced it (``rgbd_folder:...``).
         index: Position in the source's order.
+        world_up: The world frame's up axis: ``"z"`` (REP-103 ``map``/``odom``, the sim, ROS topics and
+            bags) or ``"unknown"`` (an RGB-D folder whose world is its first camera, e.g. 3DMatch /
+            Redwood, unless its ``rgbd.json`` says ``"world_up": "z"``). Floor removal needs ``"z"``.
 
     Raises:
         FrameError: Wrong dtype/shape, depth/colour size mismatch, intrinsics of another size, or a
@@ -112,8 +119,11 @@ class Frame:
     world_frame_id: str = "map"
     source_id: str = ""
     index: int = 0
+    world_up: str = "z"
 
     def __post_init__(self):
+        if self.world_up not in WORLD_UP:
+            raise FrameError(f"world_up must be one of {', '.join(WORLD_UP)}, got {self.world_up!r}")
         rgb = self.rgb
         if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise FrameError(f"rgb must be (H, W, 3) uint8, got {getattr(rgb, 'shape', None)} {getattr(rgb, 'dtype', type(rgb))}")
@@ -143,7 +153,7 @@ class Frame:
         K = self.intrinsics
         T = self.T_world_camera
         return {"index": self.index, "stamp_s": self.stamp_s, "source_id": self.source_id, "frame_id": self.frame_id,
-                "world_frame_id": self.world_frame_id,
+                "world_frame_id": self.world_frame_id, "world_up": self.world_up,
                 "intrinsics": {"width": K.width, "height": K.height, "fx": K.fx, "fy": K.fy, "cx": K.cx, "cy": K.cy,
                                "distortion_model": K.distortion_model, "D": list(K.D)},
                 "T_world_camera": None if T is None else np.round(T, 9).tolist()}

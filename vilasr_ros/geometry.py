@@ -50,6 +50,42 @@ def model_to_sensor_box(bbox, model_size: tuple[int, int], sensor_size: tuple[in
     return np.array([max(x1, 0.0), max(y1, 0.0), min(x2, w - 1.0), min(y2, h - 1.0)])
 
 
+MIN_BOX_SIDE_PX = 2.0
+"""A box narrower or lower than this (pixels of the image the model saw) marks no object."""
+MAX_BOX_CLIPPED = 0.10
+"""A box with more than this share of its area outside the image is not about what the image shows."""
+MAX_BOX_AREA = 0.90
+"""A box covering more than this share of the image marks the whole view, not an object in it."""
+
+
+def check_box_meaningful(bbox_px: np.ndarray | list, model_size: tuple[int, int]) -> None:
+    """Refuse a box that says nothing about an object, before it can become a goal (goal rule).
+
+    Args:
+        bbox_px: ``[x1, y1, x2, y2]`` as the model wrote it, pixels of the resized image (any corner order).
+        model_size: (width, height) of that image.
+
+    Raises:
+        GroundingError: A side under :data:`MIN_BOX_SIDE_PX`, more than :data:`MAX_BOX_CLIPPED` of its
+            area outside the image, or more than :data:`MAX_BOX_AREA` of the image covered.
+    """
+    b = np.asarray(bbox_px, dtype=np.float64)
+    x1, x2 = sorted((b[0], b[2]))
+    y1, y2 = sorted((b[1], b[3]))
+    w, h = model_size
+    bw, bh = x2 - x1, y2 - y1
+    if bw < MIN_BOX_SIDE_PX or bh < MIN_BOX_SIDE_PX:
+        raise GroundingError(f"box {np.round(b, 1).tolist()} is degenerate ({bw:.1f} x {bh:.1f} px): it marks no object")
+    inside = max(0.0, min(x2, w) - max(x1, 0.0)) * max(0.0, min(y2, h) - max(y1, 0.0))
+    clipped = 1.0 - inside / (bw * bh)
+    if clipped > MAX_BOX_CLIPPED:
+        raise GroundingError(f"box {np.round(b, 1).tolist()} lies {100 * clipped:.0f}% outside the {w}x{h} image "
+                             f"(at most {100 * MAX_BOX_CLIPPED:.0f}% allowed)")
+    if inside > MAX_BOX_AREA * w * h:
+        raise GroundingError(f"box {np.round(b, 1).tolist()} covers {100 * inside / (w * h):.0f}% of the {w}x{h} image: "
+                             "it marks the whole view, not an object")
+
+
 def model_to_sensor_point(point, model_size: tuple[int, int], sensor_size: tuple[int, int]) -> np.ndarray:
     """``[x, y]`` in resized-image pixels → sensor pixels (not clipped)."""
     p = np.asarray(point, dtype=np.float64)[:2]

@@ -40,6 +40,7 @@ from vilasr_ros.frames import Frame
 from vilasr_ros.geometry import (
     GroundingError,
     SurfaceEstimate,
+    check_box_meaningful,
     deproject,
     model_to_sensor_box,
     model_to_sensor_point,
@@ -146,6 +147,7 @@ class GroundingResult:
             in every candidate (False: the direct pose is given), or not seen (None).
         frame_id: World frame of the world-frame values.
         waypoints: World-frame points along Path Tracer lines drawn on the images used.
+        floor_removal: What floor removal did, or why it was skipped (a world without a known up axis).
         points: (N, 3) the fused object points in ``frame_id`` (m); not in :meth:`to_dict`.
     """
 
@@ -172,6 +174,7 @@ class GroundingResult:
     approach_free: bool | None = None
     frame_id: str | None = None
     waypoints: list[list[float]] = field(default_factory=list)
+    floor_removal: str | None = None
     points: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,6 +241,7 @@ def trace_views(trace: Trace, frames: list[Frame], target: str) -> tuple[list[Bo
         frame = frames[image.source_frame]
         try:
             box_px = model_to_sensor_box(box.get("bbox_2d"), image.size, frame.size)
+            check_box_meaningful(box.get("bbox_2d"), image.size)
         except GroundingError as exc:
             unusable.append({**info, "reason": str(exc)})
             continue
@@ -313,11 +317,18 @@ def fuse_views(views: list[BoxView], target: str, config: GroundingConfig | None
         views = views[-1:]
     placed: list[tuple[BoxView, SurfaceEstimate]] = []
     last_error = None
+    floor_z_m = config.floor_z_m if config.remove_floor else None
+    unknown_up = sorted({v.frame.source_id or "the source" for v in views if v.frame.world_up != "z"})
+    if floor_z_m is not None and unknown_up:
+        floor_z_m = None  # which way is up is not known: removing "the floor" would remove something else
+        result.floor_removal = (f"skipped: the world of {', '.join(unknown_up)} has no known up axis "
+                                "(an RGB-D folder states it in rgbd.json as \"world_up\": \"z\")")
+    elif floor_z_m is not None:
+        result.floor_removal = f"floor at z = {floor_z_m:g} m and walls behind the object removed"
     for view in views:
         try:
             est = surface_in_box(view.frame, view.box_px, min_depth_m=config.min_depth_m, max_depth_m=config.max_depth_m,
-                                 voxel_m=config.voxel_m, cluster_eps_m=config.cluster_eps_m,
-                                 floor_z_m=config.floor_z_m if config.remove_floor else None)
+                                 voxel_m=config.voxel_m, cluster_eps_m=config.cluster_eps_m, floor_z_m=floor_z_m)
         except GroundingError as exc:
             last_error = str(exc)
             result.views_rejected.append({**view.describe(), "reason": last_error})
@@ -373,6 +384,12 @@ def fuse_views(views: list[BoxView], target: str, config: GroundingConfig | None
         "depth_sigma_m": round(float(np.mean([min(e.uncertainty_m, 1.0) for _, e in group])), 4),
     }
     result.confidence = round(calibrated_confidence(result.confidence_features), 3)
+    if len(posed) >= 2 and 2 * len(group) <= len(posed):
+        # No majority: as many views place the target elsewhere as here. Which is right cannot be told
+        # from the boxes, so the estimate (the latest group's) comes with confidence 0: never a goal.
+        result.confidence = 0.0
+        result.reason = (f"the views of {target!r} disagree: {len(group)} of {len(posed)} place it here, the rest "
+                         "elsewhere, and no place has a majority")
     result.points = points
     evidence = [f for f in (frames if frames is not None else [v.frame for v, _ in posed])
                 if f.depth_m is not None and f.T_world_camera is not None]

@@ -25,7 +25,8 @@ import struct
 import numpy as np
 
 from vilasr_ros.frames import CameraIntrinsics
-from vilasr_ros.errors import MessageError
+from vilasr_ros.images import open_image
+from vilasr_ros.errors import ImageError, MessageError
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
@@ -84,12 +85,10 @@ def decode_color(msg, msgtype: str | None = None) -> np.ndarray:
         MessageError: Unknown encoding or undecodable data.
     """
     if (msgtype or message_kind(msg)) == COMPRESSED:
-        from PIL import Image
-
         try:
-            return np.asarray(Image.open(io.BytesIO(bytes(msg.data))).convert("RGB"))
-        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
-            raise MessageError(f"cannot decode compressed colour image ({msg.format}): {exc}") from exc
+            return np.asarray(open_image(bytes(msg.data), name=f"compressed colour image ({msg.format})").convert("RGB"))
+        except ImageError as exc:  # not an image, truncated, or over the pixel budget (checked before decoding)
+            raise MessageError(str(exc)) from exc
     enc = msg.encoding
     if enc not in COLOR_ENCODINGS:
         raise MessageError(f"unsupported colour encoding {enc!r}; use one of {', '.join(COLOR_ENCODINGS)}")
@@ -112,8 +111,6 @@ def decode_depth(msg, msgtype: str | None = None) -> np.ndarray:
     Raises:
         MessageError: Unknown encoding or format.
     """
-    from PIL import Image
-
     if (msgtype or message_kind(msg)) == COMPRESSED:
         fmt = msg.format
         raw = bytes(msg.data)
@@ -121,9 +118,15 @@ def decode_depth(msg, msgtype: str | None = None) -> np.ndarray:
             raise MessageError(f"unsupported compressed depth format {fmt!r} (expected '16UC1; compressedDepth png')")
         _, quant_a, quant_b = struct.unpack("<iff", raw[:12])
         try:
-            values = np.asarray(Image.open(io.BytesIO(raw[12:])))
-        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
-            raise MessageError(f"cannot decode compressedDepth PNG: {exc}") from exc
+            image = open_image(raw[12:], name="compressedDepth PNG")
+        except ImageError as exc:  # not an image, truncated, or over the pixel budget (checked before decoding)
+            raise MessageError(str(exc)) from exc
+        # The content must be what the header declares: one 16-bit channel (an 8-bit PNG read as
+        # millimetres would put every object within 0.255 m).
+        if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
+            raise MessageError(f"compressedDepth declares {fmt.split(';')[0]} but its PNG is {image.mode} "
+                               f"({'8-bit' if image.mode in ('L', 'P', 'RGB', 'RGBA', 'LA') else image.mode}); frame dropped")
+        values = np.asarray(image)
         if fmt.startswith("16UC1") or fmt.startswith("mono16"):
             return (values.astype(np.float32) / np.float32(1000.0)).astype(np.float32)
         if fmt.startswith("32FC1"):
@@ -207,6 +210,14 @@ def pose_from_message(msg) -> tuple[float, np.ndarray, str]:
     except MessageError as exc:
         raise MessageError(f"{kind.rsplit('/', 1)[-1]} {exc}") from None
     return stamp_s(msg.header), T, msg.header.frame_id
+
+
+def pose_covariance(msg) -> np.ndarray | None:
+    """The 36 covariance values (row-major 6×6: x y z, rotation about x y z; m², rad²) of a
+    ``PoseWithCovarianceStamped`` or an ``Odometry`` pose; None for messages without one."""
+    pose = getattr(msg, "pose", None)
+    cov = getattr(pose, "covariance", None)
+    return None if cov is None else np.asarray(cov, dtype=float)
 
 
 # ----------------------------------------------------------------------------- encoding (the other way)

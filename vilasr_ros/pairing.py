@@ -34,6 +34,7 @@ import numpy as np
 
 from scipy.spatial.transform import Rotation, Slerp
 
+from vilasr_ros.errors import MessageError
 from vilasr_ros.frames import CameraIntrinsics, Frame
 from vilasr_ros.health import SensorHealth
 
@@ -315,15 +316,27 @@ class MapAlignment:
     the first/last one), so a correction that arrives after the frame was buffered still applies.
     REP-105: ``map`` → ``odom`` → ``base_link`` → camera optical frame.
 
+    A map pose is trusted only when it is finite, within ``max_position_m`` of the origin (as odometry
+    is) and — when it carries a covariance (AMCL) — its x and y variances are finite and at most
+    ``max_covariance_m2``. Any other pose is refused (:class:`~vilasr_ros.errors.MessageError`) and,
+    until a trusted one arrives, :attr:`untrusted` says why: the goal rule sends no goal meanwhile.
+
     Args:
         odometry_at: ``t -> (T_odom_base, odom_frame_id)`` (:meth:`FrameAssembler.odometry_at`).
         max_corrections: Corrections kept (the oldest dropped first; 1 Hz → an hour).
+        max_position_m: A map position farther from the origin is refused (m).
+        max_covariance_m2: A map pose whose x or y variance is larger (m², row-major 6×6 covariance of
+            ``geometry_msgs/PoseWithCovariance``: indices 0 and 7) is not trusted.
     """
 
     def __init__(self, odometry_at: Callable[[float], tuple[np.ndarray | None, str | None]],
-                 max_corrections: int = 3600):
+                 max_corrections: int = 3600, max_position_m: float = 100_000.0, max_covariance_m2: float = 1.0):
         self.odometry_at = odometry_at
         self.max_corrections = max_corrections
+        self.max_position_m = max_position_m
+        self.max_covariance_m2 = max_covariance_m2
+        #: Why the latest map pose was not trusted (None once a trusted one arrived).
+        self.untrusted: str | None = None
         self._stamps: list[float] = []
         self._corrections: list[np.ndarray] = []
         self._pending: deque[tuple[float, np.ndarray, str]] = deque(maxlen=50)
@@ -334,17 +347,48 @@ class MapAlignment:
     def __len__(self) -> int:
         return len(self._corrections)
 
-    def add_map_pose(self, stamp_s: float, T_map_base: np.ndarray, map_frame_id: str) -> bool:
+    def add_map_pose(self, stamp_s: float, T_map_base: np.ndarray, map_frame_id: str,
+                     covariance: np.ndarray | None = None) -> bool:
         """Add a map pose of the base; True when it became a correction (else it waits for the
-        odometry at its stamp, see :meth:`retry`)."""
+        odometry at its stamp, see :meth:`retry`).
+
+        Args:
+            stamp_s: The pose's stamp (s).
+            T_map_base: 4×4 pose of the base in ``map_frame_id``.
+            map_frame_id: The map frame (``map``).
+            covariance: The 36 values of its ``PoseWithCovariance.covariance`` (row-major 6×6), or None.
+
+        Raises:
+            MessageError: A pose that is not trusted (the reason; kept in :attr:`untrusted`).
+        """
         self.received += 1
         T_map_base = np.asarray(T_map_base, float)
-        if not np.isfinite(T_map_base).all():
-            return False
+        fault = self._fault(stamp_s, T_map_base, covariance)
+        if fault is not None:
+            self.untrusted = fault
+            raise MessageError(fault)
+        self.untrusted = None
         if self._add(stamp_s, T_map_base, map_frame_id or "map"):
             return True
         self._pending.append((stamp_s, T_map_base, map_frame_id or "map"))
         return False
+
+    def _fault(self, stamp_s: float, T: np.ndarray, covariance) -> str | None:
+        if not np.isfinite(T).all() or not np.isfinite(stamp_s):
+            return "map pose or stamp is not finite"
+        p = T[:3, 3]
+        if np.abs(p).max() > self.max_position_m:
+            return f"map position {np.round(p, 1).tolist()} m is beyond max_position_m={self.max_position_m:g}"
+        if covariance is not None:
+            c = np.asarray(covariance, float).reshape(-1)
+            if c.size == 36:
+                var = c[[0, 7]]
+                if not np.isfinite(c).all():
+                    return "map pose covariance is not finite: localisation not trusted"
+                if var.max() > self.max_covariance_m2:
+                    return (f"map pose covariance x/y {var.max():.3g} m² is above max_map_covariance="
+                            f"{self.max_covariance_m2:g} m²: localisation not trusted")
+        return None
 
     def retry(self) -> None:
         """Turn waiting map poses into corrections once the odometry at their stamps has arrived."""

@@ -95,38 +95,40 @@ class Query:
     kind: protocol.PromptKind | None = None
 
     def __post_init__(self):
-        def bad(message: str) -> BadQueryError:
-            return BadQueryError(message, self.id)
-
-        if not isinstance(self.question, str) or not self.question.strip():
-            raise bad("query needs a non-empty string 'question'")
         try:
-            object.__setattr__(self, "problem_type", protocol.normalize_problem_type(self.problem_type))
+            self._check_text()
+            self._check_choices()
         except QueryError as exc:
-            raise bad(str(exc)) from None
+            raise BadQueryError(str(exc), self.id) from None
+
+    def _check_text(self) -> None:
+        if not isinstance(self.question, str) or not self.question.strip():
+            raise QueryError("query needs a non-empty string 'question'")
+        object.__setattr__(self, "problem_type", protocol.normalize_problem_type(self.problem_type))
         options = self.options
         if options is not None:
-            if isinstance(options, str) or not all(isinstance(o, str) for o in options) or len(options) > MAX_OPTIONS:
-                raise bad(f"'options' must be a list of at most {MAX_OPTIONS} strings")
+            if not isinstance(options, (list, tuple)) or not all(isinstance(o, str) for o in options) \
+                    or len(options) > MAX_OPTIONS:
+                raise QueryError(f"'options' must be a list of at most {MAX_OPTIONS} strings")
             object.__setattr__(self, "options", list(options))
         if self.problem_type == "multiple choice" and not self.options:
-            raise bad("a multiple-choice query needs 'options'")
+            raise QueryError("a multiple-choice query needs 'options'")
         if self.target is not None and (not isinstance(self.target, str) or not self.target.strip()):
-            raise bad("'target' must be a non-empty string")
+            raise QueryError("'target' must be a non-empty string")
+
+    def _check_choices(self) -> None:
         frames = self.frames
         if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int)
                                    or not 1 <= frames <= MAX_QUERY_FRAMES):
-            raise bad(f"'frames' must be an integer in 1..{MAX_QUERY_FRAMES}")
-        if self.selection is not None:
+            raise QueryError(f"'frames' must be an integer in 1..{MAX_QUERY_FRAMES}")
+        for name, enum in (("selection", Selection), ("kind", protocol.PromptKind)):
+            value = getattr(self, name)
+            if value is None:
+                continue
             try:
-                object.__setattr__(self, "selection", Selection(self.selection))
+                object.__setattr__(self, name, enum(value))
             except ValueError:
-                raise bad(f"'selection' must be one of {', '.join(SELECTIONS)}") from None
-        if self.kind is not None:
-            try:
-                object.__setattr__(self, "kind", protocol.PromptKind(self.kind))
-            except ValueError:
-                raise bad(f"'kind' must be one of {', '.join(k.value for k in protocol.PromptKind)}") from None
+                raise QueryError(f"'{name}' must be one of {', '.join(e.value for e in enum)}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (None omitted), as :func:`query_from_dict` reads them back."""

@@ -49,6 +49,7 @@ from typing import Any
 from vilasr_ros import __version__
 from vilasr_ros.errors import ConfigError, QueryError, require
 from vilasr_ros.sanitize import clean_json, clean_text
+from vilasr_ros.serve_guard import BodyGuard, GuardCounters, RateLimitFilter, guarded_protocol, raise_fd_limit
 
 logger = logging.getLogger(__name__)
 SERVICE = "vilasr-serve"
@@ -66,6 +67,14 @@ class ServeConfig:
     max_queue: Queries waiting beyond the running ones; more get 429.
     max_frames: Frames per query at most.
     max_body_mb: Request body size at most (MiB).
+    max_frame_pixels: Pixels of one frame at most (checked from its header before decoding).
+    max_request_pixels: Pixels of all frames of a request at most (the memory decoding may take:
+        3 bytes a pixel; 100 MP is ~300 MB).
+    max_connections: Open connections at most (the oldest one still sending its request head is closed
+        to make room; when none is, the newcomer gets 503 + ``Retry-After``); capped below the open-file limit.
+    header_timeout_s: A connection must send its request head within this (s), or it is closed.
+    body_timeout_s: A request body must arrive whole within this (s), or 408.
+    max_uploads: Request bodies read at once (each may spool to a temp file); more get 503 + ``Retry-After``.
     default_deadline_s: Deadline of a query that names none; ``max_deadline_s`` caps any.
     """
 
@@ -76,12 +85,22 @@ class ServeConfig:
     max_queue: int = 16
     max_frames: int = 64
     max_body_mb: float = 64.0
+    max_frame_pixels: int = 16_000_000
+    max_request_pixels: int = 100_000_000
+    max_connections: int = 512
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 120.0
+    max_uploads: int = 8
     default_deadline_s: float = 300.0
     max_deadline_s: float = 1800.0
 
     def __post_init__(self):
         if not 0 < self.port < 65536 or self.max_queue < 0 or self.max_frames < 1 or self.max_body_mb <= 0:
             raise ValueError("port in 1..65535, max_queue >= 0, max_frames >= 1 and max_body_mb > 0 are required")
+        if self.max_connections < 4 or not self.header_timeout_s > 0 or not self.body_timeout_s > 0 or self.max_uploads < 1:
+            raise ValueError("max_connections >= 4, header_timeout_s > 0, body_timeout_s > 0 and max_uploads >= 1 are required")
+        if not 0 < self.max_frame_pixels <= self.max_request_pixels:
+            raise ValueError("0 < max_frame_pixels <= max_request_pixels is required")
         if self.workers is not None and self.workers < 1:
             raise ValueError("workers must be >= 1")
         if not 0 < self.default_deadline_s <= self.max_deadline_s:
@@ -144,22 +163,46 @@ class QueryRequest:
         return self.query.id or ""
 
 
-def decode_frames(blobs: list[tuple[str, bytes]]):
-    """Image files → RGB PIL images (alpha over white, :func:`~vilasr_ros.protocol.to_rgb`). Raises
-    QueryError naming the first that is not an image."""
-    from PIL import Image
+def decode_frames(blobs: list[tuple[str, bytes]], config: "ServeConfig | None" = None):
+    """Image files → RGB PIL images (alpha over white, :func:`~vilasr_ros.protocol.to_rgb`).
 
-    from vilasr_ros.protocol import to_rgb
+    Frames are counted first, then every header is read and the pixels added up against the budgets
+    (``max_frame_pixels`` each, ``max_request_pixels`` together) — all before any frame is decoded.
 
+    Raises:
+        QueryError: More than ``max_frames`` frames, a file that is not an image, or a budget exceeded
+            (naming the frame).
+    """
+    from vilasr_ros.errors import ImageError
+    from vilasr_ros.images import image_size, open_rgb
+
+    config = config or ServeConfig()
+    if len(blobs) > config.max_frames:
+        raise QueryError(f"{len(blobs)} frames; at most {config.max_frames} per query")
+    total = 0
+    for k, (name, data) in enumerate(blobs):
+        label = f"frame {k} ({clean_text(name)[:60]})"
+        try:
+            w, h = image_size(data, name=label)
+        except ImageError as exc:
+            raise QueryError(str(exc)) from None
+        if w * h > config.max_frame_pixels:
+            raise QueryError(f"{label} is {w}x{h}; at most {config.max_frame_pixels} pixels per frame (max_frame_pixels)")
+        total += w * h
+        if total > config.max_request_pixels:
+            raise QueryError(f"the frames up to {label} hold {total} pixels; at most {config.max_request_pixels} per "
+                             "request (max_request_pixels)")
     out = []
     for k, (name, data) in enumerate(blobs):
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                out.append(to_rgb(im))
-        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for non-images
-            raise QueryError(f"frame {k} ({clean_text(name)[:60]}) is not an image: {type(exc).__name__}") from None
+            out.append(open_rgb(data, max_pixels=config.max_frame_pixels, name=f"frame {k} ({clean_text(name)[:60]})"))
+        except ImageError as exc:
+            raise QueryError(str(exc)) from None
     return out
+
+
+class CancelledBeforeStart(Exception):
+    """A queued query whose client went away before a worker took it (answered 499, not a failure)."""
 
 
 def _png_b64(image) -> str:
@@ -189,6 +232,7 @@ def create_app(engine, config: ServeConfig | None = None):
     workers = config.workers or max(1, int(getattr(engine, "max_concurrency", 1)))
     pool = ThreadPoolExecutor(workers, thread_name_prefix="vilasr-serve")
     metrics = Metrics()
+    guards = GuardCounters()
     lock = threading.Lock()
     token = os.environ.get(config.token_env or "") or None
 
@@ -227,7 +271,7 @@ def create_app(engine, config: ServeConfig | None = None):
         timer.start()
         try:
             if cancel.is_set():
-                raise QueryError("cancelled before it started")
+                raise CancelledBeforeStart("the client went away before the query started")
             query = q.query
             trace = Reasoner(engine, q.loop).run(q.frames, query.question, query.problem_type, query.options,
                                                  kind=query.kind, cancel=cancel, on_turn=on_turn)
@@ -273,7 +317,7 @@ def create_app(engine, config: ServeConfig | None = None):
     def get_metrics() -> dict[str, Any]:
         """Counters since start."""
         with lock:
-            return dict(vars(metrics))
+            return {**vars(metrics), **vars(guards)}
 
     @app.post("/v1/queries")
     async def post_query(request: Request, query: str = Form(..., description="the query, JSON text"),
@@ -283,7 +327,7 @@ def create_app(engine, config: ServeConfig | None = None):
         check_token(request)
         try:
             blobs = [(f.filename or f"frame{k}", await f.read()) for k, f in enumerate(frames)]
-            q = QueryRequest(query, decode_frames(blobs), config)
+            q = QueryRequest(query, decode_frames(blobs, config), config)
         except (QueryError, ConfigError) as exc:  # ConfigError: a bad 'loop' value
             with lock:
                 metrics.bad_requests += 1
@@ -309,11 +353,16 @@ def create_app(engine, config: ServeConfig | None = None):
                 started = out["engine_s"]
                 doc = result_document(q, out, time.monotonic() - queued_at - started)
                 loop.call_soon_threadsafe(events.put_nowait, ("result", doc))
-            except Exception as exc:  # noqa: BLE001 - reported to the client as an error event / 500
+            except CancelledBeforeStart as exc:  # not a failure of the server: 499, one line
+                logger.info("query %r: %s", q.id, exc)
+                loop.call_soon_threadsafe(events.put_nowait, ("error", {"error": str(exc), "status": 499}))
+            except Exception as exc:  # noqa: BLE001 - reported to the client as an error event / 500, one line
                 with lock:
                     metrics.errors += 1
-                logger.exception("query %r failed", q.id)
-                loop.call_soon_threadsafe(events.put_nowait, ("error", {"error": f"{type(exc).__name__}: {exc}"}))
+                logger.error("query %r failed: %s: %s", q.id, type(exc).__name__, clean_text(exc)[:300])
+                logger.debug("query %r failed", q.id, exc_info=True)
+                loop.call_soon_threadsafe(events.put_nowait, ("error", {"error": f"{type(exc).__name__}: {exc}",
+                                                                        "status": 500}))
 
         future.add_done_callback(finish)
 
@@ -364,22 +413,16 @@ def create_app(engine, config: ServeConfig | None = None):
             if kind == "result":
                 return JSONResponse(data)
             if kind == "error":
-                return JSONResponse({"detail": data["error"]}, status_code=500)
+                return JSONResponse({"detail": data["error"]}, status_code=data.get("status", 500))
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        limit = int(config.max_body_mb * 2**20)
-        if length is not None and length.isdigit() and int(length) > limit:
-            with lock:
-                metrics.bad_requests += 1
-            return JSONResponse({"detail": f"request body of {int(length)} bytes is over max_body_mb "
-                                           f"({config.max_body_mb:g} MiB)"}, status_code=413)
-        if request.method == "POST" and length is None:
-            return JSONResponse({"detail": "a Content-Length header is required"}, status_code=411)
-        return await call_next(request)
+    def refused() -> None:
+        with lock:
+            metrics.bad_requests += 1
 
+    app.add_middleware(BodyGuard, max_body_bytes=int(config.max_body_mb * 2**20), body_timeout_s=config.body_timeout_s,
+                       max_uploads=config.max_uploads, retry_after_s=1, counters=guards, on_refused=refused)
     app.state.metrics = metrics
+    app.state.guards = guards
     app.state.pool = pool
     del fastapi
     return app
@@ -391,4 +434,9 @@ def serve(engine, config: ServeConfig) -> None:
     app = create_app(engine, config)
     logger.info("vilasr serve on http://%s:%d (engine %s)%s", config.host, config.port, engine.describe(),
                 "" if os.environ.get(config.token_env or "") else "; no bearer token required")
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=5)
+    fds = raise_fd_limit()
+    max_connections = min(config.max_connections, max(16, fds - 64))  # room for the model, logs and temp files
+    logging.getLogger("asyncio").addFilter(RateLimitFilter("accept"))
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=5,
+                http=guarded_protocol(max_connections, config.header_timeout_s, 1, app.state.guards),
+                timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024)

@@ -102,10 +102,30 @@ class Engine(abc.ABC):
     #: batch concurrent requests; in-process engines with per-conversation state take one).
     max_concurrency: int = 1
 
+    #: The config field a bare first positional argument sets (``TransformersEngine("/models/ViLaSR")``).
+    primary_option: str | None = None
+
     @classmethod
     def from_config(cls, config: Any) -> "Engine":
-        """Build the engine from its :attr:`config_class` instance (fields are constructor keywords)."""
-        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+        """Build the engine from its :attr:`config_class` instance."""
+        return cls(config)
+
+    @classmethod
+    def resolve_config(cls, config: Any, options: dict[str, Any]) -> Any:
+        """The engine's config from what its constructor was given: a config (``options`` override
+        its fields), the value of :attr:`primary_option`, or nothing (``options`` build one).
+
+        Raises:
+            ValueError / ConfigError: What the config's ``__post_init__`` refuses.
+        """
+        assert cls.config_class is not None
+        if config is not None and not isinstance(config, cls.config_class):
+            if cls.primary_option is None:
+                raise TypeError(f"{cls.__name__} takes a {cls.config_class.__name__}, got {type(config).__name__}")
+            options, config = {cls.primary_option: config, **options}, None
+        if config is None:
+            return cls.config_class(**options)
+        return dataclasses.replace(config, **options) if options else config
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> GenerationResult:

@@ -90,7 +90,15 @@ DTYPES = ("bfloat16", "float16", "float32")
 
 @dataclass(frozen=True)
 class TransformersConfig:
-    """Settings of the ``transformers`` engine (see :class:`TransformersEngine`)."""
+    """Settings of the ``transformers`` engine (see :class:`TransformersEngine`).
+
+    Attributes:
+        model: Local folder or Hugging Face id (resolved in the local cache; never downloaded).
+        device: ``cuda``/``cuda:N``/``cpu``/``mps``; None: CUDA when available.
+        dtype: ``bfloat16``/``float16``/``float32``; None: bf16 on CUDA, fp32 on CPU.
+        attn_implementation: Passed to ``from_pretrained`` (None: ``sdpa``; ``flash_attention_2``).
+        turn_reuse: Keep KV cache and vision features across turns (False: full recompute each turn).
+    """
 
     model: str = "AntResearchNLP/ViLaSR"
     device: str | None = None
@@ -99,6 +107,8 @@ class TransformersConfig:
     turn_reuse: bool = True
 
     def __post_init__(self):
+        if isinstance(self.model, os.PathLike):
+            object.__setattr__(self, "model", os.fspath(self.model))
         if not self.model:
             raise ValueError("model must name a folder or a Hugging Face id")
         if self.device is not None and not (self.device == "cpu" or self.device.startswith(("cuda", "mps", "xpu"))):
@@ -111,11 +121,9 @@ class TransformersEngine(Engine):
     """Qwen2.5-VL through ``Qwen2_5_VLForConditionalGeneration``, with turn reuse (module docstring).
 
     Args:
-        model: Local folder or Hugging Face id (default ``AntResearchNLP/ViLaSR``).
-        device: ``cuda``/``cpu``; default CUDA when available.
-        dtype: ``bfloat16``/``float32``; default bf16 on CUDA, fp32 on CPU.
-        attn_implementation: Passed to ``from_pretrained`` (``sdpa`` default; ``flash_attention_2``).
-        turn_reuse: Keep KV cache and vision features across turns (False: full recompute each turn).
+        config: A :class:`TransformersConfig`, or its ``model`` (a folder or Hugging Face id).
+        **options: :class:`TransformersConfig` fields (``device``, ``dtype``, ``attn_implementation``,
+            ``turn_reuse``), over those of ``config``.
 
     Attributes:
         last_input_ids: Token ids of the last request's whole prompt.
@@ -130,34 +138,29 @@ class TransformersEngine(Engine):
     name = "transformers"
     config_class = TransformersConfig
 
-    def __init__(
-        self,
-        model: str | os.PathLike,
-        *,
-        device: str | None = None,
-        dtype: str | None = None,
-        attn_implementation: str | None = None,
-        turn_reuse: bool = True,
-    ):
+    primary_option = "model"
+
+    def __init__(self, config: TransformersConfig | str | os.PathLike | None = None, /, **options: Any):
+        self.config = config = self.resolve_config(config, options)
         torch = require("torch", "transformers")
         transformers = require("transformers", "transformers")
-        self.model_path = resolve_model_path(model)
-        self.model_id = str(model)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
+        self.model_path = resolve_model_path(config.model)
+        self.model_id = str(config.model)
+        self.device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = config.dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
         self.dtype = getattr(torch, dtype)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
         self.image_processor = transformers.AutoImageProcessor.from_pretrained(
             self.model_path, local_files_only=True
         )
         kwargs: dict[str, Any] = {"dtype": self.dtype, "local_files_only": True}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
+        if config.attn_implementation:
+            kwargs["attn_implementation"] = config.attn_implementation
         self.model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(self.model_path, **kwargs)
         self.model.to(self.device).eval()
-        self._setup(turn_reuse)
+        self._setup(config.turn_reuse)
         logger.info("transformers engine: %s on %s (%s), turn reuse %s", self.model_path, self.device, dtype,
-                    "on" if turn_reuse else "off")
+                    "on" if config.turn_reuse else "off")
 
     @classmethod
     def from_model(cls, model, tokenizer, image_processor, *, turn_reuse: bool = True,

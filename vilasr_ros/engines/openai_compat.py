@@ -137,6 +137,32 @@ class OpenAIConfig:
             raise ConfigError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
 
 
+MAX_ERROR_BYTES = 64 * 1024
+"""An error reply is read up to this many bytes (the SDK would read all of it)."""
+
+
+class ErrorReply(Exception):
+    """Raised from the HTTP client's response hook for a 4xx/5xx reply, after at most
+    :data:`MAX_ERROR_BYTES` of its body were read."""
+
+
+def _bounded_error(response, refused: list) -> None:
+    """httpx response hook: an error reply's body is read within :data:`MAX_ERROR_BYTES` and the reply
+    refused here, before the SDK would read it whole (a 1.5 GB error body must not reach memory)."""
+    if response.status_code < 400:
+        return
+    body = b""
+    try:
+        for chunk in response.iter_raw():
+            body += chunk
+            if len(body) >= MAX_ERROR_BYTES:
+                break
+    finally:
+        response.close()
+    refused.append((response.status_code, body[:MAX_ERROR_BYTES]))
+    raise ErrorReply(f"HTTP {response.status_code}")
+
+
 class ReplyTooLargeError(EngineError):
     """The server's reply exceeded ``max_reply_bytes``."""
 
@@ -145,9 +171,8 @@ class OpenAIEngine(Engine):
     """Chat completions over HTTP with the ``openai`` SDK (see the module docstring).
 
     Args:
-        model: Served model name.
-        base_url: Server root with ``/v1``.
-        **settings: The other :class:`OpenAIConfig` fields.
+        config: An :class:`OpenAIConfig`, or its ``base_url`` (the server root with ``/v1``).
+        **options: :class:`OpenAIConfig` fields, over those of ``config``.
 
     Raises:
         ConfigError: Bad settings (no ``base_url``, unknown image format, ...).
@@ -158,8 +183,10 @@ class OpenAIEngine(Engine):
     max_concurrency = 16  # the server batches concurrent requests (vLLM continuous batching)
     config_class = OpenAIConfig
 
-    def __init__(self, model: str = OpenAIConfig.model, base_url: str | None = None, **settings: Any):
-        self.config = OpenAIConfig(base_url=base_url or "", model=model, **settings)
+    primary_option = "base_url"
+
+    def __init__(self, config: OpenAIConfig | str | None = None, /, **options: Any):
+        self.config = self.resolve_config(config, options)
         self.openai = require("openai", "openai")
         self.httpx = require("httpx2", "openai")
         self.model = self.config.model
@@ -236,7 +263,9 @@ class OpenAIEngine(Engine):
         key = os.environ.get(self.config.api_key_env or "") or "EMPTY"
         # One HTTP client per call: closing it is how a call past its deadline is cut off without
         # touching other robots' calls in flight.
-        http = self.httpx.Client(timeout=self.httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0)))
+        refused: list[tuple[int, bytes]] = []
+        http = self.httpx.Client(timeout=self.httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0)),
+                                 event_hooks={"response": [lambda r: _bounded_error(r, refused)]})
         client = self.openai.OpenAI(base_url=self.base_url, api_key=key, http_client=http,
                                     max_retries=self.config.max_retries, timeout=self.timeout_s)
         future = self._pool.submit(self._call, client, kwargs, deadline)
@@ -245,14 +274,18 @@ class OpenAIEngine(Engine):
         except FutureTimeout as exc:
             raise EngineUnavailableError(
                 f"{where} gave no complete reply within the {self.timeout_s:g} s deadline of a model call") from exc
+        except self.openai.APIConnectionError as exc:
+            if not refused:
+                cause = redact(exc.__cause__ or exc, self._secrets())
+                raise EngineUnavailableError(
+                    f"cannot reach {where} after {self.config.max_retries + 1} attempt(s): {cause}") from exc
+            status, body = refused[-1]  # an error reply, read no further than MAX_ERROR_BYTES
+            raise EngineError(f"{where} answered HTTP {status}: "
+                              f"{redact(body.decode('utf-8', 'replace')[:300], self._secrets())}") from None
         except TimeoutError as exc:
             raise EngineUnavailableError(f"{where}: reply still arriving at the {self.timeout_s:g} s deadline") from exc
         except self.openai.APITimeoutError as exc:
             raise EngineUnavailableError(f"{where} timed out ({self.timeout_s:g} s deadline per model call)") from exc
-        except self.openai.APIConnectionError as exc:
-            cause = redact(exc.__cause__ or exc, self._secrets())
-            raise EngineUnavailableError(
-                f"cannot reach {where} after {self.config.max_retries + 1} attempt(s): {cause}") from exc
         except self.openai.APIStatusError as exc:
             body = redact(getattr(exc.response, "text", "")[:300], self._secrets())
             raise EngineError(f"{where} answered HTTP {exc.status_code}: {body}") from exc

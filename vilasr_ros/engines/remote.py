@@ -10,7 +10,9 @@ same images and builds the same conversation — the robot's trace is the one a 
 server's engine gives, and grounding (depth, poses) never leaves the robot. Later turns send nothing.
 
 Every wait has a deadline: ``timeout_s`` for each turn (the server's model call plus its part of the
-stream); a server that stops answering, goes away mid-query or refuses the query (401, 429 busy with
+stream) and for the reply's headers (a server that drips them is cut off by the wall clock, not by
+the socket's idle timeout); every reply is read with a byte cap (an error body or ``/health``:
+:data:`MAX_ERROR_BYTES`; one streamed event: :data:`MAX_EVENT_BYTES`); a server that stops answering, goes away mid-query or refuses the query (401, 429 busy with
 ``Retry-After``, 4xx) is an :class:`~vilasr_ros.errors.EngineError` naming it. Closing the stream
 (the next query, ``reset``, ``close``) cancels the query on the server.
 
@@ -27,6 +29,8 @@ import os
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,16 +76,79 @@ def encode_frame(image, image_format: str = "png") -> bytes:
     return buf.getvalue()
 
 
+MAX_ERROR_BYTES = 64 * 1024
+"""An error reply (or ``/health``) is read up to this many bytes; the rest is never read."""
+MAX_EVENT_BYTES = 16 * 2**20
+"""One server-sent event at most (a turn's text is ~100 KB; drawn images travel only on request)."""
+_CALLS = ThreadPoolExecutor(16, thread_name_prefix="vilasr-remote-http")
+"""HTTP calls run here so a wall-clock deadline covers the whole exchange, headers included (a server
+that drips its headers keeps a worker, never the caller; at most 16 such workers)."""
+
+
+def _within(deadline_s: float, what: str, call, *args, **kwargs):
+    """``call(*args, **kwargs)`` on a worker, waited for at most ``deadline_s`` seconds.
+
+    Raises:
+        EngineUnavailableError: Not done by then (``what`` names the server).
+    """
+    future = _CALLS.submit(call, *args, **kwargs)
+    try:
+        return future.result(timeout=deadline_s)
+    except FutureTimeout:
+        future.add_done_callback(_close_late)
+        raise EngineUnavailableError(f"{what} sent no complete reply headers within {deadline_s:g} s") from None
+
+
+def _close_late(future) -> None:
+    """A response that arrived after its deadline is closed, not leaked."""
+    if not future.cancelled() and future.exception() is None and hasattr(future.result(), "close"):
+        future.result().close()
+
+
+def bounded_body(response, cap: int = MAX_ERROR_BYTES) -> bytes:
+    """At most ``cap`` bytes of a streamed ``requests`` response body; the response is closed."""
+    try:
+        return response.raw.read(cap, decode_content=True) or b""
+    except Exception:  # noqa: BLE001 - a body that breaks mid-read: what arrived is enough
+        return b""
+    finally:
+        response.close()
+
+
+def sse_events(response, cap: int = MAX_EVENT_BYTES):
+    """``(event, data)`` of a ``text/event-stream``, read in chunks; an event over ``cap`` bytes raises
+    EngineError instead of growing without bound."""
+    buffer = b""
+    kind, data = None, []
+    for chunk in response.iter_content(chunk_size=65536):
+        buffer += chunk
+        if len(buffer) > cap:
+            raise EngineError(f"a server-sent event larger than {cap} bytes (cut off)")
+        while b"\n" in buffer:
+            raw, buffer = buffer.split(b"\n", 1)
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            if line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+            elif not line and kind:
+                yield kind, "\n".join(data)
+                kind, data = None, []
+
+
 def detect_server(base_url: str, timeout_s: float = 3.0) -> str | None:
-    """``"remote"`` when ``base_url`` answers ``/health`` as a ``vilasr serve``, else None (an
-    OpenAI-compatible server, or nothing answering in time)."""
+    """``"remote"`` when ``base_url`` answers ``/health`` as a ``vilasr serve`` within ``timeout_s``
+    (headers and a body of at most :data:`MAX_ERROR_BYTES`), else None (an OpenAI-compatible server,
+    or nothing answering in time)."""
     try:
         requests = require("requests", "remote")
         root = base_url.rstrip("/")
-        response = requests.get(f"{root}/health", timeout=timeout_s)
+        response = _within(timeout_s, root, requests.get, f"{root}/health", timeout=timeout_s, stream=True)
         if response.ok and response.headers.get("content-type", "").startswith("application/json"):
-            if response.json().get("service") == "vilasr-serve":
+            body = _within(timeout_s, root, bounded_body, response)
+            if json.loads(body).get("service") == "vilasr-serve":
                 return "remote"
+        response.close()
     except Exception:  # noqa: BLE001 - detection is best effort; the openai engine is the fallback
         return None
     return None
@@ -89,6 +156,10 @@ def detect_server(base_url: str, timeout_s: float = 3.0) -> str | None:
 
 class RemoteEngine(Engine):
     """A ``vilasr serve`` (see the module docstring).
+
+    Args:
+        config: A :class:`RemoteConfig`, or its ``base_url``.
+        **options: :class:`RemoteConfig` fields, over those of ``config``.
 
     Raises:
         ConfigError: Bad settings.
@@ -99,8 +170,10 @@ class RemoteEngine(Engine):
     config_class = RemoteConfig
     max_concurrency = 16  # one stream per query; the server queues and batches
 
-    def __init__(self, base_url: str = "", **settings: Any):
-        self.config = RemoteConfig(base_url=base_url, **settings)
+    primary_option = "base_url"
+
+    def __init__(self, config: RemoteConfig | str | None = None, /, **options: Any):
+        self.config = self.resolve_config(config, options)
         self.requests = require("requests", "remote")
         self.base_url = self.config.base_url.rstrip("/")
         self._local = threading.local()
@@ -149,16 +222,17 @@ class RemoteEngine(Engine):
         url = f"{self.base_url}/v1/queries"
         where = redact_url(self.base_url)
         try:
-            response = self.requests.post(url, params={"stream": "true"}, data={"query": json.dumps(query)},
-                                          files=files, headers=self._headers(), stream=True,
-                                          timeout=(min(10.0, self.config.timeout_s), self.config.timeout_s))
+            response = _within(self.config.timeout_s, where, self.requests.post, url, params={"stream": "true"},
+                               data={"query": json.dumps(query)}, files=files, headers=self._headers(), stream=True,
+                               timeout=(min(10.0, self.config.timeout_s), self.config.timeout_s))
         except self.requests.RequestException as exc:
             raise EngineUnavailableError(f"cannot reach the vilasr serve at {where}: {redact(exc)}") from exc
         if response.status_code != 200:
-            detail = response.text[:300]
+            raw = _within(self.config.timeout_s, where, bounded_body, response)  # never the whole of a huge reply
+            detail = raw.decode("utf-8", "replace")[:300]
             try:
-                body = response.json()
-            except ValueError:  # not JSON: the text is the detail
+                body = json.loads(raw)
+            except ValueError:  # not JSON (or cut off): the text is the detail
                 body = None
             if isinstance(body, dict) and body.get("detail") is not None:  # FastAPI's {"detail": ...}
                 detail = str(body["detail"])[:300]
@@ -171,17 +245,9 @@ class RemoteEngine(Engine):
         state.update(response=response, events=events, done=0)
 
         def read() -> None:
-            kind, data = None, []
             try:
-                for raw in response.iter_lines(decode_unicode=True):
-                    line = raw or ""
-                    if line.startswith("event:"):
-                        kind = line[6:].strip()
-                    elif line.startswith("data:"):
-                        data.append(line[5:].strip())
-                    elif not line and kind:
-                        events.put((kind, json.loads("\n".join(data))))
-                        kind, data = None, []
+                for kind, data in sse_events(response):
+                    events.put((kind, json.loads(data)))
                 events.put(("closed", None))
             except Exception as exc:  # noqa: BLE001 - the stream broke: the waiting turn gets the reason
                 events.put(("broken", f"{type(exc).__name__}: {redact(exc)}"))

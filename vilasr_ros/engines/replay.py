@@ -67,13 +67,13 @@ class ReplayConfig:
     delay_s: Seconds each turn takes (a stand-in for a model's latency in load tests and benchmarks).
     """
 
-    responses: str | list | None = None
+    responses: str | Path | list | None = None
     delay_s: float = 0.0
 
     def __post_init__(self):
         if self.delay_s < 0:
             raise ConfigError("delay_s must be >= 0")
-        if isinstance(self.responses, str) and not Path(self.responses).is_file():
+        if isinstance(self.responses, (str, Path)) and not Path(self.responses).is_file():
             raise ConfigError(f"replay file not found: {self.responses}")
 
 
@@ -83,17 +83,21 @@ class ReplayEngine(Engine):
     the whole script.
 
     Args:
-        responses: A replay list, a file holding one, or a ``trace.json``; None: the shipped demo.
+        config: A :class:`ReplayConfig`, or its ``responses`` (a replay list, a file holding one, or a
+            ``trace.json``; None: the shipped demo).
+        **options: :class:`ReplayConfig` fields (``delay_s``).
     """
 
     name = "replay"
     config_class = ReplayConfig
+    primary_option = "responses"
     max_concurrency = 8
 
-    def __init__(self, responses: str | Path | list | None = None, delay_s: float = 0.0):
-        self.delay_s = float(delay_s)
-        self.scripted_demo = responses is None
-        self.responses = load_responses(demo_responses() if responses is None else responses)
+    def __init__(self, config: ReplayConfig | str | Path | list | None = None, /, **options: Any):
+        self.config = self.resolve_config(config, options)
+        self.delay_s = float(self.config.delay_s)
+        self.scripted_demo = self.config.responses is None
+        self.responses = load_responses(demo_responses() if self.scripted_demo else self.config.responses)
         self._local = threading.local()
 
     @property

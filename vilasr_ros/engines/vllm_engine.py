@@ -21,7 +21,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VLLMConfig:
-    """Settings of the ``vllm`` engine (see :class:`VLLMEngine`)."""
+    """Settings of the ``vllm`` engine (see :class:`VLLMEngine`).
+
+    Attributes:
+        model: Local folder or Hugging Face id (resolved from the local cache; never downloaded).
+        tensor_parallel_size: GPUs per model (None: all visible).
+        gpu_memory_utilization: vLLM's memory share (reference: 0.85).
+        max_images: ``limit_mm_per_prompt`` for images (reference: 62).
+    """
 
     model: str = "AntResearchNLP/ViLaSR"
     tensor_parallel_size: int | None = None
@@ -41,38 +48,31 @@ class VLLMEngine(Engine):
     """vLLM ``LLM`` wrapper.
 
     Args:
-        model: Local folder or Hugging Face id (resolved from the local cache; never downloaded).
-        tensor_parallel_size: GPUs per model (default: all visible).
-        gpu_memory_utilization: vLLM's memory share (reference: 0.85).
-        max_images: ``limit_mm_per_prompt`` for images (reference: 62).
-        **llm_kwargs: Passed to ``vllm.LLM``.
+        config: A :class:`VLLMConfig`, or its ``model``.
+        llm_kwargs: Passed to ``vllm.LLM`` as they are.
+        **options: :class:`VLLMConfig` fields, over those of ``config``.
     """
 
     name = "vllm"
     config_class = VLLMConfig
+    primary_option = "model"
 
-    def __init__(
-        self,
-        model: str | os.PathLike,
-        *,
-        tensor_parallel_size: int | None = None,
-        gpu_memory_utilization: float = 0.85,
-        max_images: int = 62,
-        **llm_kwargs: Any,
-    ):
+    def __init__(self, config: VLLMConfig | str | os.PathLike | None = None, /, *,
+                 llm_kwargs: dict[str, Any] | None = None, **options: Any):
+        self.config = config = self.resolve_config(config, options)
         vllm = require("vllm", "vllm")
         torch = require("torch", "vllm")
         self.vllm = vllm
-        self.model_id = str(model)
-        path = resolve_model_path(model)
+        self.model_id = str(config.model)
+        path = resolve_model_path(config.model)
         self.llm = vllm.LLM(
             model=str(path),
             dtype="bfloat16",
-            tensor_parallel_size=tensor_parallel_size or max(1, torch.cuda.device_count()),
-            limit_mm_per_prompt={"image": max_images},
-            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=config.tensor_parallel_size or max(1, torch.cuda.device_count()),
+            limit_mm_per_prompt={"image": config.max_images},
+            gpu_memory_utilization=config.gpu_memory_utilization,
             enable_prefix_caching=True,
-            **llm_kwargs,
+            **(llm_kwargs or {}),
         )
 
     def _params(self, request: GenerationRequest):

@@ -141,17 +141,10 @@ def _paths(raw: dict, root: Path) -> list[Path]:
 
 
 def _check_images(paths: list[Path]) -> list[str]:
-    """Paths that do not open *and decode* (``verify()`` alone passes truncated JPEGs)."""
-    from PIL import Image
+    """Paths that do not open *and decode* (:func:`vilasr_ros.images.image_problems`)."""
+    from vilasr_ros.images import image_problems
 
-    missing = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                im.load()
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            missing.append(str(p))
-    return missing
+    return list(image_problems(paths))
 
 
 def _invalid(raw: dict[str, Any]) -> str | None:

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from vilasr_ros import protocol
 from vilasr_ros.engines.base import Engine
-from vilasr_ros.errors import ConfigError, DatasetError
+from vilasr_ros.errors import ConfigError, DatasetError, ImageError
 from vilasr_ros.evaluation.datasets import DEFAULT_FRAMES, EvalItem, load_dataset
+from vilasr_ros.images import open_rgb
 from vilasr_ros.reasoner import Reasoner, ReasonerConfig
 from vilasr_ros.sanitize import clean_text, safe_name
 from vilasr_ros.trace import Trace
@@ -234,16 +234,11 @@ def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *,
             bar.update(1)
 
     def run_one(item: EvalItem) -> None:
-        from PIL import Image
-
         cfg = replace(config, max_turns=max_turns_override or item.max_turns)
-        images = []
-        for p in item.image_paths:
-            try:
-                with Image.open(p) as im:
-                    images.append(protocol.to_rgb(im))
-            except (OSError, SyntaxError, ValueError) as exc:
-                raise DatasetError(f"image {p} cannot be decoded: {exc}") from exc
+        try:
+            images = [open_rgb(p) for p in item.image_paths]
+        except ImageError as exc:
+            raise DatasetError(f"image {exc}") from exc
         trace = Reasoner(engine, cfg).run(images, item.question, item.problem_type, item.options, kind=item.kind,
                                           metadata={"item": item.raw, "root": str(root)})
         trace_dir = None

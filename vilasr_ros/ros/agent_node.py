@@ -62,13 +62,21 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from vilasr_ros.agent import AgentConfig, Answer, SpatialAgent
+from vilasr_ros.agent import Answer, SpatialAgent
+from vilasr_ros.agent_settings import AgentNodeSettings, engine_from_settings
 from vilasr_ros.protocol import FinishReason
-from vilasr_ros.query import SELECTIONS, BadQueryError, Query, parse_query
-from vilasr_ros.buffer import BufferConfig, EmptyBufferError, FrameBuffer
-from vilasr_ros.grounding import GroundingConfig
+from vilasr_ros.query import BadQueryError, Query, parse_query
+from vilasr_ros.buffer import EmptyBufferError, FrameBuffer
+from vilasr_ros.errors import ConfigError
 from vilasr_ros.health import SensorHealth
-from vilasr_ros.messages import decode_color, decode_depth, intrinsics_from_camera_info, pose_from_message, stamp_s
+from vilasr_ros.messages import (
+    decode_color,
+    decode_depth,
+    intrinsics_from_camera_info,
+    pose_covariance,
+    pose_from_message,
+    stamp_s,
+)
 from vilasr_ros.ros.conversions import (
     color_msg,
     markers_msg,
@@ -80,97 +88,25 @@ from vilasr_ros.ros.conversions import (
 from vilasr_ros.pairing import FrameAssembler, MapAlignment
 from vilasr_ros.ros.client import QUERY_QOS_DEPTH, reliable_qos
 from vilasr_ros.sanitize import clean_text, redact
+from vilasr_ros.settings import from_parameters, specs
 
 
-def _f(lo: float, hi: float) -> dict:
-    return {"floating_point_range": [FloatingPointRange(from_value=float(lo), to_value=float(hi))]}
+TRANSITION_WAIT_S = 30.0
+"""A lifecycle transition waits this long for the running query to stop (it stops after its current
+model turn); a cleanup that cannot wait longer fails and keeps the model."""
+PARAMETERS = specs(AgentNodeSettings)
+"""``{name: Spec}``: the node's parameters, generated from :class:`~vilasr_ros.agent_settings.AgentNodeSettings`."""
 
 
-def _i(lo: int, hi: int) -> dict:
-    return {"integer_range": [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]}
-
-
-# name: (default, description, descriptor extras, dynamic?) — config/agent.yaml holds the same defaults.
-PARAMETERS: dict[str, tuple[Any, str, dict, bool]] = {
-    # topics and frames
-    "color_topic": ("/camera/camera/color/image_raw", "sensor_msgs/Image colour topic", {}, False),
-    "depth_topic": ("/camera/camera/aligned_depth_to_color/image_raw", "depth registered to colour (16UC1 mm / 32FC1 m)", {}, False),
-    "camera_info_topic": ("/camera/camera/color/camera_info", "CameraInfo of the colour camera", {}, False),
-    "odom_topic": ("/odom", "nav_msgs/Odometry: T_odom_base", {}, False),
-    "color_transport": ("raw", "raw (Image) | compressed (image_transport jpeg/png on <color_topic>/compressed)", {}, False),
-    "depth_transport": ("raw", "raw (Image) | compressedDepth (on <depth_topic>/compressedDepth)", {}, False),
-    "map_pose_topic": ("", "map pose of the base (AMCL: /amcl_pose); empty: targets stay in the odometry frame", {}, False),
-    "map_pose_type": ("PoseWithCovarianceStamped", "PoseWithCovarianceStamped (AMCL) | PoseStamped (SLAM)", {}, False),
-    "autostart": (True, "configure and activate at start (false: a lifecycle manager drives the node)", {}, False),
-    "T_base_camera": ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], "[x y z qx qy qz qw] of the colour optical frame in the odometry child frame", {}, False),
-    "world_frame_id": ("", "world frame of targets; empty = the odometry's header.frame_id", {}, False),
-    "expect_depth": (True, "wait for a depth image per colour image", {}, False),
-    "sync_tolerance_s": (0.02, "max colour/depth stamp difference (s)", _f(0.0, 1.0), False),
-    "pose_tolerance_s": (0.1, "max colour/odometry stamp difference (s)", _f(0.0, 5.0), False),
-    "max_speed_mps": (5.0, "odometry implying a faster motion is rejected as a jump (m/s)", _f(0.01, 1000.0), False),
-    "max_future_stamp_s": (2.0, "frames stamped further ahead of the node clock are dropped (s)", _f(0.001, 3600.0), False),
-    # keyframe buffer
-    "buffer.max_frames": (256, "keyframes kept at most", _i(1, 100000), False),
-    "buffer.max_bytes_mb": (512, "RGB-D bytes kept at most (MiB)", _i(1, 1 << 20), False),
-    "buffer.min_translation_m": (0.1, "keyframe when the camera moved more than this (m)", _f(0.0, 100.0), False),
-    "buffer.min_rotation_deg": (10.0, "...or turned more than this (deg)", _f(0.0, 360.0), False),
-    "buffer.max_interval_s": (1.0, "...or this much time passed (s)", _f(0.0, 3600.0), False),
-    # queries
-    "frames": (16, "frames per query (VSI-Bench protocol: 16)", _i(1, 64), True),
-    "selection": ("uniform", "frame selection: uniform | latest | coverage", {}, True),
-    "window_s": (0.0, "only keyframes this recent (s); 0 = whole buffer", _f(0.0, 86400.0), True),
-    "max_age_s": (5.0, "refuse queries when no usable frame arrived for this long (s); 0 = never", _f(0.0, 86400.0), True),
-    "max_queued_queries": (8, "queries waiting at most; more are answered 'rejected'", _i(1, 1000), False),
-    "max_query_bytes": (4096, "largest accepted query JSON (bytes)", _i(64, 1 << 20), True),
-    "trace_root": ("runs/agent", "folder for per-query traces; empty = do not save (read-only at run time)", {}, False),
-    "trace_max_total_mb": (2048.0, "traces kept at most, all together (MiB); oldest removed first", _f(1.0, 1.0e7), False),
-    "trace_max_age_h": (168.0, "traces older than this are removed (hours); 0 = size bound only", _f(0.0, 1.0e6), False),
-    "publish_goal_pose": (False, "also publish targets on /goal_pose for Nav2 (read-only at run time)", {}, False),
-    "min_goal_confidence": (0.3, "grounding confidence needed before a target is published as a goal", _f(0.0, 1.0), True),
-    "standoff_m": (0.8, "approach distance from the target (m)", _f(0.0, 10.0), True),
-    "floor_z_m": (0.0, "floor height in the world frame (m, z up)", _f(-100.0, 100.0), True),
-    "remove_floor": (True, "drop floor and background-wall pixels in the box before placing the target "
-                     "(z-up world frame with the floor at floor_z_m, as REP-103 map/odom)", {}, True),
-    # engine (read-only: restart the node to change)
-    "engine": ("transformers", "auto | replay | transformers | openai | vllm | remote | (installed plug-ins)", {}, False),
-    "model": ("", "model folder or HF id (empty: AntResearchNLP/ViLaSR)", {}, False),
-    "base_url": ("", "server: OpenAI-compatible (http://gpu:8000/v1) or a vilasr serve", {}, False),
-    "api_key_env": ("", "openai: environment variable holding the API key (empty: OPENAI_API_KEY)", {}, False),
-    "responses": ("", "replay engine: JSON list of model turns (empty: the shipped demo)", {}, False),
-    "request_timeout_s": (300.0, "server engines: wall-clock deadline of one model call (s)", _f(0.1, 3600.0), False),
-    "image_format": ("", "server engines: png | jpeg | bmp (empty: png)", {}, False),
-    "device": ("", "transformers engine: cuda | cpu (empty: cuda when available)", {}, False),
-    "turn_reuse": (True, "transformers engine: reuse KV cache and vision features across turns", {}, False),
-    "max_pixels": (351232, "smart_resize area cap per input image", _i(3136, 16777216), False),
-    "max_turns": (10, "model calls per query", _i(1, 100), False),
-    "temperature": (0.75, "sampling temperature (0 = greedy)", _f(0.0, 5.0), False),
-    "top_p": (0.9, "nucleus sampling", _f(0.001, 1.0), False),
-    "max_tokens": (16384, "new tokens per model call", _i(1, 1 << 20), False),
-}
-CHOICES = {"selection": SELECTIONS, "color_transport": ("raw", "compressed"),
-           "depth_transport": ("raw", "compressedDepth"), "map_pose_type": ("PoseWithCovarianceStamped", "PoseStamped")}
-# Engine parameters → engine options (engines.engine_options checks they apply to the engine chosen).
-ENGINE_PARAMETERS = {"model": "model", "base_url": "base_url", "api_key_env": "api_key_env", "responses": "responses",
-                     "request_timeout_s": "timeout_s", "image_format": "image_format", "device": "device",
-                     "turn_reuse": "turn_reuse"}
-
-
-def engine_from_parameters(p: dict[str, Any]):
-    """Engine name, validated config and a sentence saying which engine answers — from the node's
-    parameters, through the same front end as ``vilasr ask`` (nothing is loaded here).
-
-    Raises:
-        QueryError: An engine parameter set for an engine that does not take it, or a bad value.
-    """
-    from vilasr_ros.engines import choose_engine, engine_class, engine_config, engine_options
-
-    name, sentence = choose_engine(p["engine"], model=p["model"] or None, base_url=p["base_url"] or None)
-    given = {option: p[param] for param, option in ENGINE_PARAMETERS.items()
-             if p[param] not in ("", None) and p[param] != PARAMETERS[param][0]}
-    options = engine_options(name, given, {o: f"parameter {k}" for k, o in ENGINE_PARAMETERS.items()})
-    if "timeout_s" in engine_class(name).config_class.__dataclass_fields__:
-        options.setdefault("timeout_s", p["request_timeout_s"])
-    return name, engine_config(name, **options), sentence
+def _descriptor(spec) -> ParameterDescriptor:
+    text = spec.help + (f" (one of {', '.join(spec.choices)})" if spec.choices else "")
+    extra = {}
+    if spec.low is not None and not isinstance(spec.default, bool):
+        if isinstance(spec.default, int):
+            extra["integer_range"] = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+        else:
+            extra["floating_point_range"] = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high))]
+    return ParameterDescriptor(description=text, read_only=not spec.dynamic, **extra)
 
 
 class VilasrAgentNode(LifecycleNode):
@@ -188,14 +124,13 @@ class VilasrAgentNode(LifecycleNode):
 
     def __init__(self, node_name: str = "vilasr_agent", *, reasoner=None, **kwargs):
         super().__init__(node_name, **kwargs)
-        for name, (default, text, extra, dynamic) in PARAMETERS.items():
-            if name in CHOICES:
-                text += f" (one of {', '.join(CHOICES[name])})"
-            self.declare_parameter(name, default, ParameterDescriptor(description=text, read_only=not dynamic, **extra))
+        for name, spec in PARAMETERS.items():
+            self.declare_parameter(name, spec.default, _descriptor(spec))
         p = self.p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        for name, choices in CHOICES.items():
-            if p[name] not in choices:
-                raise ValueError(f"parameter {name}={p[name]!r} is not one of {choices}")
+        try:
+            self.settings = from_parameters(AgentNodeSettings, p)
+        except ConfigError as exc:
+            raise ValueError(f"parameter {exc}") from None
         self._given_reasoner = reasoner
         self.reasoner = self.agent = self.buffer = self.assembler = self.alignment = None
         self.health = SensorHealth()
@@ -214,6 +149,7 @@ class VilasrAgentNode(LifecycleNode):
         self.control_group = MutuallyExclusiveCallbackGroup()
         self.reasoning_group = MutuallyExclusiveCallbackGroup()
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._guard_transitions()
         if p["autostart"]:
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 raise ValueError(self.failure_reason or "configure failed")
@@ -239,46 +175,77 @@ class VilasrAgentNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.active = False
-        self._cancel.set()
+        self._stop_work("the agent is inactive (deactivated); activate it to serve queries")
         for sub in self._sensor_subs:
             self.destroy_subscription(sub)
         self._sensor_subs = []
-        self._reject_waiting("the agent is inactive (deactivated); activate it to serve queries")
         self.get_logger().info("inactive: sensors unsubscribed, queries refused; the model stays loaded")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if not self._stop_work("the agent is being unconfigured"):
+            self.get_logger().error(f"cleanup refused: the running query did not stop within {TRANSITION_WAIT_S:g} s")
+            return TransitionCallbackReturn.FAILURE
         self._teardown()
         self.get_logger().info("unconfigured: the model and the buffer are freed")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.active = False
-        self._teardown()
+        if self._stop_work("the node is shutting down"):
+            self._teardown()
         return TransitionCallbackReturn.SUCCESS
+
+    def _stop_work(self, why: str) -> bool:
+        """Before any transition: refuse new queries, answer the waiting ones ``rejected``, cancel the
+        running one (it is answered ``cancelled`` after its current turn, with no goal) and wait for it
+        at most :data:`TRANSITION_WAIT_S`. True when no query is running any more."""
+        self.active = False
+        self._cancel.set()
+        self._reject_waiting(why)
+        deadline = time.monotonic() + TRANSITION_WAIT_S
+        while self._current is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self._current is None
+
+    def _guard_transitions(self) -> None:
+        """An invalid transition on ``~/change_state`` (an id not registered, or one the current state
+        does not offer) is refused with ``success: false`` — rclpy would raise out of the service
+        callback and end the node — and the node keeps its state."""
+        service = getattr(self, "_service_change_state", None)
+        if service is None:
+            return
+        inner = service.callback
+
+        def change_state(request, response):
+            try:
+                return inner(request, response)
+            except Exception as exc:  # noqa: BLE001 - RCLError: not a transition of this state
+                self.get_logger().warning(clean_text(
+                    f"transition {request.transition.id} {request.transition.label!r} refused in state "
+                    f"{self._state_machine.current_state[1]}: {exc}"))
+                response.success = False
+                return response
+
+        service.callback = change_state
 
     def _configure(self) -> None:
         p = self.p
+        s = self.settings = from_parameters(AgentNodeSettings, p)  # the parameters as they are now
         self.health = SensorHealth()
-        self.buffer = FrameBuffer(
-            BufferConfig(max_frames=p["buffer.max_frames"], max_bytes=p["buffer.max_bytes_mb"] * 2**20,
-                         min_translation_m=p["buffer.min_translation_m"], min_rotation_deg=p["buffer.min_rotation_deg"],
-                         max_interval_s=p["buffer.max_interval_s"], max_future_s=p["max_future_stamp_s"]),
-            wall_clock=lambda: self.get_clock().now().nanoseconds * 1e-9, health=self.health)
+        self.buffer = FrameBuffer(s.buffer_config(), wall_clock=lambda: self.get_clock().now().nanoseconds * 1e-9,
+                                  health=self.health)
         self.assembler = FrameAssembler(
-            decode_color, decode_depth, T_base_camera=transform_from_xyz_quat(p["T_base_camera"]),
-            tolerance_s=p["sync_tolerance_s"], pose_tolerance_s=p["pose_tolerance_s"],
-            expect_depth=p["expect_depth"], world_frame_id=p["world_frame_id"] or None, source_id="ros:" + p["color_topic"],
+            decode_color, decode_depth, T_base_camera=transform_from_xyz_quat(s.T_base_camera),
             keep=self.buffer.wants, on_skip=self.buffer.note, health=self.health,  # only keyframes are decoded
-            max_speed_mps=p["max_speed_mps"], expect_pose=bool(p["odom_topic"]))
-        self.alignment = MapAlignment(self.assembler.odometry_at) if p["map_pose_topic"] else None
+            **s.assembler_options())
+        self.alignment = MapAlignment(self.assembler.odometry_at, max_covariance_m2=s.max_map_covariance) \
+            if s.map_pose_topic else None
         self.reasoner = self._given_reasoner or self._build_reasoner()
         engine = self.reasoner.engine.describe()
         if engine.get("responses") == "shipped demo script" and p["publish_goal_pose"]:
             raise ValueError("publish_goal_pose is true but the engine is the scripted demo (no weights, no "
                              "base_url): a scripted answer never drives a robot; give model or base_url")
-        self.agent = SpatialAgent(self.reasoner, self.buffer, self._agent_config(), localization=self.alignment)
+        self.agent = SpatialAgent(self.reasoner, self.buffer, s.agent_config(), localization=self.alignment)
 
         quiet_pub = {"event_callbacks": PublisherEventCallbacks(use_default_callbacks=False)}
         made = self._configured
@@ -375,37 +342,20 @@ class VilasrAgentNode(LifecycleNode):
         from vilasr_ros.engines import create_engine
         from vilasr_ros.reasoner import Reasoner, reasoner_config
 
-        p = self.p
-        name, config, sentence = engine_from_parameters(p)
+        name, config, sentence = engine_from_settings(self.settings)
         self.get_logger().info(redact(sentence))
-        loop = reasoner_config(max_pixels=p["max_pixels"], max_turns=p["max_turns"], temperature=p["temperature"],
-                               top_p=p["top_p"], max_tokens=p["max_tokens"])
-        return Reasoner(create_engine(name, config), loop)
-
-    def _agent_config(self) -> AgentConfig:
-        p = self.p
-        return AgentConfig(
-            frames=p["frames"], selection=p["selection"], window_s=p["window_s"] or None,
-            max_age_s=p["max_age_s"] or None, trace_root=p["trace_root"] or None,
-            trace_max_total_mb=p["trace_max_total_mb"], trace_max_age_h=p["trace_max_age_h"],
-            min_goal_confidence=p["min_goal_confidence"],
-            grounding=GroundingConfig(standoff_m=p["standoff_m"], floor_z_m=p["floor_z_m"],
-                                      remove_floor=p["remove_floor"]))
+        return Reasoner(create_engine(name, config), reasoner_config(**self.settings.loop_options()))
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        new = dict(self.p)
-        for param in params:
-            if param.name in CHOICES and param.value not in CHOICES[param.name]:
-                return SetParametersResult(successful=False, reason=f"{param.name} must be one of {CHOICES[param.name]}")
-            new[param.name] = param.value
-        old, self.p = self.p, new
+        new = {**self.p, **{param.name: param.value for param in params}}
         try:
-            config = self._agent_config()
-            if self.agent is not None:
-                self.agent.config = config
-        except ValueError as exc:
-            self.p = old
+            settings = from_parameters(AgentNodeSettings, new)
+            config = settings.agent_config()
+        except ValueError as exc:  # ConfigError from the ranges and choices, ValueError from the configs
             return SetParametersResult(successful=False, reason=str(exc))
+        self.p, self.settings = new, settings
+        if self.agent is not None:
+            self.agent.config = config
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ boundaries
@@ -465,17 +415,18 @@ class VilasrAgentNode(LifecycleNode):
     def _on_map_pose(self, msg) -> None:
         try:
             stamp, T_map_base, frame = pose_from_message(msg)
+            self.alignment.add_map_pose(stamp, T_map_base, frame or "map", covariance=pose_covariance(msg))
         except ValueError as exc:  # MessageError: a counted, named drop (never a callback error)
             self.health.drop("map_pose", f"map pose rejected: {exc}")
             self.get_logger().warning(f"ignoring map pose: {exc}", throttle_duration_sec=5.0)
-            return
-        self.alignment.add_map_pose(stamp, T_map_base, frame or "map")
 
     def _flush(self) -> None:
         """Settle a last colour image still waiting for depth or odometry that will not come."""
         self._add_frames(self.assembler.flush())
 
     def _publish_diagnostics(self) -> None:
+        if self.buffer is None:  # unconfigured while the timer fired
+            return
         s = self.health.summary()
         level = DiagnosticStatus.OK
         message = "frames flowing"
@@ -597,6 +548,8 @@ class VilasrAgentNode(LifecycleNode):
     def _serve(self, query: Query) -> None:
         self._current = query
         self._cancel.clear()
+        if not self.active or self._closing:  # a transition began while this query was taken off the queue
+            self._cancel.set()
         try:
             result = self.agent.answer(query, cancel=self._cancel, on_turn=self._on_turn(query, time.perf_counter()))
         finally:
@@ -630,16 +583,17 @@ class VilasrAgentNode(LifecycleNode):
 
     def _optical_frame_id(self) -> str:
         """Optical frame id for annotated images (the camera's; images are model-resized)."""
+        buffer = self.buffer
         try:
-            return self.buffer.latest().frame_id
+            return buffer.latest().frame_id if buffer is not None else "camera_color_optical_frame"
         except EmptyBufferError:  # cleared while the query ran
             return "camera_color_optical_frame"
 
     def destroy_node(self):
-        """Answer every query still waiting ('rejected: shutting down'), stop, wait for trace writes."""
+        """Answer every query still waiting ('rejected: shutting down'), cancel the running one and wait
+        for it (bounded), wait for trace writes, then destroy."""
         self._closing = True
-        self._cancel.set()
-        self._reject_waiting("the node is shutting down")
+        self._stop_work("the node is shutting down")
         if self.agent is not None:
             self.agent.close()
         return super().destroy_node()

@@ -127,7 +127,7 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
     params = load_parameters(config or default_config())
     cam_params = {**params.get("camera_node", {}), **(camera or {})}
     agent_params = {**params.get("vilasr_agent", {}), **(agent or {})}
-    agent_defaults = {k: v[0] for k, v in PARAMETERS.items()}
+    agent_defaults = {k: spec.default for k, spec in PARAMETERS.items()}
     cam_overrides = overrides(cam_params, CAMERA_DEFAULTS) if cam_params.get("source") else []
     agent_overrides = overrides(agent_params, agent_defaults)
 

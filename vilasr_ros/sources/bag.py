@@ -75,6 +75,60 @@ def mcap_has_crcs(path: Path) -> bool | None:
     return None
 
 
+MAX_CHUNK_BYTES = 512 * 2**20
+"""An MCAP chunk that would inflate to more than this is refused before it is decompressed."""
+
+
+def _inflated_size(compression: str, data: bytes) -> int | None:
+    """Bytes a compressed MCAP chunk inflates to, read from its frame headers (every zstd frame of it;
+    lz4's content size); None when the headers do not say."""
+    if compression == "":
+        return len(data)
+    if compression == "zstd":
+        try:
+            from compression import zstd  # type: ignore[import-not-found]  (Python 3.14)
+        except ImportError:
+            from backports import zstd  # type: ignore[import-not-found,no-redef]  (what rosbags reads with)
+        total, view = 0, memoryview(data)
+        while len(view):
+            size = zstd.get_frame_info(bytes(view[:18])).decompressed_size
+            if size is None:
+                return None
+            total += size
+            view = view[zstd.get_frame_size(view):]
+        return total
+    if compression == "lz4":
+        import lz4.frame
+
+        return lz4.frame.get_frame_info(data).get("content_size") or None
+    return None
+
+
+def check_mcap_chunks(path: Path, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> None:
+    """Refuse an MCAP file whose chunks would inflate past ``max_chunk_bytes`` (declared or in their
+    compression headers) or whose size the headers do not tell, before anything is decompressed
+    (rosbags inflates a chunk whole: a 3 MB file could take gigabytes).
+
+    Raises:
+        SourceError: Naming the chunk and its size.
+    """
+    from mcap.records import Chunk
+    from mcap.stream_reader import StreamReader
+
+    with open(path, "rb") as f:
+        for k, record in enumerate(StreamReader(f, emit_chunks=True, record_size_limit=max_chunk_bytes).records):
+            if not isinstance(record, Chunk):
+                continue
+            inflated = _inflated_size(record.compression, record.data)
+            if inflated is None:
+                raise SourceError(f"{path}: chunk {k} ({record.compression}) does not say how large it inflates; "
+                                  "refused before decompressing")
+            size = max(inflated, record.uncompressed_size)
+            if size > max_chunk_bytes:
+                raise SourceError(f"{path}: chunk {k} inflates to {size} bytes, over the {max_chunk_bytes} byte cap "
+                                  "(refused before decompressing)")
+
+
 class BagSource(FrameSource):
     """Frames from a ROS 2 bag folder (or a single ``.db3``/``.mcap`` file inside one).
 
@@ -85,20 +139,29 @@ class BagSource(FrameSource):
         sync_tolerance_s: Max stamp difference to pair depth/pose with colour.
         T_child_camera: 4×4 pose of the optical frame in the pose message's child frame (Odometry
             ``child_frame_id``, usually ``base_link``); identity when the pose is the camera's.
+        max_chunk_bytes: MCAP chunks inflating past this are refused before decompression
+            (:func:`check_mcap_chunks`).
 
     Raises:
-        SourceError: Not a bag, or no colour / CameraInfo topic.
+        SourceError: Not a bag, no colour / CameraInfo topic, or an MCAP chunk over ``max_chunk_bytes``.
     """
 
     def __init__(self, path: str | Path, *, color_topic=None, depth_topic=None, info_topic=None, pose_topic=None,
                  sync_tolerance_s: float = 0.02, pose_tolerance_s: float = 0.1, T_child_camera=None,
-                 world_frame_id: str | None = None):
+                 world_frame_id: str | None = None, max_chunk_bytes: int = MAX_CHUNK_BYTES):
         rosbag2 = require("rosbags.rosbag2", "bags")
         path = Path(path)
         if path.is_file():
             path = path.parent
         self.path = path
         self.source_id = f"bag:{path}"
+        for f in path.glob("*.mcap"):  # before rosbags touches a chunk
+            try:
+                check_mcap_chunks(f, max_chunk_bytes)
+            except SourceError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a damaged file: the reader names it when read
+                logger.debug("%s: chunk sizes not checked (%s)", f, exc)
         try:
             self.reader = rosbag2.Reader(path)
             self.reader.open()

@@ -2,7 +2,8 @@
 
 Layout (``shared/data/rgbd/README.md``): ``color/NNNNN.(jpg|png)``, ``depth/NNNNN.png`` (uint16,
 metres = value / depth_scale), ``camera_intrinsic.json`` (Open3D ``PinholeCameraIntrinsic``,
-column-major ``intrinsic_matrix``), ``rgbd.json`` (``depth_scale``, optional ``pose_file``) and
+column-major ``intrinsic_matrix``), ``rgbd.json`` (``depth_scale``, optional ``pose_file``, optional ``world_up``: ``"z"`` when the
+poses' world is z-up, else ``"unknown"``, the default — floor removal then does not run) and
 optionally ``trajectory.log`` (Open3D log: ``i j k`` then a 4×4 camera-to-world matrix per frame).
 
 Bad files: metadata that cannot be read (JSON, a short intrinsic matrix, a ``pose_file`` outside
@@ -19,9 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from vilasr_ros.frames import CameraIntrinsics, Frame, FrameError, check_pose, depth_to_metres
+from vilasr_ros.errors import ImageError
+from vilasr_ros.frames import WORLD_UP, CameraIntrinsics, Frame, FrameError, check_pose, depth_to_metres
+from vilasr_ros.images import open_image
 from vilasr_ros.sanitize import is_inside
 from vilasr_ros.sources.base import FrameSource, SourceError
 
@@ -92,6 +94,9 @@ class RGBDFolderSource(FrameSource):
             self.depth_scale = float(meta["depth_scale"])
             if not self.depth_scale > 0:
                 raise ValueError(f"depth_scale must be > 0, got {self.depth_scale}")
+            self.world_up = str(meta.get("world_up", "unknown"))
+            if self.world_up not in WORLD_UP:
+                raise ValueError(f"world_up must be one of {', '.join(WORLD_UP)}, got {self.world_up!r}")
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise SourceError(f"{self.root / 'rgbd.json'}: {type(exc).__name__}: {exc}") from exc
         self.intrinsics = read_open3d_intrinsics(self.root / "camera_intrinsic.json")
@@ -140,15 +145,14 @@ class RGBDFolderSource(FrameSource):
             yield frame
 
     def _frame(self, i: int, color_path: Path) -> Frame:
-        with Image.open(color_path) as im:
-            rgb = np.asarray(im.convert("RGB"))
+        # Headers are checked against the pixel budget before decoding (vilasr_ros.images).
+        rgb = np.asarray(open_image(color_path, name=color_path.name).convert("RGB"))
         depth = None
         if self.depths is not None:
             try:
-                with Image.open(self.depths[i]) as im:
-                    raw = np.asarray(im)
-            except (OSError, SyntaxError, ValueError) as exc:
-                raise OSError(f"depth {self.depths[i].name}: {exc}") from exc
+                raw = np.asarray(open_image(self.depths[i], name=self.depths[i].name))
+            except ImageError as exc:
+                raise OSError(f"depth {exc}") from exc
             if raw.ndim != 2:
                 raise ValueError(f"depth {self.depths[i].name} must be one channel, got shape {raw.shape}")
             depth = depth_to_metres(raw, self.depth_scale)
@@ -158,6 +162,7 @@ class RGBDFolderSource(FrameSource):
             intrinsics=self.intrinsics,
             T_world_camera=self.poses[i] if self.poses is not None else None,
             stamp_s=i / self.frame_rate_hz,
+            world_up=self.world_up,
             world_frame_id=self.world_frame_id,
             source_id=self.source_id,
             index=i,
