@@ -289,28 +289,39 @@ def test_a_bag_of_the_topics_gives_the_frames_the_agent_buffered(ros, demo, tmp_
         assert b.world_frame_id == f.world_frame_id == "odom"
 
 
+class Lifecycle:
+    """A test client of a lifecycle node's ~/change_state and ~/get_state services."""
+
+    def __init__(self, node_name: str):
+        self.node = rclpy.create_node(f"{node_name}_lifecycle_client")
+        self.ex = SingleThreadedExecutor()
+        self.ex.add_node(self.node)
+        self.change = self.node.create_client(ChangeState, f"/{node_name}/change_state")
+        self.get = self.node.create_client(GetState, f"/{node_name}/get_state")
+
+    def call(self, cli, request):
+        assert cli.wait_for_service(timeout_sec=10)
+        future = cli.call_async(request)
+        self.ex.spin_until_future_complete(future, timeout_sec=60)
+        return future.result()
+
+    def transition(self, tid: int) -> bool:
+        return self.call(self.change, ChangeState.Request(transition=Transition(id=tid))).success
+
+    def state(self) -> str:
+        return self.call(self.get, GetState.Request()).current_state.label
+
+    def close(self) -> None:
+        self.node.destroy_node()
+
+
 def test_lifecycle_transitions_through_services(ros, demo, tmp_path):
     """configure -> activate -> deactivate -> activate -> cleanup, each observable; a configure with
     missing weights is a failed transition with the reason, and the process keeps running."""
     frames, _ = demo
     robot = Robot("managed", sofa_script(11, [47, 93, 209, 202]), [], autostart=False)
-    client = rclpy.create_node("lifecycle_client")
-    ex = SingleThreadedExecutor()
-    ex.add_node(client)
-    change = client.create_client(ChangeState, "/managed/change_state")
-    get = client.create_client(GetState, "/managed/get_state")
-
-    def call(cli, request):
-        assert cli.wait_for_service(timeout_sec=10)
-        future = cli.call_async(request)
-        ex.spin_until_future_complete(future, timeout_sec=30)
-        return future.result()
-
-    def transition(tid):
-        return call(change, ChangeState.Request(transition=Transition(id=tid))).success
-
-    def state():
-        return call(get, GetState.Request()).current_state.label
+    client = Lifecycle("managed")
+    transition, state = client.transition, client.state
 
     def subscribed():
         return robot.pub["colour"].get_subscription_count() >= 1
@@ -344,7 +355,7 @@ def test_lifecycle_transitions_through_services(ros, demo, tmp_path):
         assert not transition(Transition.TRANSITION_CONFIGURE)
         assert state() == "unconfigured" and "no_weights" in robot.agent.failure_reason
     finally:
-        client.destroy_node()
+        client.close()
         robot.close()
 
 
@@ -354,23 +365,8 @@ def test_lifecycle_transitions_mid_query_and_invalid_ones_never_end_the_node(ros
     goal), invalid transitions are refused with success false, the node keeps its state and serves on."""
     frames, _ = demo
     robot = Robot("midquery", sofa_script(11, [47, 93, 209, 202]), [], delay_s=1.0)
-    client = rclpy.create_node("midquery_client")
-    ex = SingleThreadedExecutor()
-    ex.add_node(client)
-    change = client.create_client(ChangeState, "/midquery/change_state")
-    get = client.create_client(GetState, "/midquery/get_state")
-
-    def call(cli, request):
-        assert cli.wait_for_service(timeout_sec=10)
-        future = cli.call_async(request)
-        ex.spin_until_future_complete(future, timeout_sec=60)
-        return future.result()
-
-    def transition(tid):
-        return call(change, ChangeState.Request(transition=Transition(id=tid))).success
-
-    def state():
-        return call(get, GetState.Request()).current_state.label
+    client = Lifecycle("midquery")
+    transition, state = client.transition, client.state
 
     def running(qid):
         robot.query.publish(String(data=json.dumps({"id": qid, "question": "Where is the sofa? Go to it.",
@@ -405,7 +401,7 @@ def test_lifecycle_transitions_mid_query_and_invalid_ones_never_end_the_node(ros
         assert sorted(ids) == sorted(set(ids))  # each query answered exactly once
         assert robot.agent.callback_errors == 0
     finally:
-        client.destroy_node()
+        client.close()
         robot.close()
 
 

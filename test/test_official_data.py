@@ -149,12 +149,14 @@ def test_sft_tokens_and_labels_are_llamafactorys(data_dir, tiny_model_dir):
 
 
 def _reference_rl_user_text(item: dict, size) -> tuple[list[str], str]:
-    """verl/utils/dataset_multimodal.py L155-200 (construct_video_prompt / construct_maze_vqa_prompt),
-    transcribed: the captions (video) and the final text part of the first user message."""
+    """verl/utils/dataset_multimodal.py L211-294 (construct_video_prompt / construct_maze_vqa_prompt) with
+    PROMPT_TEMPLATE (L95-100, its "### Question:" header included), transcribed: the captions (video) and
+    the final text part of the first user message."""
     type_template = {"multiple choice": "\nAnswer with the option's letter from the given choices directly.",
                      "free-form": "", "regression": "\nPlease answer the question using a single word or phrase (e.g., 42 or 3.14).",
                      "numerical": "\nPlease answer the question using a single word or phrase (e.g., 42 or 3.14)."}
-    template = "\n{question}\n\nBegin your reasoning. After each tool use, critically evaluate the visualization and adjust if needed:\n"
+    template = ("\n### Question:\n{question}\n\nBegin your reasoning. After each tool use, critically evaluate the "
+                "visualization and adjust if needed:\n")
     if item["data_type"] in ("video", "spatial_r1"):
         prompt = ("These are frames from a video, numbered from 1 to 16 in sequence. That is, the index of each image is "
                   "1, 2, 3, ..., 16.\n\nAnswer the quesntion with appropriate tools:\n" + item["question"])

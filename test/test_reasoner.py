@@ -63,7 +63,7 @@ def _tool(items):
     "response,message",
     [
         (_tool("[{'index': 7, 'bbox_2d': [1, 2, 3, 4], 'label': 'cup'}]"), "does not exist"),
-        (_tool("[{'index': 0, 'bbox_2d': [1, 2, 3, 4], 'label': 'cup'}]"), "does not exist"),
+        (_tool("[{'index': 0, 'bbox_2d': [1, 2, 3, 4], 'label': 'cup'}]"), "is not an image"),
         (_tool("[{'index': '1', 'bbox_2d': [1, 2, 3, 4], 'label': 'cup'}]"), "integer"),
         (_tool("[{'index': 1, 'bbox_2d': ['a', 2, 3, 4], 'label': 'cup'}]"), "not a number"),
         (_tool("[{'index': 1, 'bbox_2d': [1e300, 2, 3, 4], 'label': 'cup'}]"), "out of range"),

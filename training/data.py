@@ -342,7 +342,8 @@ def load_rl_items(path: str | Path, data_dir: str | Path | None = None) -> list:
             invalid = f"data_type {raw['data_type']!r} takes one image, got {len(images)}"
         options = raw.get("options") if raw.get("question_type") == "multiple choice" else None
         item = EvalItem(str(raw.get("id", f"rl_{k}")), k, raw, images, str(raw.get("question", "")),
-                        list(options) if options else None, str(raw.get("question_type", "")), kind or "video",
+                        list(options) if isinstance(options, list) else None, str(raw.get("question_type", "")),
+                        kind or "video",
                         20 if raw.get("data_type") == "maze" else 10, [], invalid)
         item.missing.extend(check_images([str(p) for p in images]))
         items.append(item)

@@ -89,12 +89,16 @@ def rl_loss_mask(ids: list[int], assistant_mask: list[int], tokenizer) -> list[i
     return out
 
 
-def rollout_tensors(trace, tokenizer, image_processor) -> dict[str, Any]:
+def rollout_tensors(trace, tokenizer, image_processor, max_completion_tokens: int | None = None) -> dict[str, Any]:
     """One trajectory as trl's prompt/completion ids, env mask and vision inputs (module docstring).
 
     The whole chat text is encoded once; the prompt ends where the model's first turn begins (the
     first assistant token), i.e. right after the first ``<|im_start|>assistant\n``. The mask is
-    :func:`rl_loss_mask` (no loss on ``<|im_end|>``).
+    :func:`rl_loss_mask` (no loss on ``<|im_end|>``). With ``max_completion_tokens`` (the RL stage's
+    ``response_length``, 13312) the completion and its mask are cut there, as the rollout cuts
+    ``response_ids`` (``vllm_rollout_spmd_video.py`` L897-901); a cut through an image's placeholder
+    ends the completion before that image's ``<|vision_start|>`` and drops its pixels (the reference
+    asserts that no image is cut, L889-892).
     """
     from vilasr_ros_training.chat import encode
 
@@ -103,11 +107,29 @@ def rollout_tensors(trace, tokenizer, image_processor) -> dict[str, Any]:
     mask = rl_loss_mask(ids, whole["assistant_mask"], tokenizer)
     p = whole["assistant_mask"].index(1) if 1 in whole["assistant_mask"] else len(ids)
     completion, env_mask = ids[p:], mask[p:]
+    pixel_values, grid, n_images = whole.get("pixel_values"), whole.get("image_grid_thw"), len(trace.pil_images)
+    if max_completion_tokens is not None and len(completion) > max_completion_tokens:
+        completion, env_mask = completion[:max_completion_tokens], env_mask[:max_completion_tokens]
+        if grid is not None:
+            merge = int(getattr(image_processor, "merge_size", 2)) ** 2
+            per_image = [int(t * h * w) for t, h, w in grid.tolist()]
+            pads = (ids[:p] + completion).count(tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+            n_images, total = 0, 0
+            while n_images < len(per_image) and total + per_image[n_images] // merge <= pads:
+                total += per_image[n_images] // merge
+                n_images += 1
+            if total < pads:  # an image cut through: end before its <|vision_start|>
+                start = tokenizer.convert_tokens_to_ids("<|vision_start|>")
+                starts = [k for k, tok in enumerate(ids[:p] + completion) if tok == start]
+                completion, env_mask = completion[:starts[n_images] - p], env_mask[:starts[n_images] - p]
+            pixel_values = pixel_values[:sum(per_image[:n_images])]
+            grid = grid[:n_images]
+            if n_images == 0:
+                pixel_values = grid = None
     if not completion:  # the engine failed before writing anything: one masked end token
         completion, env_mask = [tokenizer.convert_tokens_to_ids(protocol.EOS_TOKEN)], [0]
     return {"prompt_ids": ids[:p], "completion_ids": completion, "env_mask": env_mask,
-            "pixel_values": whole.get("pixel_values"), "image_grid_thw": whole.get("image_grid_thw"),
-            "num_images": len(trace.pil_images)}
+            "pixel_values": pixel_values, "image_grid_thw": grid, "num_images": n_images}
 
 
 def make_trainer_class():
@@ -179,7 +201,8 @@ def make_trainer_class():
         def _generate(self, prompts: list):
             traces = self._rollout(self._batch_items)
             self.last_traces = traces
-            parts = [rollout_tensors(t, self.processing_class, self.image_processor) for t in traces]
+            cap = getattr(self.reasoner_config, "max_response_tokens", None)
+            parts = [rollout_tensors(t, self.processing_class, self.image_processor, cap) for t in traces]
             with_images = [p for p in parts if p["pixel_values"] is not None]
             device = self.accelerator.device
             self._vision = None

@@ -47,9 +47,18 @@ def _blocks_all_valid(text: str) -> tuple[bool, list[dict]]:
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             return False, []
         for item in items:
-            if isinstance(item, dict) and "bbox_2d" in item and "label" in item:
+            # gcot.py L52-58: membership tests on whatever the item is, so a list or a string holding
+            # "bbox_2d" and "label" counts as a box (its coordinates then fail the reflection check and are
+            # skipped, L115-126). Where ``in`` raises (an int, None) verl stops with a TypeError; here the
+            # format reward is 0 (README: deliberate differences).
+            try:
+                is_box = "bbox_2d" in item and "label" in item
+                is_line = "start_point_2d" in item and "end_point_2d" in item and "label" in item
+            except TypeError:
+                return False, []
+            if is_box:
                 boxes.append(item)
-            elif not (isinstance(item, dict) and "start_point_2d" in item and "end_point_2d" in item and "label" in item):
+            elif not is_line:
                 return False, []
     return True, boxes
 

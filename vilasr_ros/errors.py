@@ -15,6 +15,22 @@ class ModelOutputError(VilasrError, ValueError):
     """The model wrote something the protocol cannot act on (bad tool call, bad index, ...)."""
 
 
+class ToolCallEndsError(ModelOutputError):
+    """A tool call on which the reference ends the sample instead of generating again: an item without
+    ``index`` (``KeyError`` → ``ToolGenError``) or an ``index`` of 0 or less (``merge_bbox_movement``
+    returns -1 → ``ToolError``). ``finish_reason`` is the reference's name for it."""
+
+    def __init__(self, message: str, finish_reason: str):
+        super().__init__(message)
+        self.finish_reason = finish_reason
+
+
+class ImageIndexError(ModelOutputError):
+    """A tool call naming an image past the last one. Evaluation drops the turn and generates again
+    (``eval/infer.py``: the ``IndexError`` escapes to ``process_single_response``'s handler); the RL
+    rollout ends the trajectory (``vllm_rollout_spmd_video.py`` L240-251: ``finish_reason`` IndexError)."""
+
+
 class QueryError(VilasrError, ValueError):
     """A question, problem type, option list or image list that cannot be asked (queries only)."""
 

@@ -22,7 +22,7 @@ from enum import Enum
 from importlib import resources
 from typing import Any
 
-from vilasr_ros.errors import ModelOutputError, QueryError
+from vilasr_ros.errors import ImageIndexError, ModelOutputError, QueryError, ToolCallEndsError
 
 IMAGE_FACTOR = 28
 """Qwen2.5-VL patch (14) × spatial merge (2): resized sides are multiples of this (spec §1)."""
@@ -59,14 +59,16 @@ def default_kind(n_images: int) -> PromptKind:
 
 
 class FinishReason(str, Enum):
-    """Why a run ended. ``stop``/``length`` come from the model call; ``ToolError``, ``TooManyImages``
-    and ``max_tokens`` are the reference rollout's names (``vllm_rollout_spmd_video.py``); ``error``,
+    """Why a run ended. ``stop``/``length`` come from the model call; ``ToolError``, ``ToolGenError``,
+    ``IndexError``, ``TooManyImages`` and ``max_tokens`` are the reference rollout's names (``vllm_rollout_spmd_video.py``); ``error``,
     ``cancelled`` and ``rejected`` are this package's (engine failure, cancel or deadline, refused
     before it ran). Members are strings: they compare equal to, and serialise as, their values."""
 
     STOP = "stop"
     LENGTH = "length"
     TOOL_ERROR = "ToolError"
+    TOOL_GEN_ERROR = "ToolGenError"
+    INDEX_ERROR = "IndexError"
     TOO_MANY_IMAGES = "TooManyImages"
     MAX_TOKENS = "max_tokens"
     ERROR = "error"
@@ -80,6 +82,8 @@ class FinishReason(str, Enum):
 FINISH_STOP = FinishReason.STOP
 FINISH_LENGTH = FinishReason.LENGTH
 FINISH_TOOL_ERROR = FinishReason.TOOL_ERROR
+FINISH_TOOL_GEN_ERROR = FinishReason.TOOL_GEN_ERROR
+FINISH_INDEX_ERROR = FinishReason.INDEX_ERROR
 FINISH_TOO_MANY_IMAGES = FinishReason.TOO_MANY_IMAGES
 FINISH_MAX_TOKENS = FinishReason.MAX_TOKENS
 """A trajectory that spent ``ReasonerConfig.max_response_tokens`` (the RL rollout's name for it)."""
@@ -108,31 +112,15 @@ def normalize_problem_type(problem_type: str) -> str:
 # ----------------------------------------------------------------------------- images
 
 
-@functools.lru_cache(maxsize=1)
-def _smart_resize():
-    """transformers' ``smart_resize`` (PIL backend: no torch, no torchvision needed). Without torch
-    installed (a robot that reasons on a remote GPU) transformers' advice that models are unavailable
-    is noise here, so it is silenced for that import."""
-    import importlib.util
-    import os
-
-    if importlib.util.find_spec("torch") is None:
-        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    try:
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-    except ImportError as exc:
-        from vilasr_ros.errors import MissingDependencyError
-
-        raise MissingDependencyError(f"transformers (a core requirement, for smart_resize) is missing: "
-                                     f"pip install vilasr_ros ({exc})") from exc
-    return smart_resize
-
-
 def resized_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """Size Qwen2.5-VL's ``smart_resize`` gives an image (spec §1).
+    """Size Qwen2.5-VL's ``smart_resize`` gives an image (spec §1), as the reference computes it.
 
-    Uses transformers' own ``smart_resize`` (the PIL-backend module, which needs no torchvision)
-    with the reference's factor 28 and min_pixels 3136.
+    The formula of ``qwen_vl_utils.vision_process.smart_resize`` — what the reference's
+    ``fetch_image`` applies in evaluation (``eval/infer.py``) and in the RL data loader — with factor
+    28 and min_pixels 3136: each side rounded to a multiple of 28 *and at least 28*, then, when the
+    area is over ``max_pixels`` (under ``min_pixels``), both sides scaled down (up) by the same factor
+    and floored (ceiled) to multiples of 28. transformers' own ``smart_resize`` differs only for a side
+    of 14 px or less (no clamp to 28 before the area test: 1×100 → 28×560 there, 28×112 here).
 
     Args:
         width: Sensor image width in pixels.
@@ -143,16 +131,30 @@ def resized_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
         ``(resized_width, resized_height)``, multiples of 28.
 
     Raises:
-        QueryError: Degenerate size or aspect ratio over 200.
+        QueryError: Degenerate size, aspect ratio over 200, or a side that the formula takes to 0.
+
+    >>> resized_size(640, 480, 351232), resized_size(100, 1, 351232)
+    ((644, 476), (112, 28))
     """
-    smart_resize = _smart_resize()
+    f = IMAGE_FACTOR
     if width < 1 or height < 1:
         raise QueryError(f"image of size {width}x{height} cannot be shown to the model")
-    try:
-        h, w = smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=MIN_PIXELS, max_pixels=max_pixels)
-    except ValueError as exc:
-        raise QueryError(f"image of size {width}x{height}: {exc}") from exc
-    return int(w), int(h)
+    if max(height, width) / min(height, width) > 200:
+        raise QueryError(f"image of size {width}x{height}: absolute aspect ratio must be smaller than 200, "
+                         f"got {max(height, width) / min(height, width)}")
+    h_bar = max(f, round(height / f) * f)
+    w_bar = max(f, round(width / f) * f)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / f) * f
+        w_bar = math.floor(width / beta / f) * f
+    elif h_bar * w_bar < MIN_PIXELS:
+        beta = math.sqrt(MIN_PIXELS / (height * width))
+        h_bar = math.ceil(height * beta / f) * f
+        w_bar = math.ceil(width * beta / f) * f
+    if h_bar < f or w_bar < f:  # qwen_vl_utils would hand the processor a zero-sized image
+        raise QueryError(f"image of size {width}x{height} resizes to {w_bar}x{h_bar} under max_pixels {max_pixels}")
+    return int(w_bar), int(h_bar)
 
 
 def to_rgb(image):
@@ -197,12 +199,9 @@ def resize_for_model(image, max_pixels: int):
 # ----------------------------------------------------------------------------- first turn
 
 
-RL_QUESTION_TEMPLATE = "\n{question}\n\nBegin your reasoning. After each tool use, critically evaluate the visualization and adjust if needed:\n"
-"""``PROMPT_TEMPLATE`` of the RL stage's data loader (AntResearchNLP/ViLaSR ``verl/utils/dataset_multimodal.py``
-L78-82): evaluation's ``question_template`` without its ``### Question:`` header."""
 RL_VIDEO_PREFIX = ("These are frames from a video, numbered from 1 to 16 in sequence. That is, the index of each image "
                    "is 1, 2, 3, ..., 16.\n\nAnswer the quesntion with appropriate tools:\n")
-"""``construct_video_prompt`` (``dataset_multimodal.py`` L158): "16" whatever the frame count."""
+"""``construct_video_prompt`` (``verl/utils/dataset_multimodal.py`` L211-225): "16" whatever the frame count."""
 LAYOUTS = ("eval", "rl")
 
 
@@ -226,11 +225,14 @@ def build_question_text(
         kind: ``"single"`` (one image), ``"video"`` (k frames of a walkthrough, VSI-Bench style) or
             ``"multi_view"`` (k views, SPAR/MMSI style: captions without the video preamble).
         layout: ``eval`` (``eval/infer.py``, what the released weights are evaluated with) or ``rl``
-            (the RL stage's ``verl/utils/dataset_multimodal.py`` L155-200: :data:`RL_QUESTION_TEMPLATE`,
-            :data:`RL_VIDEO_PREFIX`, options stripped; ``multi_view`` is laid out as ``video``).
+            (the RL stage's data loader, AntResearchNLP/ViLaSR ``verl/utils/dataset_multimodal.py``:
+            ``construct_video_prompt`` L211-257 for ``video``/``spatial_r1`` items — :data:`RL_VIDEO_PREFIX`,
+            options stripped — and ``construct_maze_vqa_prompt`` L259-294 for ``maze``/``vqa`` items;
+            both wrap the text in ``PROMPT_TEMPLATE`` (L95-100), the same ``### Question:`` template as
+            evaluation; ``multi_view`` is laid out as ``video``).
 
     Returns:
-        ``question_template.format(question=...)`` (``eval``) or ``RL_QUESTION_TEMPLATE.format(...)``.
+        ``question_template.format(question=...)``.
 
     Raises:
         QueryError: Empty question or unknown type/kind.
@@ -240,7 +242,7 @@ def build_question_text(
     if not isinstance(question, str) or not question.strip():
         raise QueryError("the question is empty")
     opts = ""
-    if ptype == "multiple choice" and options:
+    if ptype == "multiple choice" and options is not None:  # 'options' in x: an empty list still adds "\n"
         opts = "\n" + "\n".join(str(o).strip() if layout == "rl" else str(o) for o in options)
     suffix = p["answer_type_suffix"][ptype]
     if layout == "rl":
@@ -250,7 +252,7 @@ def build_question_text(
             body = question + opts + p["single_image_question_suffix"] + suffix
         else:
             body = RL_VIDEO_PREFIX + question + opts + suffix
-        return RL_QUESTION_TEMPLATE.format(question=body)
+        return p["question_template"].format(question=body)
     if layout != "eval":
         raise QueryError(f"unknown prompt layout {layout!r}; use eval or rl")
     if kind == "single":
@@ -315,6 +317,7 @@ def continuation_message(
     new_images: list[tuple[int, tuple[int, int]]],
     *,
     final: bool,
+    several: bool | None = None,
 ) -> dict[str, Any]:
     """The user message that shows freshly drawn images (spec §3, reference ``multi_turn_generate``).
 
@@ -325,13 +328,15 @@ def continuation_message(
     Args:
         new_images: ``(image_index_0_based, (width, height))`` of each new image, in order.
         final: Use ``final_prompt`` (turn budget or image budget reached) for the last image.
+        several: The turn drew several images (the reference's layout follows the images drawn, even
+            when the image cap shows only one of them); None: ``len(new_images) > 1``.
 
     Returns:
         A user message.
     """
     p = prompts()
     last_template = p["final_prompt"] if final else p["intermediate_prompt"]
-    if len(new_images) == 1:
+    if not (len(new_images) > 1 if several is None else several):
         k, (w, h) = new_images[0]
         text = last_template.format(current_image_idx=k + 1, width=w, height=h)
         return {
@@ -469,7 +474,15 @@ def extract_answer(text: str) -> str | None:
 # ----------------------------------------------------------------------------- annotation state
 
 
-def _number(value: Any, what: str) -> float:
+def _number(value: Any, what: str, *, text: bool = False) -> float:
+    """A coordinate as a number. ``text``: a line point may be a numeric string, as the reference
+    draws it with ``int(point[0])`` (``utils/edit_image.py`` L117-121); box corners are divided
+    first (L59-62), so a string there fails in the reference too."""
+    if text and isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ModelOutputError(f"{what} is not a number: {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ModelOutputError(f"{what} is not a number: {value!r}")
     if not math.isfinite(value) or abs(value) > MAX_COORDINATE_PX:
@@ -494,7 +507,7 @@ def _check_item(item: dict, kind: str) -> None:
             if not isinstance(point, (list, tuple)) or len(point) < 2:
                 raise ModelOutputError(f"{key} of {label!r} is not an [x, y] point: {point!r}")
             for c in point[:2]:
-                _number(c, f"{key} of {label!r}")
+                _number(c, f"{key} of {label!r}", text=True)
 
 
 @dataclass
@@ -555,17 +568,33 @@ class AnnotationState:
         Raises:
             ModelOutputError: An index that is not an existing image's, a bad label or coordinates.
         """
+        # The reference's order of failure (eval/infer.py L175-233, vllm_rollout_spmd_video.py
+        # L140-251): items are grouped by index first — an item without one raises KeyError, which
+        # ends the sample (ToolGenError); then, group by group in order of first mention, an index of 0
+        # or less ends it (merge_bbox_movement returns -1: ToolError), and an index past the last image
+        # raises IndexError when the image is fetched. ``True`` is the index 1 there (True - 1 == 0).
+        for item in [*boxes, *lines]:
+            if "index" not in item:
+                raise ToolCallEndsError(f"a tool item without 'index': {item!r}", FINISH_TOOL_GEN_ERROR)
         groups: dict[int, tuple[list[dict], list[dict]]] = {}
         for kind, items in (("box", boxes), ("line", lines)):
             for item in items:
-                index = item.get("index")
-                if isinstance(index, bool) or not isinstance(index, int):
-                    raise ModelOutputError(f"image index must be an integer, got {index!r}")
-                if not 1 <= index <= n_images:
-                    raise ModelOutputError(f"image index {index} does not exist (images 1..{n_images})")
-                _check_item(item, kind)
-                group = groups.setdefault(index - 1, ([], []))
+                index = item["index"]
+                if not isinstance(index, int):  # a float or a string: the reference's arithmetic or list
+                    raise ModelOutputError(f"image index must be an integer, got {index!r}")  # lookup fails
+                group = groups.setdefault(int(index) - 1, ([], []))
                 group[0 if kind == "box" else 1].append(item)
+        for source in groups:
+            if source < 0:
+                raise ToolCallEndsError(f"image index {source + 1} is not an image (indices start at 1)",
+                                        FINISH_TOOL_ERROR)
+            if source >= n_images:
+                raise ImageIndexError(f"image index {source + 1} does not exist (images 1..{n_images})")
+        for source, (group_boxes, group_lines) in groups.items():
+            for item in group_boxes:
+                _check_item(item, "box")
+            for item in group_lines:
+                _check_item(item, "line")
         edits = []
         for pos, (source, (new_boxes, new_lines)) in enumerate(groups.items()):
             edit = Edit(source_index=source, new_index=n_images + pos)

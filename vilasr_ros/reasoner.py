@@ -19,7 +19,7 @@ from typing import Any, Callable
 from vilasr_ros import protocol
 from vilasr_ros.drawing import draw_annotations
 from vilasr_ros.engines.base import Engine, GenerationRequest, SamplingConfig
-from vilasr_ros.errors import ModelOutputError, QueryError
+from vilasr_ros.errors import ImageIndexError, ModelOutputError, QueryError, ToolCallEndsError
 from vilasr_ros.sanitize import clean_text
 from vilasr_ros.trace import Trace, TraceImage, Turn
 
@@ -283,23 +283,51 @@ class Reasoner:
             drawn = [
                 draw_annotations(trace.pil_images[e.source_index], e.boxes, e.lines) for e in edits
             ]
-        except (ModelOutputError, TypeError, ValueError, OverflowError) as exc:
-            if cfg.on_tool_error == "retry" and (boxes or lines) and len(boxes) + len(lines) <= cfg.max_drawings_per_turn:
-                turn.discarded = True
-                turn.error = f"tool call discarded (generated again): {exc}"
-                turn.boxes, turn.lines = [], []
-                logger.info("turn %d discarded: %s", call, exc)
-                return False
-            trace.finish_reason = protocol.FINISH_TOOL_ERROR
-            turn.error = trace.error = f"tool call rejected: {exc}"
-            logger.info("turn %d ended the loop with ToolError: %s", call, exc)
+        except ToolCallEndsError as exc:  # the reference ends the sample here, in evaluation and in RL alike
+            trace.finish_reason = protocol.FinishReason(exc.finish_reason)
+            turn.error = trace.error = f"tool call ended the run: {exc}"
+            logger.info("turn %d ended the loop with %s: %s", call, exc.finish_reason, exc)
             return True
+        except ImageIndexError as exc:
+            if cfg.prompt_layout == "rl":  # the RL rollout catches the IndexError and finishes (spmd_video L240-251)
+                trace.finish_reason = protocol.FINISH_INDEX_ERROR
+                turn.error = trace.error = f"tool call ended the run: {exc}"
+                return True
+            return self._tool_error(trace, turn, call, exc, boxes, lines)
+        except (ModelOutputError, TypeError, ValueError, OverflowError) as exc:
+            return self._tool_error(trace, turn, call, exc, boxes, lines)
+        return self._show(trace, turn, state, call, budget, edits, drawn, text, written)
 
-        # Append the new images; the image budget switches to the final prompt and drops the rest
-        # (reference behaviour for several edits in one turn).
-        budget_final = call == cfg.max_turns - 1
+    def _tool_error(self, trace: Trace, turn: Turn, call: int, exc: Exception, boxes: list, lines: list) -> bool:
+        """A tool call that cannot be drawn: discarded and generated again (``retry``), or the end (``stop``)."""
+        cfg = self.config
+        if cfg.on_tool_error == "retry" and (boxes or lines) and len(boxes) + len(lines) <= cfg.max_drawings_per_turn:
+            turn.discarded = True
+            turn.error = f"tool call discarded (generated again): {exc}"
+            turn.boxes, turn.lines = [], []
+            logger.info("turn %d discarded: %s", call, exc)
+            return False
+        trace.finish_reason = protocol.FINISH_TOOL_ERROR
+        turn.error = trace.error = f"tool call rejected: {exc}"
+        logger.info("turn %d ended the loop with ToolError: %s", call, exc)
+        return True
+
+    def _show(self, trace: Trace, turn: Turn, state: protocol.AnnotationState, call: int, budget: dict[str, int],
+              edits: list, drawn: list, text: str, written: int) -> bool:
+        """Append a tool turn's images and the user turn that shows them; True when the loop ends.
+
+        The image budget switches to the final prompt and drops the rest (reference behaviour for
+        several edits in one turn). The layout of the user turn follows the number of images drawn,
+        not shown (``eval/infer.py`` L433, ``vllm_rollout_spmd_video.py`` L663: several drawn and one
+        shown under the cap keeps the several-image layout). With ``prompt_layout="rl"`` a one-image
+        turn switches to the final prompt only at the image cap, never by the turn count: the rollout
+        reads its call budget from a scalar it never decrements (spmd_video L573, L581, L774).
+        """
+        cfg = self.config
+        several = len(drawn) > 1
+        budget_final = call == cfg.max_turns - 1 and (several or cfg.prompt_layout != "rl")
         if cfg.max_response_tokens is not None and not self._fits(trace, state, edits, drawn, text, budget_final,
-                                                                  written, budget):
+                                                                  written, budget, several):
             trace.finish_reason = protocol.FINISH_MAX_TOKENS
             return True
         shown: list[tuple[int, tuple[int, int]]] = []
@@ -326,11 +354,16 @@ class Reasoner:
                 break
         trace.messages = trace.messages + [
             {"role": "assistant", "content": text},
-            protocol.continuation_message(shown, final=final),
+            protocol.continuation_message(shown, final=final, several=several),
         ]
+        if len(trace.pil_images) > cfg.max_images:  # the reference generates no more for such a sample
+            trace.finish_reason = protocol.FINISH_TOO_MANY_IMAGES  # (eval/infer.py L317, spmd_video L511)
+            turn.error = trace.error = f"more than {cfg.max_images} images: no further turn"
+            return True
         return False
 
-    def _fits(self, trace: Trace, state, edits, drawn, text: str, final: bool, written: int, budget: dict[str, int]) -> bool:
+    def _fits(self, trace: Trace, state, edits, drawn, text: str, final: bool, written: int, budget: dict[str, int],
+              several: bool) -> bool:
         """Whether this turn and the user turn that would show its images stay within
         ``max_response_tokens`` (counted as the RL rollout does: the turn's tokens, the new user
         turn's text, 256 per image — ``vllm_rollout_spmd_video.py`` L700-703, L785-787); adds them to
@@ -344,7 +377,8 @@ class Reasoner:
                 break
         before = protocol.render_chat(trace.messages, add_generation_prompt=True) + text
         after = protocol.render_chat(trace.messages + [{"role": "assistant", "content": text},
-                                                       protocol.continuation_message(shown, final=final)],
+                                                       protocol.continuation_message(shown, final=final,
+                                                                                     several=several)],
                                      add_generation_prompt=True)
         template = self.engine.count_tokens(after[len(before):]) or 0
         needed = written + template + 256 * len(shown)

@@ -30,10 +30,12 @@ VCI_PAIRS = (
 
 
 def extract_answer_text(text: str) -> str:
-    """Content of the first ``<answer>…</answer>``, else the whole text; stripped."""
+    """``extract_answer`` of ``eval/evaluate.py`` (L10-15): the stripped content of the first
+    ``<answer>…</answer>``, else the whole text *as it is* — not stripped, so a view-change answer
+    without tags that starts with a line break has another first key (``"\nmove_right"``)."""
     text = "" if text is None else str(text)
     match = _ANSWER_RE.search(text)
-    return (match.group(1) if match else text).strip()
+    return match.group(1).strip() if match else text
 
 
 def mean_relative_accuracy(pred: float, target: float, *, inclusive: bool = True) -> float:
@@ -113,10 +115,11 @@ def score_answer(model_output: str, answer: str, problem_type: str, *, lenient: 
             raise ValueError(f"unknown problem type {problem_type!r}")
     pred = extract_answer_text(model_output)
     truth = extract_answer_text(answer)
-    if ptype == "multiple choice":
-        if not pred or not truth:
+    if ptype == "multiple choice":  # output_ans.strip()[0] (an empty answer raises there: 0 here)
+        p, t = pred.strip(), truth.strip()
+        if not p or not t:
             return 0.0
-        return 1.0 if pred[0].lower() == truth[0].lower() else 0.0
+        return 1.0 if p[0].lower() == t[0].lower() else 0.0
     if ptype == "numerical":
         if ("." in pred or "," in pred) != ("." in truth or "," in truth):
             return 0.0
@@ -140,5 +143,5 @@ def score_answer(model_output: str, answer: str, problem_type: str, *, lenient: 
             scores.append(mean_relative_accuracy(p, t))
         return float(np.mean(scores))
     if ptype == "free form":  # lenient only
-        return 1.0 if pred.lower() == truth.lower() else 0.0
+        return 1.0 if pred.strip().lower() == truth.strip().lower() else 0.0
     return 0.0

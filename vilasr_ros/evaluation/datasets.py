@@ -190,7 +190,10 @@ def prepare_item(dataset: str, raw: dict[str, Any], position: int, root: Path, f
     if invalid:
         return EvalItem(item_id, position, raw, paths, "", None, ptype, "single", 1, [], invalid)
     qtype = str(raw.get("original_question_type") or "")
-    question, options = str(raw["question"]), raw.get("options") or None
+    # infer.py L602, L636, L663: options are listed only for the type written exactly "multiple choice"
+    # (the answer-type suffix is looked up lower-cased, so "Multiple Choice" gets it without the options).
+    listed = raw.get("problem_type") == "multiple choice" and isinstance(raw.get("options"), list)
+    question, options = str(raw["question"]), (list(raw["options"]) if listed else None)
     max_turns = protocol.prompts()["max_turns"]["default"]
     is_maze = dataset == "maze" or qtype.startswith("maze")
     if is_maze:
@@ -202,7 +205,7 @@ def prepare_item(dataset: str, raw: dict[str, Any], position: int, root: Path, f
         if len(paths) > frames:
             paths = [paths[i] for i in np.linspace(0, len(paths) - 1, frames).round().astype(int)]
     else:  # spar_bench, mmsi_bench
-        if ptype == "multiple choice" and options is not None:
+        if options is not None:
             question = question + "\n" + "\n".join(options)
         for sentence in SPAR_REMOVED:
             question = question.replace(sentence, "")

@@ -51,7 +51,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
@@ -87,6 +87,7 @@ from vilasr_ros.ros.conversions import (
 )
 from vilasr_ros.pairing import FrameAssembler, MapAlignment
 from vilasr_ros.ros.client import QUERY_QOS_DEPTH, reliable_qos
+from vilasr_ros.ros.parameters import declare_settings, guard_transitions
 from vilasr_ros.sanitize import clean_text, redact
 from vilasr_ros.settings import from_parameters, specs
 
@@ -96,17 +97,6 @@ TRANSITION_WAIT_S = 30.0
 model turn); a cleanup that cannot wait longer fails and keeps the model."""
 PARAMETERS = specs(AgentNodeSettings)
 """``{name: Spec}``: the node's parameters, generated from :class:`~vilasr_ros.agent_settings.AgentNodeSettings`."""
-
-
-def _descriptor(spec) -> ParameterDescriptor:
-    text = spec.help + (f" (one of {', '.join(spec.choices)})" if spec.choices else "")
-    extra = {}
-    if spec.low is not None and not isinstance(spec.default, bool):
-        if isinstance(spec.default, int):
-            extra["integer_range"] = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
-        else:
-            extra["floating_point_range"] = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high))]
-    return ParameterDescriptor(description=text, read_only=not spec.dynamic, **extra)
 
 
 class VilasrAgentNode(LifecycleNode):
@@ -124,9 +114,7 @@ class VilasrAgentNode(LifecycleNode):
 
     def __init__(self, node_name: str = "vilasr_agent", *, reasoner=None, **kwargs):
         super().__init__(node_name, **kwargs)
-        for name, spec in PARAMETERS.items():
-            self.declare_parameter(name, spec.default, _descriptor(spec))
-        p = self.p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        p = self.p = declare_settings(self, PARAMETERS)
         try:
             self.settings = from_parameters(AgentNodeSettings, p)
         except ConfigError as exc:
@@ -149,7 +137,7 @@ class VilasrAgentNode(LifecycleNode):
         self.control_group = MutuallyExclusiveCallbackGroup()
         self.reasoning_group = MutuallyExclusiveCallbackGroup()
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._guard_transitions()
+        guard_transitions(self)
         if p["autostart"]:
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 raise ValueError(self.failure_reason or "configure failed")
@@ -206,27 +194,6 @@ class VilasrAgentNode(LifecycleNode):
         while self._current is not None and time.monotonic() < deadline:
             time.sleep(0.02)
         return self._current is None
-
-    def _guard_transitions(self) -> None:
-        """An invalid transition on ``~/change_state`` (an id not registered, or one the current state
-        does not offer) is refused with ``success: false`` — rclpy would raise out of the service
-        callback and end the node — and the node keeps its state."""
-        service = getattr(self, "_service_change_state", None)
-        if service is None:
-            return
-        inner = service.callback
-
-        def change_state(request, response):
-            try:
-                return inner(request, response)
-            except Exception as exc:  # noqa: BLE001 - RCLError: not a transition of this state
-                self.get_logger().warning(clean_text(
-                    f"transition {request.transition.id} {request.transition.label!r} refused in state "
-                    f"{self._state_machine.current_state[1]}: {exc}"))
-                response.success = False
-                return response
-
-        service.callback = change_state
 
     def _configure(self) -> None:
         p = self.p
