@@ -309,7 +309,7 @@ def load_source(spec: dict[str, Any], data_dir: str | Path | None = None) -> lis
 
 
 RL_KINDS = {"video": "video", "spatial_r1": "video", "maze": "single", "vqa": "single"}
-"""``data_type`` → prompt layout (``verl/utils/dataset_multimodal.py`` L221-226)."""
+"""``data_type`` → prompt layout (``verl/utils/dataset_multimodal.py`` L309-314: video/spatial_r1 → ``construct_video_prompt``, maze/vqa → ``construct_maze_vqa_prompt``)."""
 
 
 def load_rl_items(path: str | Path, data_dir: str | Path | None = None) -> list:
