@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +57,25 @@ def parse_sim_spec(arg: str) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class SimSourceConfig:
+    """Settings of a ``sim:SPEC`` source.
+
+    Attributes:
+        spec: ``demo``, a rendered scene or dataset folder, or ``seed=N[,key=value...]`` (module docstring).
+        frame_rate_hz: Stamps are ``index / frame_rate_hz`` (s).
+        world_frame_id: The world frame (z-up ``map``).
+    """
+
+    spec: str = "demo"
+    frame_rate_hz: float = 30.0
+    world_frame_id: str = "map"
+
+    def __post_init__(self):
+        if not self.frame_rate_hz > 0:
+            raise ConfigError(f"frame_rate_hz must be > 0, got {self.frame_rate_hz}")
+
+
 class SimSource(FrameSource):
     """Frames of a simulated scene (see module docstring for the spec).
 
@@ -63,7 +84,12 @@ class SimSource(FrameSource):
         SourceError: A folder that is not a rendered scene.
     """
 
-    def __init__(self, arg: str, frame_rate_hz: float = 30.0, world_frame_id: str = "map"):
+    config_class = SimSourceConfig
+    primary_option = "spec"
+
+    def __init__(self, config: SimSourceConfig | str | None = None, /, **options: Any):
+        self.config = cfg = self.resolve_config(config, options)
+        arg, frame_rate_hz, world_frame_id = cfg.spec, cfg.frame_rate_hz, cfg.world_frame_id
         self.source_id = f"sim:{arg}"
         self.frame_rate_hz = frame_rate_hz
         self._folder = None

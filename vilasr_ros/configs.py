@@ -119,3 +119,21 @@ def describe_fields(cls: type) -> dict[str, Any]:
         else:
             out[f.name] = None
     return out
+
+
+def resolve_config(config_class: type, primary_option: str | None, config: Any, options: dict[str, Any]) -> Any:
+    """A component's config from what its constructor was given: a ``config_class`` instance
+    (``options`` override its fields), the value of ``primary_option`` (``BagSource("/bags/run1")``,
+    ``TransformersEngine("/models/ViLaSR")``), or nothing (``options`` build one).
+
+    Raises:
+        TypeError: ``config`` is neither the config nor a value for ``primary_option``.
+        ValueError / ConfigError: What the config's ``__post_init__`` refuses.
+    """
+    if config is not None and not isinstance(config, config_class):
+        if primary_option is None:
+            raise TypeError(f"expected a {config_class.__name__}, got {type(config).__name__}")
+        options, config = {primary_option: config, **options}, None
+    if config is None:
+        return config_class(**options)
+    return dataclasses.replace(config, **options) if options else config

@@ -9,7 +9,6 @@ the assistant turn without the end token, and why generation stopped.
 from __future__ import annotations
 
 import abc
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,20 +111,11 @@ class Engine(abc.ABC):
 
     @classmethod
     def resolve_config(cls, config: Any, options: dict[str, Any]) -> Any:
-        """The engine's config from what its constructor was given: a config (``options`` override
-        its fields), the value of :attr:`primary_option`, or nothing (``options`` build one).
+        """The engine's config from its constructor's arguments (:func:`vilasr_ros.configs.resolve_config`)."""
+        from vilasr_ros.configs import resolve_config
 
-        Raises:
-            ValueError / ConfigError: What the config's ``__post_init__`` refuses.
-        """
         assert cls.config_class is not None
-        if config is not None and not isinstance(config, cls.config_class):
-            if cls.primary_option is None:
-                raise TypeError(f"{cls.__name__} takes a {cls.config_class.__name__}, got {type(config).__name__}")
-            options, config = {cls.primary_option: config, **options}, None
-        if config is None:
-            return cls.config_class(**options)
-        return dataclasses.replace(config, **options) if options else config
+        return resolve_config(cls.config_class, cls.primary_option, config, options)
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> GenerationResult:

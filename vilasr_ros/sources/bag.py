@@ -19,11 +19,13 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from vilasr_ros.errors import require
+from vilasr_ros.errors import ConfigError, require
 from vilasr_ros.frames import Frame, FrameError
 from vilasr_ros.sources.base import FrameSource, SourceError
 
@@ -129,28 +131,62 @@ def check_mcap_chunks(path: Path, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> Non
                                   "(refused before decompressing)")
 
 
+@dataclass(frozen=True)
+class BagConfig:
+    """Settings of a ``bag:PATH`` source (see :class:`BagSource` for each field).
+
+    Attributes:
+        path: The bag folder, or a ``.db3``/``.mcap`` file inside one.
+        color_topic, depth_topic, info_topic, pose_topic: Topics; None picks by message type and name.
+        sync_tolerance_s: Max stamp difference to pair depth with colour (s).
+        pose_tolerance_s: Max stamp difference to pair a pose with colour (s).
+        T_child_camera: 4×4 pose of the optical frame in the pose message's child frame; None: identity.
+        world_frame_id: The world frame; None: the pose messages' ``header.frame_id``.
+        max_chunk_bytes: MCAP chunks inflating past this are refused before decompression.
+    """
+
+    path: str | Path = ""
+    color_topic: str | None = None
+    depth_topic: str | None = None
+    info_topic: str | None = None
+    pose_topic: str | None = None
+    sync_tolerance_s: float = 0.02
+    pose_tolerance_s: float = 0.1
+    T_child_camera: Any = None
+    world_frame_id: str | None = None
+    max_chunk_bytes: int = MAX_CHUNK_BYTES
+
+    def __post_init__(self):
+        if not str(self.path):
+            raise ConfigError("bag needs a path: bag:PATH (a bag folder, or a .db3/.mcap file in one)")
+        if self.sync_tolerance_s < 0 or self.pose_tolerance_s < 0 or self.max_chunk_bytes < 1:
+            raise ConfigError("sync_tolerance_s and pose_tolerance_s must be >= 0, max_chunk_bytes >= 1")
+
+
 class BagSource(FrameSource):
     """Frames from a ROS 2 bag folder (or a single ``.db3``/``.mcap`` file inside one).
 
     Args:
-        path: Bag folder (with ``metadata.yaml``).
-        color_topic, depth_topic, info_topic, pose_topic: Topic names; None picks them by type and
-            name (``color``/``depth`` in the name).
-        sync_tolerance_s: Max stamp difference to pair depth/pose with colour.
-        T_child_camera: 4×4 pose of the optical frame in the pose message's child frame (Odometry
-            ``child_frame_id``, usually ``base_link``); identity when the pose is the camera's.
-        max_chunk_bytes: MCAP chunks inflating past this are refused before decompression
-            (:func:`check_mcap_chunks`).
+        config: A :class:`BagConfig`, or its ``path`` (the bag folder, with ``metadata.yaml``).
+        **options: :class:`BagConfig` fields, over those of ``config``: topics (None picks them by type
+            and name: ``color``/``depth`` in the name), tolerances, ``T_child_camera`` (the optical
+            frame in the pose message's child frame, Odometry ``child_frame_id``, usually
+            ``base_link``), ``max_chunk_bytes`` (:func:`check_mcap_chunks`).
 
     Raises:
         SourceError: Not a bag, no colour / CameraInfo topic, or an MCAP chunk over ``max_chunk_bytes``.
     """
 
-    def __init__(self, path: str | Path, *, color_topic=None, depth_topic=None, info_topic=None, pose_topic=None,
-                 sync_tolerance_s: float = 0.02, pose_tolerance_s: float = 0.1, T_child_camera=None,
-                 world_frame_id: str | None = None, max_chunk_bytes: int = MAX_CHUNK_BYTES):
+    config_class = BagConfig
+    primary_option = "path"
+
+    def __init__(self, config: BagConfig | str | Path | None = None, /, **options: Any):
+        self.config = cfg = self.resolve_config(config, options)
+        color_topic, depth_topic, info_topic, pose_topic = cfg.color_topic, cfg.depth_topic, cfg.info_topic, cfg.pose_topic
+        sync_tolerance_s, pose_tolerance_s, T_child_camera = cfg.sync_tolerance_s, cfg.pose_tolerance_s, cfg.T_child_camera
+        world_frame_id, max_chunk_bytes = cfg.world_frame_id, cfg.max_chunk_bytes
         rosbag2 = require("rosbags.rosbag2", "bags")
-        path = Path(path)
+        path = Path(cfg.path)
         if path.is_file():
             path = path.parent
         self.path = path

@@ -20,11 +20,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from vilasr_ros.errors import require
+from vilasr_ros.errors import ConfigError, require
 from vilasr_ros.frames import CameraIntrinsics, Frame, FrameError, depth_to_metres
 from vilasr_ros.sources.base import FrameSource, SourceError
 
@@ -109,25 +111,52 @@ def frameset_to_frame(frameset, *, units: float, index: int, source_id: str, T_w
         raise SourceError(f"{source_id}: frame {index}: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class RealSenseConfig:
+    """Settings of a ``realsense[:DEVICE]`` source.
+
+    Attributes:
+        device: ``""`` (the first connected camera), a serial number, or a ``.db3`` recording path.
+        width, height, fps: Live stream settings (colour and depth alike; ignored for recordings).
+        T_world_camera: Fixed 4×4 pose of the colour optical frame for every frame (a mounted camera), or None.
+        world_frame_id: Frame ``T_world_camera`` is in.
+        timeout_s: Live: how long to wait for a frameset before :class:`SourceError`. Recordings: how
+            long to wait for the next frame before the recording counts as finished.
+    """
+
+    device: str = ""
+    width: int = 640
+    height: int = 480
+    fps: int = 30
+    T_world_camera: Any = None
+    world_frame_id: str = "map"
+    timeout_s: float = 5.0
+
+    def __post_init__(self):
+        if self.width < 1 or self.height < 1 or self.fps < 1 or not self.timeout_s > 0:
+            raise ConfigError("realsense: width, height and fps must be >= 1 and timeout_s > 0")
+
+
 class RealSenseSource(FrameSource):
     """Frames from a RealSense camera or a ``.db3`` recording.
 
     Args:
-        arg: ``""`` (first connected camera), a serial number, or a recording path.
-        width, height, fps: Live stream settings (colour and depth alike; ignored for recordings).
-        T_world_camera: Fixed 4×4 pose of the colour optical frame for every frame (mounted camera),
-            or None.
-        world_frame_id: Frame ``T_world_camera`` is in.
-        timeout_s: Live: how long to wait for a frameset before :class:`SourceError`. Recordings:
-            how long to wait for the next frame before the recording counts as finished.
+        config: A :class:`RealSenseConfig`, or its ``device`` (``""``: the first connected camera, a
+            serial number, or a recording path).
+        **options: :class:`RealSenseConfig` fields, over those of ``config``.
 
     Raises:
         SourceError: No camera connected / serial not found / recording unreadable.
         MissingDependencyError: ``pyrealsense2`` is not installed (extra ``realsense``).
     """
 
-    def __init__(self, arg: str = "", *, width: int = 640, height: int = 480, fps: int = 30,
-                 T_world_camera=None, world_frame_id: str = "map", timeout_s: float = 5.0):
+    config_class = RealSenseConfig
+    primary_option = "device"
+
+    def __init__(self, config: RealSenseConfig | str | None = None, /, **options: Any):
+        self.config = cfg = self.resolve_config(config, options)
+        arg, width, height, fps = str(cfg.device), cfg.width, cfg.height, cfg.fps
+        T_world_camera, world_frame_id, timeout_s = cfg.T_world_camera, cfg.world_frame_id, cfg.timeout_s
         rs = _rs()
         self.arg = arg
         self.is_file = arg.lower().endswith(RECORDING_SUFFIXES) or (bool(arg) and Path(arg).is_file())

@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from vilasr_ros.errors import ImageError
+from vilasr_ros.errors import ConfigError, ImageError
 from vilasr_ros.frames import WORLD_UP, CameraIntrinsics, Frame, FrameError, check_pose, depth_to_metres
 from vilasr_ros.images import open_image
 from vilasr_ros.sanitize import is_inside
@@ -72,6 +74,27 @@ def read_open3d_intrinsics(path: Path) -> CameraIntrinsics:
         raise SourceError(f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class RGBDFolderConfig:
+    """Settings of an ``rgbd_folder:PATH`` source.
+
+    Attributes:
+        path: The folder (layout in the module docstring).
+        frame_rate_hz: Stamps are ``index / frame_rate_hz`` (s).
+        world_frame_id: The frame the poses are in.
+    """
+
+    path: str | Path = ""
+    frame_rate_hz: float = 30.0
+    world_frame_id: str = "map"
+
+    def __post_init__(self):
+        if not str(self.path):
+            raise ConfigError("rgbd_folder needs a folder: rgbd_folder:PATH")
+        if not self.frame_rate_hz > 0:
+            raise ConfigError(f"frame_rate_hz must be > 0, got {self.frame_rate_hz}")
+
+
 class RGBDFolderSource(FrameSource):
     """Frames from an RGB-D folder, in file-name order.
 
@@ -84,8 +107,13 @@ class RGBDFolderSource(FrameSource):
         SourceError: Missing folder, intrinsics or depth scale; colour/depth/pose counts differ.
     """
 
-    def __init__(self, path: str | Path, frame_rate_hz: float = 30.0, world_frame_id: str = "map"):
-        self.root = Path(path)
+    config_class = RGBDFolderConfig
+    primary_option = "path"
+
+    def __init__(self, config: RGBDFolderConfig | str | Path | None = None, /, **options: Any):
+        self.config = cfg = self.resolve_config(config, options)
+        frame_rate_hz, world_frame_id = cfg.frame_rate_hz, cfg.world_frame_id
+        self.root = Path(cfg.path)
         self.source_id = f"rgbd_folder:{self.root}"
         if not (self.root / "color").is_dir():
             raise SourceError(f"{self.root} has no color/ folder (layout: shared/data/rgbd/README.md)")
