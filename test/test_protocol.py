@@ -6,6 +6,7 @@ import pytest
 
 from conftest import SPEC, VECTORS
 from vilasr_ros import protocol
+from vilasr_ros.annotations import AnnotationState
 from vilasr_ros.errors import QueryError
 
 
@@ -82,7 +83,7 @@ def test_bad_queries_are_refused():
 
 
 def test_merge_replaces_same_label_and_carries_the_rest():
-    state = protocol.AnnotationState(1)
+    state = AnnotationState(1)
     first = state.plan([{"index": 1, "bbox_2d": [0, 0, 5, 5], "label": "a"}], [], 1)
     state.commit(first[0])
     edits = state.plan(

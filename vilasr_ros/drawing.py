@@ -3,7 +3,7 @@
 Source: AntResearchNLP/ViLaSR ``utils/edit_image.py`` (``plot_bounding_boxes``, ``plot_movement``),
 described in ``shared/spec/VILASR_PROTOCOL.md`` §3. Coordinates are pixels of the image drawn on
 (the resized image), origin top-left. Items must have passed
-:meth:`vilasr_ros.protocol.AnnotationState.plan` (numbers checked).
+:meth:`vilasr_ros.annotations.AnnotationState.plan` (numbers checked).
 """
 
 from __future__ import annotations

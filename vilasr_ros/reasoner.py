@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from vilasr_ros import protocol
+from vilasr_ros.annotations import AnnotationState
 from vilasr_ros.drawing import draw_annotations
 from vilasr_ros.engines.base import Engine, GenerationRequest, SamplingConfig
 from vilasr_ros.errors import ImageIndexError, ModelOutputError, QueryError, ToolCallEndsError
@@ -186,7 +187,7 @@ class Reasoner:
         )
         trace.pil_images = pil
         trace.images = [TraceImage(index=i + 1, size=im.size, source_frame=i) for i, im in enumerate(pil)]
-        state = protocol.AnnotationState(len(pil))
+        state = AnnotationState(len(pil))
         self.engine.reset()
         query = {"question": question, "problem_type": ptype, "options": list(options) if options else None,
                  "kind": kind, "loop": {"max_pixels": cfg.max_pixels, "max_turns": cfg.max_turns,
@@ -245,7 +246,7 @@ class Reasoner:
         trace.total_s = time.perf_counter() - start
         return trace
 
-    def _after_turn(self, trace: Trace, turn: Turn, state: protocol.AnnotationState, call: int,
+    def _after_turn(self, trace: Trace, turn: Turn, state: AnnotationState, call: int,
                     budget: dict[str, int]) -> bool:
         """Apply one turn; return True when the loop ends (sets ``trace.finish_reason``)."""
         cfg = self.config
@@ -312,7 +313,7 @@ class Reasoner:
         logger.info("turn %d ended the loop with ToolError: %s", call, exc)
         return True
 
-    def _show(self, trace: Trace, turn: Turn, state: protocol.AnnotationState, call: int, budget: dict[str, int],
+    def _show(self, trace: Trace, turn: Turn, state: AnnotationState, call: int, budget: dict[str, int],
               edits: list, drawn: list, text: str, written: int) -> bool:
         """Append a tool turn's images and the user turn that shows them; True when the loop ends.
 
