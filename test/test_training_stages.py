@@ -281,3 +281,14 @@ def test_sft_lora_resumes_from_its_checkpoint_and_leaves_a_merged_model(teacher_
     assert (out / "adapter" / "adapter_config.json").exists()
     engine = TransformersEngine(out)  # the merged model loads as plain Qwen2.5-VL weights
     assert not any("lora" in name for name, _ in engine.model.named_parameters())
+
+
+def test_rrs_resumes_around_a_torn_last_line(tmp_path):
+    """A run killed while writing samples.jsonl: the torn line is cut off (that sample is drawn again)
+    and the next sample starts a line of its own; a garbled line in the middle is skipped and kept."""
+    from vilasr_ros_training.rrs import done_samples
+
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"id": "a", "sample": 0}\nnot json\n{"id": "a", "sample": 1}\n{"id": "b", "sam')
+    assert done_samples(path) == {("a", 0), ("a", 1)}
+    assert path.read_text() == '{"id": "a", "sample": 0}\nnot json\n{"id": "a", "sample": 1}\n'

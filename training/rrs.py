@@ -31,7 +31,7 @@ from typing import Any
 from vilasr_ros.engines.base import Engine, SamplingConfig
 from vilasr_ros.images import open_rgb
 from vilasr_ros.sanitize import safe_name
-from vilasr_ros.evaluation.runner import for_each
+from vilasr_ros.evaluation.runner import for_each, read_results
 from vilasr_ros.reasoner import Reasoner, ReasonerConfig
 from vilasr_ros.trace import Trace
 from vilasr_ros_training.rewards import vilasr_reward
@@ -74,14 +74,7 @@ def sample_and_select(config: dict[str, Any], engine: Engine | None = None,
     out = Path(config["out"])
     (out / "kept").mkdir(parents=True, exist_ok=True)
     samples_path = out / "samples.jsonl"
-    done = set()
-    if samples_path.exists():
-        for line in samples_path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line: that sample is drawn again
-            done.add((record["id"], record["sample"]))
+    done = done_samples(samples_path)
     lock = threading.Lock()
     sink = open(samples_path, "a", encoding="utf-8")
 
@@ -112,13 +105,21 @@ def sample_and_select(config: dict[str, Any], engine: Engine | None = None,
     finally:
         sink.close()
         bar.close()
-    records = [json.loads(line) for line in samples_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = read_results(samples_path)
     kept = [r for r in records if r["kept"]]
     summary = {"items": len(items), "samples": len(records), "kept": len(kept),
                "yield": len(kept) / len(records) if records else 0.0,
                "items_with_kept": len({r["id"] for r in kept}), "out": str(out)}
     (out / "rrs_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def done_samples(path: Path) -> set[tuple[str, int]]:
+    """``(item id, sample)`` of every sample already in ``samples.jsonl``, read as evaluation resumes
+    (:func:`vilasr_ros.evaluation.runner.read_results` with ``repair``): a torn last line (a run killed
+    while writing) is cut off the file, so the next sample is appended on a line of its own and that
+    sample is drawn again; a garbled line elsewhere is skipped and kept."""
+    return {(str(r["id"]), int(r["sample"])) for r in read_results(path, repair=True) if "id" in r and "sample" in r}
 
 
 def run_rrs(config: dict[str, Any], engine: Engine | None = None,
