@@ -255,3 +255,17 @@ def test_rl_completion_is_cut_at_the_response_length_without_cutting_an_image(ti
     cut = rollout_tensors(trace, tok, proc, max_completion_tokens=at + 3)  # through that placeholder
     assert cut["completion_ids"] == whole["completion_ids"][:at] and cut["num_images"] == 1
     assert cut["image_grid_thw"].shape[0] == 1 and cut["pixel_values"].shape[0] == int(whole["image_grid_thw"][0].prod())
+
+
+# ----------------------------------------------------------------------------- case 9: a tool call at the last call
+
+
+def test_a_tool_call_at_the_last_call_ends_the_trajectory_on_that_turn():
+    """spmd_video L603-609 (a batch without a maze): when every sample has spent its calls, the last
+    responses are appended and the samples stop — no image is drawn for a tool call there and no user
+    turn follows. (In a batch where a maze still runs, lockstep draws it and ends with an empty
+    assistant turn: README, deliberate differences.)"""
+    turns = [_box(1), _box(2)]
+    trace = Reasoner(ReplayEngine(turns), ReasonerConfig(max_turns=2, prompt_layout="rl")).run(_images(1), "q", "numerical")
+    assert len(trace.turns) == 2 and trace.turns[-1].new_images == [] and len(trace.pil_images) == 2
+    assert trace.messages[-1]["role"] == "user" and trace.chat_text.endswith(_box(2) + "<|im_end|>")

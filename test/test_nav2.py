@@ -360,9 +360,10 @@ def test_lifecycle_transitions_through_services(ros, demo, tmp_path):
 
 
 def test_lifecycle_transitions_mid_query_and_invalid_ones_never_end_the_node(ros, demo):
-    """Issue 28 #1: deactivate and cleanup while a query runs, configure while active, and transition
-    id 99 on ~/change_state: every query is answered exactly once (the running one 'cancelled', no
-    goal), invalid transitions are refused with success false, the node keeps its state and serves on."""
+    """Issue 28 #1: deactivate, cleanup and shutdown while a query runs, configure while active, and
+    transition id 99 on ~/change_state: every query is answered exactly once (the running one
+    'cancelled', no goal), invalid transitions are refused with success false, the node keeps its state
+    and serves on until it is shut down."""
     frames, _ = demo
     robot = Robot("midquery", sofa_script(11, [47, 93, 209, 202]), [], delay_s=1.0)
     client = Lifecycle("midquery")
@@ -397,6 +398,10 @@ def test_lifecycle_transitions_mid_query_and_invalid_ones_never_end_the_node(ros
         assert transition(Transition.TRANSITION_CONFIGURE) and transition(Transition.TRANSITION_ACTIVATE)
         load()
         assert robot.ask({"id": "after", "question": "Where is the sofa?"})["error"] is None
+        running("s1")
+        assert transition(Transition.TRANSITION_ACTIVE_SHUTDOWN) and state() == "finalized"
+        robot.wait(lambda: "s1" in {a["id"] for a in robot.answers}, 30, "the answer to s1")
+        assert next(a for a in robot.answers if a["id"] == "s1")["finish_reason"] == "cancelled"
         ids = [a["id"] for a in robot.answers]
         assert sorted(ids) == sorted(set(ids))  # each query answered exactly once
         assert robot.agent.callback_errors == 0
