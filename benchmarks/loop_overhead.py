@@ -25,7 +25,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    sample = Path(__file__).resolve().parents[1].parent / "shared/data/rgbd/open3d_testdata_rgbd/color"
+    sample = Path(__file__).resolve().parents[1] / "test/data/rgbd/open3d_testdata_rgbd/color"
     real = [Image.open(p).convert("RGB") for p in sorted(sample.glob("*.jpg"))] if sample.is_dir() else []
     rng = np.random.default_rng(0)
     frames = [real[i % len(real)] if real else Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)) for i in range(16)]
@@ -61,7 +61,7 @@ def main():
     print(f"host time per tool turn (parse+merge+draw+prompt): median {statistics.median(host_ms):.2f} ms, "
           f"p90 {np.percentile(host_ms, 90):.2f} ms, max {max(host_ms):.2f} ms")
     print(f"per-query preparation (resize 16 frames + first prompt): median {statistics.median(prep_ms):.1f} ms")
-    print(f"frames from: {'shared/data/rgbd sample' if real else 'random noise'}")
+    print(f"frames from: {'test/data/rgbd sample' if real else 'random noise'}")
     print("openai engine, encoding of each new drawn image (once per image): "
           + ", ".join(f"{k} {v:.1f} ms" for k, v in encode_ms.items()))
     med = statistics.median(host_ms)

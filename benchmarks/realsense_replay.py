@@ -1,6 +1,6 @@
 """RealSense ``.db3`` playback, read again and again: does any read lose, repeat or change a frame?
 
-Records the bundled Open3D RGB-D frames (``../shared/data/rgbd/open3d_testdata_rgbd``, 5 frames) into a
+Records the bundled Open3D RGB-D frames (``test/data/rgbd/open3d_testdata_rgbd``, 5 frames) into a
 ``.db3`` with librealsense's software device and recorder (``write_realsense_file``), then reads it
 with ``RealSenseSource`` for ``--seconds`` and compares every read with the recorded frames (count,
 order, bit-identical colour and depth). Optional ``--busy N`` busy-loop processes load the CPUs, as a
@@ -25,7 +25,7 @@ import numpy as np
 from vilasr_ros.sources import open_source
 from vilasr_ros.sources.realsense import RealSenseSource, write_realsense_file
 
-RGBD = Path(__file__).resolve().parents[2] / "shared" / "data" / "rgbd" / "open3d_testdata_rgbd"
+RGBD = Path(__file__).resolve().parents[1] / "test" / "data" / "rgbd" / "open3d_testdata_rgbd"
 
 
 def _busy(stop_at: float) -> None:

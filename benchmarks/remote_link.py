@@ -109,7 +109,7 @@ def main() -> int:
         from vilasr_ros.reasoner import Reasoner, ReasonerConfig
         from vilasr_ros.sources import open_source
 
-        with open_source(f"rgbd_folder:{REPO.parent / 'shared/data/rgbd/open3d_testdata_rgbd'}") as source:
+        with open_source(f"rgbd_folder:{REPO / 'test/data/rgbd/open3d_testdata_rgbd'}") as source:
             five = [f.rgb for f in source]
         frames = [five[k % len(five)].copy() for k in range(16)]
         config = ReasonerConfig(max_turns=6, max_pixels=351232)

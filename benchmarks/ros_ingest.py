@@ -1,6 +1,6 @@
 """The agent ingesting 30 Hz 640×480 RGB-D from a separate process, and its query overhead.
 
-A ``camera_node`` process streams ``../shared/data/rgbd/open3d_testdata_rgbd`` (looped) at 30 Hz
+A ``camera_node`` process streams ``test/data/rgbd/open3d_testdata_rgbd`` (looped) at 30 Hz
 with colour, 16UC1 depth, CameraInfo and odometry; this process runs ``vilasr_agent`` (replay
 engine) on a MultiThreadedExecutor. Prints:
 
@@ -53,7 +53,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=30.0, help="ingest measurement window")
     parser.add_argument("--queries", type=int, default=20)
-    parser.add_argument("--source", default=f"rgbd_folder:{REPO.parent / 'shared/data/rgbd/open3d_testdata_rgbd'}")
+    parser.add_argument("--source", default=f"rgbd_folder:{REPO / 'test/data/rgbd/open3d_testdata_rgbd'}")
     parser.add_argument("--transport", choices=("raw", "compressed"), default="raw",
                         help="raw Image topics, or jpeg CompressedImage colour + compressedDepth depth")
     args = parser.parse_args()

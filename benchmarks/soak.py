@@ -63,7 +63,7 @@ def main() -> int:
     parser.add_argument("--every", type=float, default=5.0, help="seconds between queries")
     parser.add_argument("--rate-hz", type=float, default=30.0)
     parser.add_argument("--trace-cap-mb", type=float, default=2048.0, help="agent's trace_max_total_mb")
-    parser.add_argument("--source", default=f"rgbd_folder:{REPO.parent / 'shared/data/rgbd/open3d_testdata_rgbd'}")
+    parser.add_argument("--source", default=f"rgbd_folder:{REPO / 'test/data/rgbd/open3d_testdata_rgbd'}")
     parser.add_argument("--json", help="also write the samples and summary here")
     args = parser.parse_args()
 

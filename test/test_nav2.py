@@ -365,7 +365,7 @@ def test_lifecycle_transitions_mid_query_and_invalid_ones_never_end_the_node(ros
     'cancelled', no goal), invalid transitions are refused with success false, the node keeps its state
     and serves on until it is shut down."""
     frames, _ = demo
-    robot = Robot("midquery", sofa_script(11, [47, 93, 209, 202]), [], delay_s=1.0)
+    robot = Robot("midquery", sofa_script(11, [47, 93, 209, 202]), [], delay_s=3.0)  # a transition lands mid-query
     client = Lifecycle("midquery")
     transition, state = client.transition, client.state
 

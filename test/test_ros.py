@@ -308,7 +308,7 @@ def test_agent_client_asks_waits_times_out_and_cancels(ros_context):
     from vilasr_ros.ros.agent_node import VilasrAgentNode
     from vilasr_ros.ros.client import AgentClient
 
-    slow = Reasoner(create_engine("replay", responses=str(demo_responses()), delay_s=1.0))
+    slow = Reasoner(create_engine("replay", responses=str(demo_responses()), delay_s=2.0))
     node = VilasrAgentNode("vilasr_agent_client_test", reasoner=slow, parameter_overrides=[
         Parameter("trace_root", value=""), Parameter("max_age_s", value=0.0)])
     with open_source("sim:demo") as source:

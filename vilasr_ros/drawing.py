@@ -1,7 +1,7 @@
 """Drawing the model's boxes and lines with Pillow, exactly as the reference draws them.
 
 Source: AntResearchNLP/ViLaSR ``utils/edit_image.py`` (``plot_bounding_boxes``, ``plot_movement``),
-described in ``shared/spec/VILASR_PROTOCOL.md`` §3. Coordinates are pixels of the image drawn on
+described in ``test/data/spec/VILASR_PROTOCOL.md`` §3. Coordinates are pixels of the image drawn on
 (the resized image), origin top-left. Items must have passed
 :meth:`vilasr_ros.annotations.AnnotationState.plan` (numbers checked).
 """

@@ -1,6 +1,6 @@
 """``rgbd_folder:PATH`` — colour/depth image folders with Open3D intrinsics and an optional pose log.
 
-Layout (``shared/data/rgbd/README.md``): ``color/NNNNN.(jpg|png)``, ``depth/NNNNN.png`` (uint16,
+Layout (``test/data/rgbd/README.md``): ``color/NNNNN.(jpg|png)``, ``depth/NNNNN.png`` (uint16,
 metres = value / depth_scale), ``camera_intrinsic.json`` (Open3D ``PinholeCameraIntrinsic``,
 column-major ``intrinsic_matrix``), ``rgbd.json`` (``depth_scale``, optional ``pose_file``, optional ``world_up``: ``"z"`` when the
 poses' world is z-up, else ``"unknown"``, the default — floor removal then does not run) and
