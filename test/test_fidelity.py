@@ -269,3 +269,95 @@ def test_a_tool_call_at_the_last_call_ends_the_trajectory_on_that_turn():
     trace = Reasoner(ReplayEngine(turns), ReasonerConfig(max_turns=2, prompt_layout="rl")).run(_images(1), "q", "numerical")
     assert len(trace.turns) == 2 and trace.turns[-1].new_images == [] and len(trace.pil_images) == 2
     assert trace.messages[-1]["role"] == "user" and trace.chat_text.endswith(_box(2) + "<|im_end|>")
+
+
+# vllm_rollout_spmd_video.py L564-571 (intermediate_template) and L895-897 (eos_token appended)
+TEMPLATE = "<|im_end|>\n<|im_start|>user\n{pad}\n{prompt}\n<|im_end|>\n<|im_start|>assistant\n"
+PAD = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def test_lockstep_a_tool_call_at_the_last_call_is_drawn_and_then_nothing_is_generated():
+    """spmd_video L573-581: ``while any(num_calls >= 0 ...)`` — a batch with a maze (20 calls) keeps
+    looping after a non-maze sample's 10th call; L603-609 break only when every count is -1, so that
+    sample's 10th response goes through ``process_single_response`` (drawn) and gets the user turn
+    (L760-797, single image: the scalar ``num_llm_calls_available`` > 0 → intermediate prompt); L508-513
+    give it no further prompt (its count is -1); L895-897 append ``eos_token``."""
+    turns = [_box(1), _box(2), ANSWER]
+    trace = Reasoner(ReplayEngine(turns), ReasonerConfig(max_turns=2, prompt_layout="rl", batch_max_turns=4)).run(
+        _images(1), "q", "numerical")
+    assert len(trace.pil_images) == 3 and trace.finish_reason == "lockstep" and trace.answer is None
+    expected_tail = _box(2) + TEMPLATE.format(pad=PAD, prompt=INTERMEDIATE.format(k=3)) + "<|im_end|>"
+    assert trace.chat_text.endswith(expected_tail)
+    from vilasr_ros_training.rewards import vilasr_reward
+
+    assert vilasr_reward(trace.chat_text, "3", "numerical")["accuracy"] == 0.0
+    # Without a longer batch-mate: the reference's last-turn break (L603-609), nothing drawn.
+    alone = Reasoner(ReplayEngine(turns), ReasonerConfig(max_turns=2, prompt_layout="rl", batch_max_turns=2)).run(
+        _images(1), "q", "numerical")
+    assert len(alone.pil_images) == 2 and alone.chat_text.endswith(_box(2) + "<|im_end|>")
+    # An answer at the last call ends the sample either way (_is_finished, L611-622).
+    answered = Reasoner(ReplayEngine([_box(1), ANSWER]), ReasonerConfig(
+        max_turns=2, prompt_layout="rl", batch_max_turns=4)).run(_images(1), "q", "numerical")
+    assert answered.finish_reason == "stop" and answered.answer == "3"
+
+
+def test_lockstep_several_images_at_the_last_call_get_the_final_prompt():
+    """spmd_video L672-690: a turn that drew several images picks its last prompt from the sample's
+    own count (``num_llm_calls_available_list[index] > 0``), -1 after its last call → final prompt;
+    the others carry ``The index of the given image is k (width, height).\\n``."""
+    two = ("<think> m </think> Action: Object Mapper\n```json\n[{'index': 1, 'bbox_2d': [10, 10, 200, 200], "
+           "'label': 'a'}, {'index': 2, 'bbox_2d': [10, 10, 200, 200], 'label': 'b'}]\n```")
+    trace = Reasoner(ReplayEngine([_box(1), two]), ReasonerConfig(max_turns=2, prompt_layout="rl", batch_max_turns=4)).run(
+        _images(2), "q", "numerical")
+    pad = (PAD + "The index of the given image is 4 (width: 644, height: 476).\n"
+           + PAD + FINAL.format(k=5))
+    assert trace.finish_reason == "lockstep"
+    assert trace.chat_text.endswith(two + TEMPLATE.format(pad=pad, prompt="") + "<|im_end|>")
+
+
+# ----------------------------------------------------------------------------- case 14: advantage epsilon
+
+
+def _verl_grpo_advantages(scores: list[float], n: int, eps: float = 1e-6) -> list[float]:
+    """verl/trainer/core_algos.py L158-172, transcribed (index = the group of n consecutive samples)."""
+    import torch
+
+    index = [i // n for i in range(len(scores))]
+    id2score: dict = {}
+    for i, s in enumerate(scores):
+        id2score.setdefault(index[i], []).append(s)
+    mean = {k: torch.mean(torch.tensor(v)) for k, v in id2score.items()}
+    std = {k: torch.std(torch.tensor(v)) for k, v in id2score.items()}
+    return [float((scores[i] - mean[index[i]]) / (std[index[i]] + eps)) for i in range(len(scores))]
+
+
+def test_grpo_advantages_divide_by_std_plus_verls_epsilon():
+    import torch
+
+    from vilasr_ros_training.grpo import group_advantages
+
+    scores = [0.0, 2e-5, 0.0, -2e-5,  # a group whose rewards are nearly equal
+              0.0, 1.0, 0.5, 0.25]
+    got = group_advantages(torch.tensor(scores), 4).tolist()
+    assert got == pytest.approx(_verl_grpo_advantages(scores, 4), rel=1e-5)
+    trl_like = group_advantages(torch.tensor(scores), 4, epsilon=1e-4).tolist()
+    assert abs(trl_like[1] - got[1]) > 0.5 * abs(got[1])  # where trl's 1e-4 differs
+
+
+def test_the_trainer_hands_trl_verls_advantages_for_its_own_slice():
+    """The hook replaces trl's advantages for this process's rows (trl slices rewards of all processes
+    by ``process_index * len(prompts)``, grpo_trainer.py, trl 1.16)."""
+    import types
+
+    import torch
+
+    from vilasr_ros_training.grpo import make_trainer_class
+
+    scores = [0.0, 1.0, 1.0, 1.0, 0.0, 1e-5, 0.0, 0.0]
+    fake = types.SimpleNamespace(num_generations=4, num_generations_eval=4, model=types.SimpleNamespace(training=True),
+                                 scale_rewards="group", multi_objective_aggregation="sum_then_normalize",
+                                 _rewards_per_func=torch.tensor(scores).unsqueeze(1), reward_weights=torch.ones(1),
+                                 accelerator=types.SimpleNamespace(process_index=1), advantage_epsilon=1e-6)
+    output = {"advantages": torch.zeros(4)}
+    make_trainer_class()._verl_advantages(fake, output, 4)
+    assert output["advantages"].tolist() == pytest.approx(_verl_grpo_advantages(scores, 4)[4:], rel=1e-4)

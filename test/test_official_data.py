@@ -80,7 +80,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("config", ["sft.yaml", "reflective.yaml"])
 def test_shipped_sft_configs_read_the_official_tree_with_only_the_data_root_changed(config, data_dir, caplog):
     cfg = load_config(REPO / "config" / "training" / config, [f"data_dir={data_dir}"], stage="sft")
-    examples = [e for spec in cfg["data"] for e in load_source(spec, cfg["data_dir"])]
+    examples = [e for spec in cfg.data for e in load_source(spec)]
     assert len(examples) == 4  # one sound conversation per file; the two abnormal ones skipped, counted
     assert sum("skipped 2 of 3" in r.message for r in caplog.records) == 4
     for e in examples:
@@ -99,8 +99,8 @@ def test_sft_tokens_and_labels_are_llamafactorys(data_dir, tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     proc = AutoImageProcessor.from_pretrained(tiny_model_dir)
     cfg = load_config(REPO / "config" / "training" / "sft.yaml", [f"data_dir={data_dir}"], stage="sft")
-    [example] = load_source({"format": "llamafactory", "dataset": "vqa_cold_start"}, cfg["data_dir"])
-    collator = VilasrCollator(tok, proc, cfg["max_pixels"], cfg["max_length"], cfg["sft_format"])
+    [example] = load_source({"format": "llamafactory", "dataset": "vqa_cold_start"}, cfg.data_dir)
+    collator = VilasrCollator(tok, proc, cfg.max_pixels, cfg.max_length, cfg.sft_format)
     enc = collator.encode_example(example)
     # 1296x968 at image_max_pixels 1003520: int() shrink to 1159x865, the processor rounds to 1148x868
     assert enc["image_grid_thw"].tolist() == [[1, 62, 82], [1, 4, 4]]  # 64x48 is raised to the processor's min_pixels
@@ -141,11 +141,11 @@ def test_sft_tokens_and_labels_are_llamafactorys(data_dir, tiny_model_dir):
 
     ns, nt = infer_seqlen(len(source2), len(target2), room)
     assert ns + nt == room and ns > 4 * 4 // 4 + 3  # the image tokens near the start of the source survive
-    short = VilasrCollator(tok, proc, cfg["max_pixels"], first + room, "llamafactory").encode_example(example)
+    short = VilasrCollator(tok, proc, cfg.max_pixels, first + room, "llamafactory").encode_example(example)
     assert short["input_ids"] == ids[:first] + source2[:ns] + target2[:nt]
     assert short["assistant_mask"] == [int(x != IGNORE_INDEX) for x in labels[:first]] + [0] * ns + [1] * nt
     with pytest.raises(ValueError, match="lose image tokens"):  # a cut through an image: never silently
-        VilasrCollator(tok, proc, cfg["max_pixels"], 40, "llamafactory").encode_example(example)
+        VilasrCollator(tok, proc, cfg.max_pixels, 40, "llamafactory").encode_example(example)
 
 
 def _reference_rl_user_text(item: dict, size) -> tuple[list[str], str]:
@@ -175,11 +175,11 @@ def _reference_rl_user_text(item: dict, size) -> tuple[list[str], str]:
 
 def test_rl_items_and_first_turn_are_the_rl_loaders(data_dir):
     cfg = load_config(REPO / "config" / "training" / "grpo.yaml", [f"data_dir={data_dir}"], stage="grpo")
-    items, _ = load_items(cfg["items"], cfg["data_dir"])
+    items, _ = load_items(cfg.items)
     assert [(it.kind, it.problem_type, it.max_turns) for it in items] == [
         ("video", "multiple choice", 10), ("video", "regression", 10), ("single", "multiple choice", 20),
         ("single", "numerical", 10)]
-    config = ReasonerConfig(max_pixels=cfg["max_pixels"], prompt_layout=cfg["prompt_layout"])
+    config = ReasonerConfig(max_pixels=cfg.max_pixels, prompt_layout=cfg.prompt_layout)
     for it in items:
         images = [Image.open(p) for p in it.image_paths]
         trace = Reasoner(ReplayEngine(["<answer> A </answer>"]), config).run(images, it.question, it.problem_type,
@@ -246,7 +246,7 @@ def test_trl_two_sided_clip_is_verls_dual_clip():
     coef_2 = torch.clamp(ratio, 0.8, 1.3)
     trl = -torch.min(torch.clamp(ratio, max=3.0) * adv, coef_2 * adv)
     assert torch.allclose(verl, trl)
-    cfg = load_config(REPO / "config" / "training" / "grpo.yaml", stage="grpo")["args"]
+    cfg = load_config(REPO / "config" / "training" / "grpo.yaml", stage="grpo").args
     assert (cfg["epsilon"], cfg["epsilon_high"], cfg["delta"], cfg["loss_type"], cfg["beta"]) == (0.2, 0.3, 3.0, "grpo", 0.0)
 
 

@@ -264,48 +264,34 @@ def teacher_trajectories(sim_dir: str | Path, out: str | Path, *, reflect: float
     return load_traces(Path(out) / "traces")
 
 
-SOURCES = ("llamafactory", "vilasr", "sim_teacher", "traces")
+def load_source(spec, data_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Examples from one ``data:`` entry of a training config
+    (:class:`vilasr_ros_training.config.DataSpec`, or its mapping with ``data_dir``).
 
-
-def _under(path: str, data_dir: str | Path | None) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() or data_dir is None else Path(data_dir) / p
-
-
-def load_source(spec: dict[str, Any], data_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """Examples from one ``data:`` entry of a training config.
-
-    ``{"format": "llamafactory", "dataset": NAME}`` — a dataset of ``data_dir/dataset_info.json``
-    (:func:`load_llamafactory`); ``{"format": "vilasr", "path": FILE, "image_root": DIR?}`` — one
-    ShareGPT file (images against ``image_root``, else ``data_dir``, else the file's folder);
-    ``{"format": "sim_teacher", "path": SIM_DIR, "out": DIR, "reflect": P?, "seed": S?}`` — teacher
-    trajectories (:func:`teacher_trajectories`); ``{"format": "traces", "path": DIR}`` — saved traces
-    (e.g. stage 2's output, :func:`load_traces`). ``limit: N`` keeps the first N examples. Relative
-    paths are under ``data_dir`` when it is given.
+    ``llamafactory``: a dataset of ``data_dir/dataset_info.json`` (:func:`load_llamafactory`);
+    ``vilasr``: one ShareGPT file (images against ``image_root``, else ``data_dir``, else the file's
+    folder); ``sim_teacher``: teacher trajectories (:func:`teacher_trajectories`); ``traces``: saved
+    traces (e.g. stage 2's output, :func:`load_traces`). ``limit`` keeps the first N examples.
 
     Raises:
-        ValueError: Unknown format or missing keys.
+        ValueError: Unknown format or missing keys (one line).
         MissingImagesError: ViLaSR-data with missing images.
     """
-    fmt = spec.get("format")
-    if fmt not in SOURCES:
-        raise ValueError(f"data format must be one of {SOURCES}, got {fmt!r}")
-    if fmt == "llamafactory":
-        if "dataset" not in spec or data_dir is None:
-            raise ValueError(f"data entry {spec}: format llamafactory needs 'dataset' and the config's data_dir")
-        examples = load_llamafactory(spec["dataset"], data_dir)
-    elif "path" not in spec:
-        raise ValueError(f"data entry {spec} has no 'path'")
-    elif fmt == "vilasr":
-        path = _under(spec["path"], data_dir)
-        examples = load_sharegpt(path, spec.get("image_root") or data_dir)
-    elif fmt == "sim_teacher":
-        out = spec.get("out") or str(Path(spec["path"]) / "teacher")
-        examples = teacher_trajectories(spec["path"], out, reflect=float(spec.get("reflect", 0.0)),
-                                        seed=int(spec.get("seed", 0)))
+    from vilasr_ros_training.config import DataSpec, as_spec
+
+    spec = as_spec(DataSpec, spec, data_dir, "data entry")
+    if spec.format == "llamafactory":
+        if spec.data_dir is None:
+            raise ValueError(f"data entry {spec.dataset}: format llamafactory needs the config's data_dir")
+        examples = load_llamafactory(spec.dataset, spec.data_dir)
+    elif spec.format == "vilasr":
+        examples = load_sharegpt(Path(spec.path), spec.image_root or spec.data_dir)
+    elif spec.format == "sim_teacher":
+        out = spec.out or str(Path(spec.path) / "teacher")
+        examples = teacher_trajectories(spec.path, out, reflect=spec.reflect, seed=spec.seed)
     else:
-        examples = load_traces(spec["path"])
-    return examples[: spec["limit"]] if spec.get("limit") else examples
+        examples = load_traces(spec.path)
+    return examples[: spec.limit] if spec.limit else examples
 
 
 RL_KINDS = {"video": "video", "spatial_r1": "video", "maze": "single", "vqa": "single"}
@@ -350,41 +336,40 @@ def load_rl_items(path: str | Path, data_dir: str | Path | None = None) -> list:
     return items
 
 
-def load_items(spec: dict[str, Any], data_dir: str | Path | None = None) -> tuple[list, Path]:
+def load_items(spec, data_dir: str | Path | None = None) -> tuple[list, Path]:
     """ViLaSR-eval items for stages 2 and 3 (questions with answers, no trajectories).
 
-    ``spec``: ``{"dataset": sim|vsi_bench|...|vilasr_rl, "path": FILE_OR_DIR, "image_folder"?,
-    "frames"?, "types"?: [original_question_type, ...], "limit"?}``
-    (:func:`vilasr_ros.evaluation.datasets.load_dataset`; ``vilasr_rl``: :func:`load_rl_items`).
-    Relative paths are under ``data_dir`` when it is given. Items with missing images or invalid
-    fields are left out with a warning naming them.
+    ``spec``: :class:`vilasr_ros_training.config.ItemsSpec` (or its mapping, with ``data_dir``):
+    :func:`vilasr_ros.evaluation.datasets.load_dataset` for ``sim`` and the benchmarks,
+    :func:`load_rl_items` for ``vilasr_rl``. Items with missing images or invalid fields are left out
+    with a warning naming them.
 
     Returns:
         ``(items, image_root)``.
 
     Raises:
-        QueryError: Bad file or items. ValueError: nothing left.
+        DatasetError: Bad file or items. ValueError: a bad spec, nothing left.
     """
     import logging
 
     from vilasr_ros.evaluation.datasets import load_dataset
+    from vilasr_ros_training.config import ItemsSpec, as_spec
 
-    dataset = spec.get("dataset", "sim")
-    if dataset == "vilasr_rl":
-        path = _under(spec["path"], data_dir)
-        items, root = load_rl_items(path, data_dir), Path(data_dir) if data_dir is not None else path.parent
+    spec = as_spec(ItemsSpec, spec, data_dir, "items")
+    if spec.dataset == "vilasr_rl":
+        path = Path(spec.path)
+        items = load_rl_items(path, spec.data_dir)
+        root = Path(spec.data_dir) if spec.data_dir is not None else path.parent
     else:
-        image_folder = spec.get("image_folder")
-        items, root = load_dataset(dataset, _under(spec["path"], data_dir),
-                                   _under(image_folder, data_dir) if image_folder else None, int(spec.get("frames", 16)))
+        items, root = load_dataset(spec.dataset, Path(spec.path), spec.image_folder, spec.frames)
     missing = [it.id for it in items if it.missing or it.invalid]
     if missing:
         logging.getLogger(__name__).warning("leaving out %d items with missing images or invalid fields: %s",
                                             len(missing), ", ".join(missing[:20]))
     items = [it for it in items if not (it.missing or it.invalid)]
-    if spec.get("types"):
-        items = [it for it in items if it.raw.get("original_question_type") in spec["types"]]
-    items = items[: spec.get("limit") or None]
+    if spec.types:
+        items = [it for it in items if it.raw.get("original_question_type") in spec.types]
+    items = items[: spec.limit or None]
     if not items:
-        raise ValueError(f"no usable items in {spec['path']}")
+        raise ValueError(f"no usable items in {spec.path}")
     return items, root

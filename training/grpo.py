@@ -27,13 +27,10 @@ lr 1e-6, images capped at 45, KL off (``beta: 0``). Rollouts run on the training
 (transformers); trl's vLLM colocate/server generation is not wired to the multi-turn loop yet
 (``use_vllm`` is refused with that message).
 
-Config keys (``config/training/grpo.yaml``, each setting there with its source in the authors' run):
-``model``, ``data_dir``, ``items`` (as stage 2; ``{dataset: vilasr_rl, path: rl/vilasr_rl_data.jsonl}``
-for the official RL file), ``max_pixels`` (200704, the RL setting), ``max_images`` (42),
-``max_tokens_per_turn`` (1024), ``max_response_tokens`` (13312 per trajectory), ``prompt_layout``
-(``rl``: the RL data loader's first turn, the default for ``vilasr_rl`` items; ``eval`` otherwise),
-``on_tool_error`` (``retry``), ``freeze_vision``, ``lora``, ``resume``, ``args`` (``GRPOConfig``
-fields). The loss mask leaves out ``<|im_end|>`` (:func:`rl_loss_mask`).
+Config: :class:`vilasr_ros_training.config.GRPOStage` (``config/training/grpo.yaml``, each setting
+there with its source in the authors' run). The loss mask leaves out ``<|im_end|>`` (:func:`rl_loss_mask`);
+advantages divide by ``std + 1e-6`` as verl's (:func:`group_advantages`); a batch runs in lockstep as
+the rollout's (``ReasonerConfig.batch_max_turns``).
 """
 
 from __future__ import annotations
@@ -45,13 +42,15 @@ from typing import Any
 
 from vilasr_ros import protocol
 from vilasr_ros.errors import require
+from vilasr_ros_training.config import ADVANTAGE_EPSILON
 
 logger = logging.getLogger(__name__)
 
 
-def rl_dataset(spec: dict[str, Any], data_dir: str | None = None):
-    """ViLaSR-eval items as a GRPO dataset: ``prompt`` (the question, for trl's bookkeeping), ``item``
-    (JSON: what the rollout needs), ``ground_truth``, ``problem_type`` (reward columns)."""
+def rl_dataset(spec, data_dir: str | None = None):
+    """ViLaSR-eval items (:class:`~vilasr_ros_training.config.ItemsSpec`) as a GRPO dataset: ``prompt``
+    (the question, for trl's bookkeeping), ``item`` (JSON: what the rollout needs), ``ground_truth``,
+    ``problem_type`` (reward columns)."""
     datasets = require("datasets", "train")
     from vilasr_ros_training.data import load_items
 
@@ -66,13 +65,6 @@ def rl_dataset(spec: dict[str, Any], data_dir: str | None = None):
         rows["ground_truth"].append(str(it.raw.get("answer", "")))
         rows["problem_type"].append(it.problem_type)
     return datasets.Dataset.from_dict(rows)
-
-
-RL_MAX_IMAGES = 42
-"""``MAX_IMAGES`` of the RL rollout (``verl/workers/rollout/vllm_rollout/vllm_rollout_spmd_video.py`` L52);
-evaluation allows 45."""
-RL_MAX_RESPONSE_TOKENS = 13312
-"""``data.max_response_length`` of ``train/rl/train_grpo.sh`` L10: a whole trajectory's budget."""
 
 
 def rl_loss_mask(ids: list[int], assistant_mask: list[int], tokenizer) -> list[int]:
@@ -132,6 +124,29 @@ def rollout_tensors(trace, tokenizer, image_processor, max_completion_tokens: in
             "pixel_values": pixel_values, "image_grid_thw": grid, "num_images": n_images}
 
 
+def group_advantages(rewards, num_generations: int, epsilon: float = ADVANTAGE_EPSILON):
+    """GRPO outcome advantages: ``(r - mean) / (std + epsilon)`` over each group of ``num_generations``
+    consecutive rewards, ``std`` unbiased (``torch.std``) — verl's ``compute_grpo_outcome_advantage``
+    (``core_algos.py`` L158-172). NaN rewards (unscorable) are left out of their group's statistics and
+    get advantage 0, as trl does.
+
+    Args:
+        rewards: Tensor of shape ``(groups * num_generations,)``.
+        num_generations: Rollouts per prompt (> 1).
+        epsilon: Added to the standard deviation (verl 1e-6; trl's own 1e-4).
+
+    Returns:
+        Tensor of the rewards' shape.
+    """
+    torch = require("torch", "train")
+    from trl.trainer.utils import nanstd
+
+    grouped = rewards.view(-1, num_generations)
+    mean = torch.nanmean(grouped, dim=1, keepdim=True)
+    std = nanstd(grouped, dim=1).unsqueeze(1)
+    return torch.nan_to_num((grouped - mean) / (std + epsilon), nan=0.0).view(-1)
+
+
 def make_trainer_class():
     """``VilasrGRPOTrainer`` (built lazily: trl is an optional dependency)."""
     torch = require("torch", "train")
@@ -149,8 +164,12 @@ def make_trainer_class():
             last_traces: The traces of the last generation batch (inspection, tests).
         """
 
-        def __init__(self, *args, image_processor=None, reasoner_config=None, max_tokens_per_turn=None, **kwargs):
+        def __init__(self, *args, image_processor=None, reasoner_config=None, max_tokens_per_turn=None,
+                     lockstep=True, advantage_epsilon=ADVANTAGE_EPSILON, **kwargs):
             super().__init__(*args, **kwargs)
+            self.lockstep = lockstep
+            self.advantage_epsilon = advantage_epsilon
+            self._rewards_per_func = None
             if self.use_vllm:
                 raise ValueError("use_vllm is not supported for ViLaSR's multi-turn rollouts yet; rollouts run on "
                                  "the policy with transformers (set use_vllm: false)")
@@ -179,13 +198,15 @@ def make_trainer_class():
             was_training = model.training
             model.eval()  # the engine keeps a KV cache (gradient checkpointing would switch it off)
             traces, loaded = [], {}
+            batch_max_turns = max(item["max_turns"] for item in items) if self.lockstep and items else None
             try:
                 for n, item in enumerate(items):
                     sampling = SamplingConfig(temperature=self.args.temperature, top_p=self.args.top_p or 1.0,
                                               max_tokens=self.max_tokens_per_turn,
                                               seed=self.args.seed + 100_003 * self.state.global_step + n
                                               + 7919 * self.accelerator.process_index)
-                    cfg = replace(self.reasoner_config, max_turns=item["max_turns"], sampling=sampling)
+                    cfg = replace(self.reasoner_config, max_turns=item["max_turns"], sampling=sampling,
+                                  batch_max_turns=batch_max_turns)
                     key = tuple(item["image_paths"])  # a prompt comes num_generations times: read it once
                     if key not in loaded:
                         loaded[key] = [open_rgb(path) for path in key]
@@ -220,14 +241,35 @@ def make_trainer_class():
             return ([p["prompt_ids"] for p in parts], [p["completion_ids"] for p in parts],
                     [p["env_mask"] for p in parts], [t.chat_text for t in traces], None, {}, None, [])
 
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            return self._rewards_per_func  # all processes' rewards, as trl normalises them
+
         def _generate_and_score_completions(self, inputs):
             self._batch_items = [json.loads(x["item"]) for x in inputs]
+            self._rewards_per_func = None
             output = super()._generate_and_score_completions(inputs)
+            if self._rewards_per_func is not None:
+                self._verl_advantages(output, len(inputs))
             if self._vision is not None:
                 output.update(self._vision)
                 ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
                 output["mm_token_type_ids"] = (ids == self.image_token_id).long()
             return output
+
+        def _verl_advantages(self, output: dict, n_local: int) -> None:
+            """Replace trl's advantages, ``/ (std + 1e-4)`` (a constant in ``GRPOTrainer``), by verl's
+            ``/ (std + advantage_epsilon)`` (:func:`group_advantages`) — for trl's group scaling with
+            summed rewards, the settings this stage uses; other settings keep trl's."""
+            n = self.num_generations if self.model.training else self.num_generations_eval
+            if self.scale_rewards != "group" or self.multi_objective_aggregation != "sum_then_normalize" or n < 2:
+                return
+            per_func = self._rewards_per_func
+            rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
+            rewards[torch.isnan(per_func).all(dim=1)] = torch.nan  # unscorable: advantage 0, as trl
+            start = self.accelerator.process_index * n_local
+            advantages = group_advantages(rewards, n, self.advantage_epsilon)[start:start + n_local]
+            output["advantages"] = advantages.to(output["advantages"].device, output["advantages"].dtype)
 
         def _get_per_token_logps_and_entropies(self, model, input_ids, *args, **kwargs):
             # Inside _generate_and_score_completions (old/ref log-probs) trl passes no vision inputs for
@@ -240,8 +282,9 @@ def make_trainer_class():
     return VilasrGRPOTrainer
 
 
-def train_grpo(config: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """Run stage 3 from a config (module docstring).
+def train_grpo(config) -> tuple[dict[str, Any], Any]:
+    """Run stage 3 from a config: :class:`vilasr_ros_training.config.GRPOStage` or its mapping
+    (module docstring).
 
     Returns:
         ``(summary, trainer)``; summary: ``output_dir``, ``steps``, ``rewards`` (mean reward per
@@ -249,24 +292,24 @@ def train_grpo(config: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """
     trl = require("trl", "train")
     from vilasr_ros.reasoner import ReasonerConfig
+    from vilasr_ros_training.config import stage_config
     from vilasr_ros_training.rewards import vilasr_reward_func
     from vilasr_ros_training.sft import peft_config, policy_from_config, save_for_runtime, trainer_args
 
+    config = stage_config("grpo", config)
     grpo_args = trainer_args(trl.GRPOConfig, {"num_generations": 8, "temperature": 1.0, "learning_rate": 1e-6,
-                                              "beta": 0.0, "report_to": "tensorboard", **config["args"],
+                                              "beta": 0.0, "report_to": "tensorboard", **config.args,
                                               "remove_unused_columns": False})
     policy, tokenizer, image_processor, path = policy_from_config(config, bool(grpo_args.bf16))
-    reasoner_config = ReasonerConfig(max_pixels=int(config.get("max_pixels", protocol.prompts()["image_max_pixels"]["rl_training"])),
-                                     max_images=int(config.get("max_images", RL_MAX_IMAGES)),
-                                     prompt_layout=config.get("prompt_layout", "rl" if config["items"].get("dataset") == "vilasr_rl"
-                                                              else "eval"),
-                                     on_tool_error=config.get("on_tool_error", "retry"),
-                                     max_response_tokens=config.get("max_response_tokens", RL_MAX_RESPONSE_TOKENS))
+    reasoner_config = ReasonerConfig(max_pixels=config.max_pixels, max_images=config.max_images,
+                                     prompt_layout=config.prompt_layout, on_tool_error=config.on_tool_error,
+                                     max_response_tokens=config.max_response_tokens)
     trainer = make_trainer_class()(
-        model=policy, reward_funcs=[vilasr_reward_func], args=grpo_args, train_dataset=rl_dataset(config["items"], config.get("data_dir")),
-        processing_class=tokenizer, peft_config=peft_config(config.get("lora")), image_processor=image_processor,
-        reasoner_config=reasoner_config, max_tokens_per_turn=config.get("max_tokens_per_turn"))
-    trainer.train(resume_from_checkpoint=config.get("resume") or None)
+        model=policy, reward_funcs=[vilasr_reward_func], args=grpo_args, train_dataset=rl_dataset(config.items),
+        processing_class=tokenizer, peft_config=peft_config(config.lora), image_processor=image_processor,
+        reasoner_config=reasoner_config, max_tokens_per_turn=config.max_tokens_per_turn,
+        lockstep=config.lockstep, advantage_epsilon=config.advantage_epsilon)
+    trainer.train(resume_from_checkpoint=config.resume or None)
     out = Path(grpo_args.output_dir)
     save_for_runtime(trainer, tokenizer, image_processor, path, out)
     history = trainer.state.log_history

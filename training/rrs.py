@@ -51,7 +51,7 @@ def judge(trace: Trace, ground_truth: str, problem_type: str, min_accuracy: floa
     return {**reward, "kept": kept}
 
 
-def sample_and_select(config: dict[str, Any], engine: Engine | None = None,
+def sample_and_select(config, engine: Engine | None = None,
                       progress: bool = False) -> dict[str, Any]:
     """Sample, judge and keep (no SFT). See :func:`run_rrs` for the config keys.
 
@@ -60,18 +60,18 @@ def sample_and_select(config: dict[str, Any], engine: Engine | None = None,
         ``items_with_kept``, ``out``.
     """
     from vilasr_ros.engines import create_engine
+    from vilasr_ros_training.config import stage_config
     from vilasr_ros_training.data import load_items
 
-    items, root = load_items(config["items"], config.get("data_dir"))
+    config = stage_config("rrs", config)
+    items, root = load_items(config.items)
     if engine is None:
-        options = dict(config.get("engine") or {})
+        options = dict(config.engine or {})
         engine = create_engine(options.pop("name", "transformers"), **options)
-    k_samples = int(config.get("samples", 8))
-    min_accuracy = float(config.get("min_accuracy", 1.0))
-    seed = int(config.get("seed", 0))
-    sampling = SamplingConfig(**{"temperature": 1.0, "top_p": 1.0, "max_tokens": 2048, **(config.get("sampling") or {})})
-    base = ReasonerConfig(max_pixels=int(config.get("max_pixels", ReasonerConfig.max_pixels)), sampling=sampling)
-    out = Path(config["out"])
+    k_samples, min_accuracy, seed = config.samples, config.min_accuracy, config.seed
+    sampling = SamplingConfig(**{"temperature": 1.0, "top_p": 1.0, "max_tokens": 2048, **(config.sampling or {})})
+    base = ReasonerConfig(max_pixels=config.max_pixels, sampling=sampling)
+    out = Path(config.out)
     (out / "kept").mkdir(parents=True, exist_ok=True)
     samples_path = out / "samples.jsonl"
     done = done_samples(samples_path)
@@ -101,7 +101,7 @@ def sample_and_select(config: dict[str, Any], engine: Engine | None = None,
 
     bar = tqdm(total=len(items) * k_samples, desc="rrs samples", unit="sample", disable=not progress, dynamic_ncols=True)
     try:
-        for_each(one, items, max(1, min(int(config.get("batch_size", 16)), engine.max_concurrency)))
+        for_each(one, items, max(1, min(config.batch_size, engine.max_concurrency)))
     finally:
         sink.close()
         bar.close()
@@ -122,29 +122,28 @@ def done_samples(path: Path) -> set[tuple[str, int]]:
     return {(str(r["id"]), int(r["sample"])) for r in read_results(path, repair=True) if "id" in r and "sample" in r}
 
 
-def run_rrs(config: dict[str, Any], engine: Engine | None = None,
+def run_rrs(config, engine: Engine | None = None,
             progress: bool = False) -> dict[str, Any]:
-    """Stage 2 from a config (``config/training/rrs.yaml``).
-
-    Keys: ``items`` (:func:`vilasr_ros_training.data.load_items`), ``engine`` (``{name, model,
-    ...}`` for :func:`vilasr_ros.engines.create_engine`: the stage-1 model; ``openai`` with a
-    ``base_url`` of ``vllm serve`` for batched GPU sampling), ``samples`` (K, default 8), ``sampling``
-    (temperature 1.0, top_p, max_tokens), ``seed``, ``min_accuracy``, ``max_pixels``, ``batch_size``,
-    ``out``, and optionally ``sft`` (an SFT config without ``data``: trained on the kept traces).
+    """Stage 2 from a config (``config/training/rrs.yaml``): :class:`vilasr_ros_training.config.RRSStage`
+    or its mapping (``engine``: the stage-1 model; ``openai`` with a ``base_url`` of ``vllm serve`` for
+    batched GPU sampling; ``sft``: an SFT stage without ``data``, trained on the kept traces).
 
     Returns:
         The sampling summary, plus ``sft`` (the SFT summary) when an ``sft`` block is given.
     """
+    from vilasr_ros_training.config import stage_config
+
+    config = stage_config("rrs", config)
     summary = sample_and_select(config, engine, progress)
     logger.info("reflective rejection sampling: kept %d of %d samples (yield %.1f %%) on %d of %d items",
                 summary["kept"], summary["samples"], 100 * summary["yield"], summary["items_with_kept"],
                 summary["items"])
-    if config.get("sft"):
+    if config.sft is not None:
         from vilasr_ros_training.data import load_traces
         from vilasr_ros_training.sft import train_sft
 
-        examples = load_traces(Path(config["out"]) / "kept")
+        examples = load_traces(Path(config.out) / "kept")
         if not examples:
             raise ValueError("stage 2 kept no trajectory: nothing to fine-tune on (see samples.jsonl)")
-        summary["sft"] = train_sft({**config["sft"], "args": dict(config["sft"].get("args") or {})}, examples)
+        summary["sft"] = train_sft(config.sft, examples)
     return summary

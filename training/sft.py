@@ -21,7 +21,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from vilasr_ros import protocol
 from vilasr_ros.errors import require
 
 logger = logging.getLogger(__name__)
@@ -66,10 +65,10 @@ def trainer_args(cls, args: dict[str, Any]):
         raise ValueError(f"args: not a trl {cls.__name__} setting: {exc}") from exc
 
 
-def policy_from_config(config: dict[str, Any], bf16: bool):
-    """:func:`load_policy` with a stage config's ``model``, ``freeze_vision``, ``attn_implementation``."""
-    return load_policy(config["model"], bf16=bf16, freeze_vision=config.get("freeze_vision", True),
-                       attn_implementation=config.get("attn_implementation"))
+def policy_from_config(config, bf16: bool):
+    """:func:`load_policy` with a stage's ``model``, ``freeze_vision``, ``attn_implementation``."""
+    return load_policy(config.model, bf16=bf16, freeze_vision=config.freeze_vision,
+                       attn_implementation=config.attn_implementation)
 
 
 def peft_config(lora: dict[str, Any] | None):
@@ -113,12 +112,12 @@ def save_for_runtime(trainer, tokenizer, image_processor, source: Path, out: Pat
                 shutil.copy(source / name, out / name)
 
 
-def train_sft(config: dict[str, Any], examples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def train_sft(config, examples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run SFT.
 
     Args:
-        config: Stage config (module docstring).
-        examples: Use these instead of ``config["data"]`` (stage 2 hands over its selection).
+        config: :class:`vilasr_ros_training.config.SFTStage` (or its mapping, checked the same way).
+        examples: Use these instead of ``config.data`` (stage 2 hands over its selection).
 
     Returns:
         ``{"output_dir", "examples", "steps", "train_loss", "losses"}`` (``losses``: the logged
@@ -130,21 +129,22 @@ def train_sft(config: dict[str, Any], examples: list[dict[str, Any]] | None = No
     """
     trl = require("trl", "train")
     from vilasr_ros_training.chat import VilasrCollator
+    from vilasr_ros_training.config import stage_config
     from vilasr_ros_training.data import load_source
 
+    config = stage_config("sft", config)
     if examples is None:
-        examples = [e for spec in config.get("data") or [] for e in load_source(spec, config.get("data_dir"))]
-    sft_args = trainer_args(trl.SFTConfig, {"report_to": "tensorboard", **config["args"], "remove_unused_columns": False,
+        examples = [e for spec in config.data for e in load_source(spec)]
+    sft_args = trainer_args(trl.SFTConfig, {"report_to": "tensorboard", **config.args, "remove_unused_columns": False,
                                             "dataset_kwargs": {"skip_prepare_dataset": True}})
     policy, tokenizer, image_processor, path = policy_from_config(config, bool(sft_args.bf16))
-    collator = VilasrCollator(tokenizer, image_processor, int(config.get("max_pixels", protocol.prompts()["image_max_pixels"]["cold_start_sft"])),
-                              config.get("max_length"), config.get("sft_format", "llamafactory"))
+    collator = VilasrCollator(tokenizer, image_processor, config.max_pixels, config.max_length, config.sft_format)
     trainer = trl.SFTTrainer(model=policy, args=sft_args, train_dataset=as_dataset(examples),
                              processing_class=tokenizer, data_collator=collator,
-                             peft_config=peft_config(config.get("lora")))
+                             peft_config=peft_config(config.lora))
     logger.info("SFT: %d examples, %d trainable parameters", len(examples),
                 sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))
-    result = trainer.train(resume_from_checkpoint=config.get("resume") or None)
+    result = trainer.train(resume_from_checkpoint=config.resume or None)
     out = Path(sft_args.output_dir)
     save_for_runtime(trainer, tokenizer, image_processor, path, out)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -60,7 +60,8 @@ class FinishReason(str, Enum):
     """Why a run ended. ``stop``/``length`` come from the model call; ``ToolError``, ``ToolGenError``,
     ``IndexError``, ``TooManyImages`` and ``max_tokens`` are the reference rollout's names (``vllm_rollout_spmd_video.py``); ``error``,
     ``cancelled`` and ``rejected`` are this package's (engine failure, cancel or deadline, refused
-    before it ran). Members are strings: they compare equal to, and serialise as, their values."""
+    before it ran); ``lockstep`` marks an RL trajectory its batch left with no call (an empty last
+    turn, ``ReasonerConfig.batch_max_turns``). Members are strings: they compare equal to, and serialise as, their values."""
 
     STOP = "stop"
     LENGTH = "length"
@@ -72,6 +73,7 @@ class FinishReason(str, Enum):
     ERROR = "error"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
+    LOCKSTEP = "lockstep"
 
     def __str__(self) -> str:
         return self.value

@@ -67,6 +67,7 @@ class ReasonerConfig:
     on_tool_error: str = "stop"
     prompt_layout: str = "eval"
     max_response_tokens: int | None = None
+    batch_max_turns: int | None = None
 
     def __post_init__(self):
         if self.on_tool_error not in ("stop", "retry"):
@@ -79,6 +80,8 @@ class ReasonerConfig:
             raise ValueError(f"max_pixels must be >= {protocol.MIN_PIXELS}, got {self.max_pixels}")
         if self.max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
+        if self.batch_max_turns is not None and self.batch_max_turns < 1:
+            raise ValueError(f"batch_max_turns must be >= 1 or None, got {self.batch_max_turns}")
         if self.max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {self.max_images}")
         if self.max_drawings_per_turn < 1:
@@ -252,12 +255,13 @@ class Reasoner:
         cfg = self.config
         text = turn.text
         written = 0
+        lockstep = call == cfg.max_turns and (cfg.batch_max_turns or 0) > cfg.max_turns
         if cfg.max_response_tokens is not None:  # the RL rollout's trajectory budget (ReasonerConfig)
             written = turn.completion_tokens if turn.completion_tokens is not None else (self.engine.count_tokens(text) or 0)
-            if budget["spent"] + written >= cfg.max_response_tokens and call < cfg.max_turns:
+            if budget["spent"] + written >= cfg.max_response_tokens and (call < cfg.max_turns or lockstep):
                 trace.finish_reason = protocol.FINISH_MAX_TOKENS
                 return True
-        if call == cfg.max_turns:  # the last call: whatever it wrote ends the loop
+        if call == cfg.max_turns and not lockstep:  # the last call: whatever it wrote ends the loop
             trace.finish_reason = turn.finish_reason
             return True
         if turn.finish_reason == protocol.FINISH_LENGTH:
@@ -297,7 +301,14 @@ class Reasoner:
             return self._tool_error(trace, turn, call, exc, boxes, lines)
         except (ModelOutputError, TypeError, ValueError, OverflowError) as exc:
             return self._tool_error(trace, turn, call, exc, boxes, lines)
-        return self._show(trace, turn, state, call, budget, edits, drawn, text, written)
+        if self._show(trace, turn, state, call, budget, edits, drawn, text, written):
+            return True
+        if lockstep:  # shown, and no call left for this sample while its batch goes on (ReasonerConfig)
+            trace.turns.append(Turn(text="", finish_reason=protocol.FINISH_STOP, completion_tokens=0,
+                                    error="lockstep: the batch went on, no call was left for this sample"))
+            trace.finish_reason = protocol.FinishReason.LOCKSTEP
+            return True
+        return False
 
     def _tool_error(self, trace: Trace, turn: Turn, call: int, exc: Exception, boxes: list, lines: list) -> bool:
         """A tool call that cannot be drawn: discarded and generated again (``retry``), or the end (``stop``)."""
@@ -326,7 +337,7 @@ class Reasoner:
         """
         cfg = self.config
         several = len(drawn) > 1
-        budget_final = call == cfg.max_turns - 1 and (several or cfg.prompt_layout != "rl")
+        budget_final = call >= cfg.max_turns - 1 and (several or cfg.prompt_layout != "rl")
         if cfg.max_response_tokens is not None and not self._fits(trace, state, edits, drawn, text, budget_final,
                                                                   written, budget, several):
             trace.finish_reason = protocol.FINISH_MAX_TOKENS
