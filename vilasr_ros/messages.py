@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import struct
+from typing import Any
 
 import numpy as np
 
@@ -237,6 +238,31 @@ def compress_colour(rgb: np.ndarray, codec: str = "jpeg", quality: int = 90) -> 
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format=codec.upper(), **({"quality": quality} if codec == "jpeg" else {}))
     return f"rgb8; {codec} compressed rgb8", buf.getvalue()
+
+
+def raw_depth(depth_m: np.ndarray, encoding: str = "16UC1") -> tuple[bytes, int]:
+    """(H, W) float32 metres → ``(data, step)`` of a little-endian ``sensor_msgs/Image``: ``16UC1``
+    millimetres (NaN and no reading → 0, clipped to 65535) or ``32FC1`` metres (NaN kept) — REP-118.
+
+    Raises:
+        ValueError: Another encoding.
+    """
+    w = depth_m.shape[1]
+    if encoding == "16UC1":
+        return np.clip(np.round(np.nan_to_num(depth_m, nan=0.0) * 1000.0), 0, 65535).astype("<u2").tobytes(), w * 2
+    if encoding == "32FC1":
+        return depth_m.astype("<f4").tobytes(), w * 4
+    raise ValueError(f"depth encoding must be 16UC1 or 32FC1, got {encoding!r}")
+
+
+def camera_info_fields(intr: CameraIntrinsics) -> dict[str, Any]:
+    """The ``sensor_msgs/CameraInfo`` fields of ``intr`` (a rectified pinhole: ``R`` identity, ``P`` =
+    ``[K | 0]``; no distortion → five zeros), as flat lists for either message library."""
+    P = np.zeros((3, 4))
+    P[:3, :3] = intr.K
+    return {"height": intr.height, "width": intr.width, "distortion_model": intr.distortion_model,
+            "d": [float(x) for x in intr.D] or [0.0] * 5, "k": intr.K.reshape(-1).tolist(),
+            "r": np.eye(3).reshape(-1).tolist(), "p": P.reshape(-1).tolist()}
 
 
 def compress_depth(depth_m: np.ndarray) -> tuple[str, bytes]:

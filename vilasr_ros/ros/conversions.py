@@ -28,7 +28,7 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from vilasr_ros.frames import CameraIntrinsics
-from vilasr_ros.messages import compress_colour, compress_depth
+from vilasr_ros.messages import camera_info_fields, compress_colour, compress_depth, raw_depth
 
 __all__ = [
     "camera_info_msg", "color_msg", "compressed_color_msg", "compressed_depth_msg",
@@ -59,22 +59,17 @@ def color_msg(rgb: np.ndarray, stamp: Time, frame_id: str) -> Image:
 
 
 def depth_msg(depth_m: np.ndarray, stamp: Time, frame_id: str, encoding: str = "16UC1") -> Image:
-    """(H, W) float32 metres → ``Image`` ``16UC1`` (mm, 0 = none) or ``32FC1`` (m, NaN kept).
+    """(H, W) float32 metres → ``Image`` ``16UC1`` (mm, 0 = none) or ``32FC1`` (m, NaN kept)
+    (:func:`vilasr_ros.messages.raw_depth`).
 
     Raises:
         ValueError: Another encoding.
     """
+    data, step = raw_depth(depth_m, encoding)
     h, w = depth_m.shape
-    if encoding == "16UC1":
-        data = np.clip(np.round(np.nan_to_num(depth_m, nan=0.0) * 1000.0), 0, 65535).astype("<u2")
-        step = w * 2
-    elif encoding == "32FC1":
-        data, step = depth_m.astype("<f4"), w * 4
-    else:
-        raise ValueError(f"depth encoding must be 16UC1 or 32FC1, got {encoding!r}")
     msg = Image(height=h, width=w, encoding=encoding, is_bigendian=0, step=step)
     msg.header.stamp, msg.header.frame_id = stamp, frame_id
-    msg.data = _bytes(data)
+    msg.data = array.array("B", data)
     return msg
 
 
@@ -97,11 +92,8 @@ def compressed_depth_msg(depth_m: np.ndarray, stamp: Time, frame_id: str) -> Com
 
 
 def camera_info_msg(intr: CameraIntrinsics, stamp: Time, frame_id: str) -> CameraInfo:
-    P = np.zeros((3, 4))
-    P[:3, :3] = intr.K
-    msg = CameraInfo(height=intr.height, width=intr.width, distortion_model=intr.distortion_model,
-                     d=list(intr.D) or [0.0] * 5, k=intr.K.reshape(-1).tolist(),
-                     r=np.eye(3).reshape(-1).tolist(), p=P.reshape(-1).tolist())
+    """``CameraInfo`` of ``intr`` (:func:`vilasr_ros.messages.camera_info_fields`)."""
+    msg = CameraInfo(**camera_info_fields(intr))
     msg.header.stamp, msg.header.frame_id = stamp, frame_id
     return msg
 

@@ -38,11 +38,13 @@ from vilasr_ros.messages import (  # noqa: F401  (decoders re-exported for bag u
     ODOMETRY,
     POSE_STAMPED,
     POSE_WITH_COVARIANCE,
+    camera_info_fields,
     compress_colour,
     compress_depth,
     decode_color,
     decode_depth,
     intrinsics_from_camera_info,
+    raw_depth,
     pose_from_message,
     stamp_s,
 )
@@ -333,28 +335,19 @@ def encode_depth(store, frame: Frame, encoding: str = "16UC1", compressed: bool 
         fmt, data = compress_depth(depth)
         msg = store.types[COMPRESSED](header=header, format=fmt, data=np.frombuffer(data, dtype=np.uint8))
         return msg, COMPRESSED
-    if encoding == "16UC1":
-        mm = np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)
-    if encoding == "16UC1":
-        raw, step = mm.astype("<u2").tobytes(), w * 2
-    elif encoding == "32FC1":
-        raw, step = depth.astype("<f4").tobytes(), w * 4
-    else:
-        raise ValueError(f"depth encoding must be 16UC1 or 32FC1, got {encoding!r}")
+    raw, step = raw_depth(depth, encoding)
     msg = store.types[IMAGE](header=header, height=h, width=w, encoding=encoding, is_bigendian=0, step=step,
                              data=np.frombuffer(raw, dtype=np.uint8))
     return msg, IMAGE
 
 
 def camera_info_msg(store, frame: Frame):
-    K = frame.intrinsics
-    P = np.zeros((3, 4))
-    P[:3, :3] = K.K
-    D = list(K.D) or [0.0] * 5
+    """sensor_msgs CameraInfo of a frame's intrinsics (:func:`vilasr_ros.messages.camera_info_fields`)."""
+    fields = camera_info_fields(frame.intrinsics)
     return store.types[CAMERA_INFO](
-        header=_header(store, frame.stamp_s, frame.frame_id), height=K.height, width=K.width,
-        distortion_model=K.distortion_model, d=np.array(D, dtype=np.float64), k=K.K.reshape(-1),
-        r=np.eye(3).reshape(-1), p=P.reshape(-1), binning_x=0, binning_y=0,
+        header=_header(store, frame.stamp_s, frame.frame_id), height=fields["height"], width=fields["width"],
+        distortion_model=fields["distortion_model"], d=np.array(fields["d"], dtype=np.float64),
+        k=np.array(fields["k"]), r=np.array(fields["r"]), p=np.array(fields["p"]), binning_x=0, binning_y=0,
         roi=store.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
     )
 
