@@ -115,7 +115,7 @@ def test_missing_image_is_reported_and_skipped_never_scored(tmp_path, capsys):
 def test_teacher_scores_100_percent_and_navigation_lands_within_5cm(sim_dataset, tmp_path):
     from vilasr_ros_training.rewards import vilasr_reward
 
-    engine = create_engine("teacher", reflect=0.5, seed=3)
+    engine = create_engine("teacher", model=str(sim_dataset), reflect=0.5, seed=3)
     summary = run_eval("sim", sim_dataset, engine, tmp_path / "run")
     records = score_records(read_results(summary.results_path), "sim")
     assert summary.ran == len(records) == len(json.loads((sim_dataset / "questions.json").read_text()))
@@ -164,7 +164,7 @@ def test_a_killed_run_resumes_without_repeating_or_losing_items(sim_dataset, tmp
     out = tmp_path / "run"
     total = len(json.loads((sim_dataset / "questions.json").read_text()))
     cmd = [sys.executable, "-m", "vilasr_ros.cli", "eval", "run", "--dataset", "sim", "--data", str(sim_dataset),
-           "--engine", "teacher", "--out", str(out)]
+           "--engine", "teacher", "--model", str(sim_dataset), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -177,7 +177,7 @@ def test_a_killed_run_resumes_without_repeating_or_losing_items(sim_dataset, tmp
     assert 3 <= len(first) < total, "the run was not interrupted midway"
     with open(out / "results.jsonl", "a") as f:  # a line cut short by the kill
         f.write('{"id": "sim7_scene_00')
-    summary = run_eval("sim", sim_dataset, create_engine("teacher"), out)
+    summary = run_eval("sim", sim_dataset, create_engine("teacher", model=str(sim_dataset)), out)
     ids = [r["id"] for r in read_results(out / "results.jsonl")]
     assert summary.resumed == len(first) and summary.ran == total - len(first)
     assert len(ids) == len(set(ids)) == total
@@ -190,7 +190,8 @@ def test_report_page_compares_runs_with_plots_and_gallery(sim_dataset, tmp_path)
     data = tmp_path / "subset.json"
     data.write_text(json.dumps([i for i in items if i["scene"] in (None, "scenes/scene_0000")]))
     for name, reflect in (("plain", 0.0), ("reflective", 1.0)):
-        run_eval("sim", data, create_engine("teacher", reflect=reflect), tmp_path / name, image_folder=sim_dataset)
+        run_eval("sim", data, create_engine("teacher", model=str(sim_dataset), reflect=reflect), tmp_path / name,
+                 image_folder=sim_dataset)
     page = write_report([tmp_path / "plain", tmp_path / "reflective"], tmp_path / "report", gallery=2)
     text = page.read_text()
     for png in ("scores_by_type.png", "finish_reasons.png", "turns_drawings_reflection.png", "navigation_error_cdf.png"):

@@ -260,7 +260,7 @@ def teacher_trajectories(sim_dir: str | Path, out: str | Path, *, reflect: float
     from vilasr_ros.evaluation.runner import run_eval
     from vilasr_ros_training.teacher import TeacherEngine
 
-    run_eval("sim", sim_dir, TeacherEngine(reflect=reflect, seed=seed), out, save_traces=True)
+    run_eval("sim", sim_dir, TeacherEngine(str(sim_dir), reflect=reflect, seed=seed), out, save_traces=True)
     return load_traces(Path(out) / "traces")
 
 

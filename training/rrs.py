@@ -85,7 +85,7 @@ def sample_and_select(config, engine: Engine | None = None,
                 continue
             cfg = replace(base, max_turns=item.max_turns, sampling=replace(sampling, seed=seed + k))
             trace = Reasoner(engine, cfg).run(images, item.question, item.problem_type, item.options, kind=item.kind,
-                                              metadata={"item": item.raw, "root": str(root), "sample": k})
+                                              metadata={"item": item.raw, "sample": k})
             verdict = judge(trace, str(item.raw.get("answer", "")), item.problem_type, min_accuracy)
             if verdict["kept"]:
                 trace.save(out / "kept" / safe_name(f"{item.id}__{k}", 96))

@@ -8,10 +8,11 @@ answer. With ``reflect`` it first draws one box deliberately off the object and 
 next turn (the same label re-boxed differently — what the RL reflection reward and stage 2's filter
 look for, spec §5). Mazes get the route traced cell to cell.
 
-It is an :class:`~vilasr_ros.engines.base.Engine`: evaluation and training pass the item as
-``request.metadata["item"]`` (with ``metadata["root"]``, the dataset folder); ``vilasr ask
---engine teacher --model DATASET_DIR`` finds the item by its question text (and, when several scenes
-ask the same question, by comparing the first image with each candidate's first frame).
+It is an :class:`~vilasr_ros.engines.base.Engine` configured with its dataset folder (``model``:
+the folder of ``questions.json`` and the scenes' files). Evaluation and stage 2 pass the item they
+ask as ``request.metadata["item"]``; ``vilasr ask --engine teacher --model DATASET_DIR`` finds the item
+by its question text (and, when several scenes ask the same question, by comparing the first image
+with each candidate's first frame).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vilasr_ros.engines.base import Engine, GenerationRequest, GenerationResult
-from vilasr_ros.errors import EngineError
+from vilasr_ros.errors import ConfigError, EngineError
 from vilasr_ros_sim.maze import CELL_PX as MAZE_CELL_PX, MARGIN_PX as MAZE_MARGIN_PX
 from vilasr_ros_sim.questions import MIN_SEEN_PX as MIN_PIXELS  # fewer mask pixels: too small to box
 
@@ -92,8 +93,8 @@ class TeacherConfig:
     """Settings of the ``teacher`` engine.
 
     Attributes:
-        model: A generated sim dataset folder (``questions.json``); needed when the teacher answers
-            on its own (``vilasr ask``), optional in evaluation and training (the item is passed).
+        model: The generated sim dataset folder (``questions.json`` and the scenes' files): where the
+            teacher reads the ground truth of every item it answers (required to answer).
         reflect: Probability in [0, 1] that a trajectory draws one box wrong and corrects it.
         seed: Randomness of that choice.
     """
@@ -129,7 +130,9 @@ class TeacherEngine(Engine):
 
     def __init__(self, config: TeacherConfig | str | Path | None = None, /, **options: Any):
         self.config = config = self.resolve_config(config, options)
-        self.root = Path(config.model) if config.model else None
+        if not config.model:
+            raise ConfigError("the teacher engine needs --model DATASET_DIR (its sim dataset folder; engine option model)")
+        self.root = Path(config.model)
         self.reflect = float(config.reflect)
         self.seed = int(config.seed)
         self._items: list[dict] | None = None
@@ -145,10 +148,8 @@ class TeacherEngine(Engine):
     # ------------------------------------------------------------------ finding the item
     def _lookup(self, request: GenerationRequest) -> tuple[dict, Path]:
         meta = request.metadata or {}
-        if "item" in meta:
-            return meta["item"], Path(meta.get("root") or self.root or ".")
-        if self.root is None:
-            raise EngineError("the teacher needs the dataset item (evaluation passes it) or --model DATASET_DIR")
+        if "item" in meta:  # evaluation and stage 2 pass the item they ask; its files are under the root
+            return meta["item"], self.root
         if self._items is None:
             try:
                 self._items = json.loads((self.root / "questions.json").read_text())

@@ -240,7 +240,7 @@ def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *,
         except ImageError as exc:
             raise DatasetError(f"image {exc}") from exc
         trace = Reasoner(engine, cfg).run(images, item.question, item.problem_type, item.options, kind=item.kind,
-                                          metadata={"item": item.raw, "root": str(root)})
+                                          metadata={"item": item.raw})
         trace_dir = None
         if save_traces:
             trace_dir = f"traces/{safe_name(item.id)}"
