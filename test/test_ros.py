@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -294,6 +295,55 @@ def test_vilasr_agent_command_runs_the_main_job(ros_context, tmp_path):
     trace_dir = Path(next(line for line in lines if line.startswith("trace: ")).split(" ", 1)[1])
     assert (trace_dir / "trace.json").is_file() and (trace_dir / "images" / "image_18.png").is_file()
     assert json.loads((trace_dir / "trace.json").read_text())["target"]["ok"] is True, pose
+
+
+def test_an_agent_killed_during_ingest_answers_from_its_memory_after_a_restart(tmp_path):
+    """Issue 26: ``vilasr agent --memory-dir`` persists keyframes as the camera streams; SIGKILL while
+    it does; the store opens, its keyframes are the camera's in order with none missing; a restarted
+    agent with no camera answers a query about the sofa from the remembered frames, with a goal."""
+    from vilasr_ros.memory import KeyframeMemory
+
+    memory_dir = tmp_path / "memory"
+    env = {**os.environ, "HF_HOME": str(tmp_path / "no_weights")}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "vilasr_ros.cli", "agent", "--source", "sim:demo", "--domain-id", _other_domain(),
+         "--trace-root", "", "--memory-dir", str(memory_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, env=env)
+    try:
+        def stored() -> int:
+            try:
+                memory = KeyframeMemory(memory_dir, readonly=True)
+            except Exception:  # noqa: BLE001 - not created yet
+                return 0
+            try:
+                return memory.info()["keyframes"]
+            finally:
+                memory.close()
+
+        wait_until(lambda: stored() >= 20, 180, "20 keyframes in memory")
+        first.send_signal(signal.SIGKILL)  # the camera loops: keyframes are still arriving
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    memory = KeyframeMemory(memory_dir)
+    records = memory.records()
+    stamps = [r.stamp_s for r in records]
+    with open_source("sim:demo") as source:
+        demo = [f.rgb[::8, ::8].astype(float) for f in source]
+    shown = [int(np.argmin([np.abs(f.rgb[::8, ::8] - d).mean() for d in demo])) for f in memory.frames([r.id for r in records])]
+    assert len(records) >= 20 and shown == [k % 16 for k in range(len(shown))], shown  # the camera's order, no gap
+    since, until = stamps[0], stamps[15]  # the first pass over the room
+    memory.close()
+    out = subprocess.run(
+        [sys.executable, "-m", "vilasr_ros.cli", "agent", "--source", "", "--domain-id", _other_domain(),
+         "--trace-root", str(tmp_path / "traces"), "--memory-dir", str(memory_dir), "--timeout", "120", "--query",
+         json.dumps({"id": "mem", "question": "Where is the sofa? Go to it.", "target": "sofa",
+                     "since": since, "until": until})],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "buffer: 0 keyframes" in out.stdout  # nothing from a camera: the answer is the memory's
+    assert any(line.startswith("target_pose (") for line in out.stdout.splitlines()), out.stdout
 
 
 def test_agent_client_asks_waits_times_out_and_cancels(ros_context):

@@ -98,6 +98,7 @@ class Answer:
     engine: str | None = None
     target: dict[str, Any] | None = None
     frames: list[dict[str, Any]] = field(default_factory=list)
+    memory: dict[str, Any] | None = None
     elapsed_s: float = 0.0
     sensors: dict[str, Any] | None = None
     localization: str | None = None
@@ -166,10 +167,12 @@ class SpatialAgent:
     """
 
     def __init__(self, reasoner: Reasoner, buffer: FrameBuffer, config: AgentConfig | None = None,
-                 localization=None):
+                 localization=None, memory=None):
         self.reasoner = reasoner
         self.buffer = buffer
         self.config = config or AgentConfig()
+        #: The keyframe memory on disk (:class:`~vilasr_ros.memory.AgentMemory`); None: the buffer only.
+        self.memory = memory
         #: Re-expresses selected frames in ``map`` (:class:`~vilasr_ros.pairing.MapAlignment`); None
         #: keeps the odometry frame.
         self.localization = localization
@@ -179,8 +182,19 @@ class SpatialAgent:
         protocol.resized_size(640, 480, reasoner.config.max_pixels)
 
     def close(self) -> None:
-        """Wait for pending trace writes."""
+        """Wait for pending trace writes and keyframe memory writes."""
         self._writer.shutdown(wait=True)
+        if self.memory is not None:
+            self.memory.close()
+
+    def remember(self, frame) -> None:
+        """Persist a keyframe the buffer accepted (posed in ``map`` when the localization knows it);
+        never blocks (a full writer queue drops it, counted)."""
+        if self.memory is None:
+            return
+        if self.localization is not None and frame.T_world_camera is not None:
+            frame = self.localization.express([frame])[0][0]
+        self.memory.remember(frame)
 
     def store(self) -> TraceStore | None:
         """The trace store for the current settings (None when traces are not saved)."""
@@ -212,15 +226,33 @@ class SpatialAgent:
             result.answer.goal_reason = result.answer.error or "no goal"
         return result
 
+    def _select(self, query: Query):
+        """The query's frames and, when they come from the keyframe memory, what the answer says of it
+        (:attr:`Query.wants_memory`: memory for a time or place filter, or when the buffer has none)."""
+        cfg = self.config
+        k = query.frames or cfg.frames
+        use = query.wants_memory
+        if use and self.memory is None:
+            raise ValueError("the query asks the keyframe memory (since/until/region/near/memory) but this agent "
+                             "has none (set memory_dir)")
+        if not use:
+            try:
+                return self.buffer.select(k, query.selection or cfg.selection, window_s=cfg.window_s,
+                                          max_age_s=cfg.max_age_s), None
+            except (VilasrError, ValueError):
+                if use is False or self.memory is None:
+                    raise
+        frames, info = self.memory.select(query, k, self.buffer.now())
+        return frames, info
+
     def _answer(self, query: Query, cancel, on_turn) -> Result:
         cfg = self.config
         try:
-            frames = self.buffer.select(query.frames or cfg.frames, query.selection or cfg.selection,
-                                        window_s=cfg.window_s, max_age_s=cfg.max_age_s)
+            frames, remembered = self._select(query)
         except (VilasrError, ValueError) as exc:
             return Result(Answer.failure(query.id, f"cannot select frames: {exc}"))
         localization = None
-        if self.localization is not None:
+        if self.localization is not None and remembered is None:  # remembered frames were posed at ingest
             frames, localization = self.localization.express(frames)
         kind = query.kind or protocol.default_kind(len(frames))
         try:
@@ -237,6 +269,7 @@ class SpatialAgent:
             engine=str(trace.engine.get("engine")),
             frames=[{"index": f.index, "stamp_s": f.stamp_s} for f in frames],
             localization=localization,
+            memory=remembered,
         )
         grounding = None
         if query.target:

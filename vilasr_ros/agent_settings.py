@@ -17,6 +17,7 @@ from vilasr_ros.agent import AgentConfig
 from vilasr_ros.buffer import BufferConfig
 from vilasr_ros.engines.base import SamplingConfig
 from vilasr_ros.grounding import GroundingConfig
+from vilasr_ros.memory import MemoryConfig
 from vilasr_ros.pairing import FrameAssembler, MapAlignment
 from vilasr_ros.query import MAX_QUERY_FRAMES, SELECTIONS
 from vilasr_ros.reasoner import ReasonerConfig
@@ -107,6 +108,14 @@ class AgentNodeSettings:
     remove_floor: bool = setting(default_of(GroundingConfig, "remove_floor"),
                                  "drop floor and background-wall pixels in the box before placing the target "
                                  "(z-up world frame with the floor at floor_z_m, as REP-103 map/odom)", dynamic=True)
+    # keyframe memory on disk (read-only at run time)
+    memory_dir: str = setting("", "keyframe memory folder (every keyframe kept on disk; a restart continues it); "
+                                  "empty = the RAM buffer only")
+    regions_file: str = setting("", "YAML of named map-frame polygons for queries' 'region' (regions: {name: [[x, y], ...]})")
+    memory_max_mb: int = setting(default_of(MemoryConfig, "max_bytes", lambda b: b // MIB),
+                                 "keyframe memory size cap (MiB); the oldest keyframes go first", low=1, high=1 << 30)
+    memory_max_age_h: float = setting(default_of(MemoryConfig, "max_age_s", lambda s: 0.0 if s is None else s / 3600.0),
+                                      "keyframes older than this are deleted (hours); 0 = size cap only", low=0.0, high=1.0e6)
     # engine (read-only: restart the node to change)
     engine: str = setting("transformers", "auto | replay | transformers | openai | vllm | remote | (installed plug-ins)")
     model: str = setting("", "model folder or HF id (empty: AntResearchNLP/ViLaSR)")
@@ -143,6 +152,19 @@ class AgentNodeSettings:
             trace_max_total_mb=self.trace_max_total_mb, trace_max_age_h=self.trace_max_age_h,
             min_goal_confidence=self.min_goal_confidence,
             grounding=GroundingConfig(standoff_m=self.standoff_m, floor_z_m=self.floor_z_m, remove_floor=self.remove_floor))
+
+    def memory(self):
+        """The :class:`~vilasr_ros.memory.AgentMemory` of ``memory_dir`` (None when empty).
+
+        Raises:
+            MemoryStoreError: The folder or ``regions_file`` cannot be used.
+        """
+        if not self.memory_dir:
+            return None
+        from vilasr_ros.memory import AgentMemory
+
+        return AgentMemory(self.memory_dir, self.regions_file or None,
+                           MemoryConfig(max_bytes=self.memory_max_mb * MIB, max_age_s=self.memory_max_age_h * 3600.0 or None))
 
     def loop_options(self) -> dict[str, Any]:
         """Options of :func:`vilasr_ros.reasoner.reasoner_config`."""

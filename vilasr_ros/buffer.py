@@ -136,6 +136,10 @@ class FrameBuffer:
         self.accepted = 0
         self.resets = 0
 
+    def now(self) -> float:
+        """The wall clock the buffer was given (ROS time in the node, sim time under ``use_sim_time``), s."""
+        return float(self._wall_clock())
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._frames)

@@ -9,7 +9,12 @@ from its multipart ``query`` part (:func:`query_from_dict` with its transport fi
 Query JSON::
 
     {"id": "q1", "question": "Go to the chair", "problem_type": "free-form",
-     "options": ["A. ...", ...], "target": "chair", "frames": 16, "selection": "uniform", "kind": "video"}
+     "options": ["A. ...", ...], "target": "chair", "frames": 16, "selection": "uniform", "kind": "video",
+     "since": "-20min", "until": 1733400000.0, "region": "kitchen", "near": {"x": 1.0, "y": 2.0, "radius_m": 3.0},
+     "text": "a red backpack", "memory": true}
+
+``since``/``until``/``region``/``near``/``text``/``memory`` choose frames from the keyframe memory
+(:mod:`vilasr_ros.memory`) when the agent has one.
 
 ``type`` is accepted as an alias of ``problem_type`` (the ROS topic's name for it before the two
 schemas became one); a query may give one of them, not both.
@@ -18,6 +23,7 @@ schemas became one); a query may give one of them, not both.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -48,7 +54,10 @@ MAX_QUERY_FRAMES = 64
 """Frames one query may ask for (the node's ``frames`` parameter and ``vilasr serve``'s ``max_frames``
 default share this bound)."""
 MAX_ID_CHARS = 128
-QUERY_FIELDS = ("id", "question", "problem_type", "options", "target", "frames", "selection", "kind")
+QUERY_FIELDS = ("id", "question", "problem_type", "options", "target", "frames", "selection", "kind",
+                "since", "until", "region", "near", "text", "memory")
+MEMORY_FIELDS = ("since", "until", "region", "near", "text", "memory")
+"""Fields that choose frames from the keyframe memory (a robot's; ``vilasr serve`` does not take them)."""
 ALIASES = {"type": "problem_type"}
 
 
@@ -80,6 +89,14 @@ class Query:
         frames: Frames to show the model, 1..64; None: the agent's setting.
         selection: How frames are chosen; None: the agent's setting.
         kind: Prompt layout; None: :func:`vilasr_ros.protocol.default_kind` of the frame count.
+        since, until: Remembered keyframes from/to this time (inclusive): a stamp in seconds, ISO-8601
+            (no zone = UTC) or relative to now (``"-20min"``, ``"-2h"``, ``"-90s"``).
+        region: A region name of the agent's ``regions_file`` (map-frame polygon).
+        near: ``{"x", "y", "radius_m"}``: remembered keyframes taken within ``radius_m`` of that
+            map point (metres).
+        text: What to look for in memory when it differs from ``target`` (semantic search).
+        memory: Use the keyframe memory (True), the recent buffer only (False); None: memory when a
+            time or place filter is given or the buffer has no usable frame.
 
     Raises:
         BadQueryError: Any field outside the rules above (the message names it; ``query_id`` is set).
@@ -93,11 +110,18 @@ class Query:
     frames: int | None = None
     selection: Selection | None = None
     kind: protocol.PromptKind | None = None
+    since: float | str | None = None
+    until: float | str | None = None
+    region: str | None = None
+    near: dict | None = None
+    text: str | None = None
+    memory: bool | None = None
 
     def __post_init__(self):
         try:
             self._check_text()
             self._check_choices()
+            self._check_memory()
         except QueryError as exc:
             raise BadQueryError(str(exc), self.id) from None
 
@@ -130,12 +154,45 @@ class Query:
             except ValueError:
                 raise QueryError(f"'{name}' must be one of {', '.join(e.value for e in enum)}") from None
 
+    def _check_memory(self) -> None:
+        from vilasr_ros.memory import MemoryStoreError, parse_time
+
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    parse_time(value, 0.0)
+                except MemoryStoreError as exc:
+                    raise QueryError(f"'{name}': {exc}") from None
+        for name in ("region", "text"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise QueryError(f"'{name}' must be a non-empty string")
+        near = self.near
+        if near is not None:
+            ok = isinstance(near, dict) and set(near) == {"x", "y", "radius_m"} and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in near.values())
+            if not ok or near["radius_m"] <= 0:
+                raise QueryError("'near' must be {\"x\": m, \"y\": m, \"radius_m\": m > 0} (finite numbers, map frame)")
+            object.__setattr__(self, "near", {k: float(v) for k, v in near.items()})
+        if self.memory is not None and not isinstance(self.memory, bool):
+            raise QueryError("'memory' must be true or false")
+
+    @property
+    def wants_memory(self) -> bool | None:
+        """True: choose frames from memory; False: from the buffer; None: memory only when the buffer
+        has no usable frame (no filter given, ``memory`` not set)."""
+        if self.memory is not None:
+            return self.memory
+        return True if any(getattr(self, f) is not None for f in ("since", "until", "region", "near")) else None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (None omitted), as :func:`query_from_dict` reads them back."""
         out = {"id": self.id, "question": self.question, "problem_type": self.problem_type,
                "options": self.options, "target": self.target,
                "frames": self.frames, "selection": None if self.selection is None else self.selection.value,
-               "kind": None if self.kind is None else self.kind.value}
+               "kind": None if self.kind is None else self.kind.value,
+               **{f: getattr(self, f) for f in MEMORY_FIELDS}}
         return {k: v for k, v in out.items() if v is not None}
 
 

@@ -136,11 +136,11 @@ class QueryRequest:
     FIELDS = ("loop", "deadline_s", "images")
 
     def __init__(self, text: str, frames: list, config: ServeConfig):
-        from vilasr_ros.query import parse_query
+        from vilasr_ros.query import MEMORY_FIELDS, parse_query
         from vilasr_ros.reasoner import reasoner_config
 
         self.query, rest = parse_query(text, max_bytes=1 << 20, extra=self.FIELDS,
-                                       exclude=("target", "frames", "selection"))
+                                       exclude=("target", "frames", "selection", *MEMORY_FIELDS))
         loop = rest.get("loop") or {}
         if not isinstance(loop, dict) or set(loop) - set(self.LOOP_KEYS):
             raise QueryError(f"'loop' takes {', '.join(self.LOOP_KEYS)}")

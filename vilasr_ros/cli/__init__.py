@@ -9,6 +9,7 @@ Examples::
         --base-url http://127.0.0.1:8000/v1 --out runs/q1
     vilasr agent --localhost --query '{"question": "Go to the sofa", "target": "sofa"}'
     vilasr view runs/q1                                  # runs/q1/trace.html
+    vilasr memory query runs/memory --since -20min --json   # which remembered keyframes a filter selects
     vilasr eval run --dataset vsi_bench --data vsi_bench.json --base-url http://127.0.0.1:8000/v1 --out runs/vsi
     vilasr train sft --config config/training/sft.yaml --set args.output_dir=runs/sft
 
@@ -24,7 +25,7 @@ import logging
 import sys
 from importlib.metadata import entry_points
 
-from vilasr_ros.cli import agent, ask, evaluate, serve, view
+from vilasr_ros.cli import agent, ask, evaluate, memory, serve, view
 from vilasr_ros.cli.common import (
     Parser,
     UserError,
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in (ask, agent, serve, view, evaluate):
+    for command in (ask, agent, serve, view, evaluate, memory):
         command.add_parser(sub)
 
     # Commands of installed subpackages (vilasr_ros_sim: sim; vilasr_ros_training: train; serve).

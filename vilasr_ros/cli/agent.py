@@ -55,6 +55,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
         agent["max_age_s"] = args.max_age
     if args.remove_floor is not None:
         agent["remove_floor"] = args.remove_floor
+    if args.memory_dir is not None:
+        agent["memory_dir"] = args.memory_dir
+    if args.regions is not None:
+        agent["regions_file"] = args.regions
     camera = {"source": args.source} if args.source is not None else {}
     if query is not None and args.source:
         camera.setdefault("loop", False)  # a finite source ends: its frames are the keyframes, no copies
@@ -74,6 +78,9 @@ def add_parser(sub) -> None:
     ag.add_argument("--max-age", type=non_negative_float, help="refuse queries when no frame arrived for this long (s; 0: never)")
     ag.add_argument("--remove-floor", action=argparse.BooleanOptionalAction, default=None,
                     help="floor and background-wall removal in grounding (default: the YAML's, on)")
+    ag.add_argument("--memory-dir", help="keyframe memory folder: every keyframe kept on disk, found again by a "
+                    "query's since/until/region/near (a restart continues it)")
+    ag.add_argument("--regions", help="YAML of named map polygons for queries' region (config/regions.example.yaml)")
     ag.add_argument("--query", help='query JSON, e.g. \'{"question": "Go to the sofa", "target": "sofa"}\'')
     ag.add_argument("--wait-frames", type=positive_int, default=16,
                     help="keyframes to buffer before sending --query (a finite source may end with fewer)")

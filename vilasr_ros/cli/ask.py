@@ -62,19 +62,30 @@ def _check(args: argparse.Namespace):
     """
     from vilasr_ros.query import BadQueryError, Query
 
-    if bool(args.images) == bool(args.source):
-        raise UserError("give exactly one of --images FILE|DIR ... or --source SOURCE")
-    if args.target and not args.source:
-        raise UserError("--target needs --source (depth and poses come from an RGB-D frame source)")
+    if sum(map(bool, (args.images, args.source, args.memory))) != 1:
+        raise UserError("give exactly one of --images FILE|DIR ..., --source SOURCE or --memory DIR")
+    if args.target and not (args.source or args.memory):
+        raise UserError("--target needs --source or --memory (depth and poses come from RGB-D frames)")
+    if not args.memory and (args.since or args.until or args.region or args.near):
+        raise UserError("--since/--until/--region/--near filter the keyframe memory: give --memory DIR")
     if args.target:
         from vilasr_ros.geometry import open3d
 
         open3d()  # grounding needs the geometry extra: say so before the model runs
     if args.type == "multiple choice" and not args.option:
         raise UserError('--type multiple-choice needs its options: --option "A. ..." --option "B. ..."')
+    if args.memory:
+        from dataclasses import replace
+
+        from vilasr_ros.cli.memory import memory_query
+
+        base = memory_query(args, args.question, args.frames)
     try:
         query = Query(question=args.question, problem_type=args.type, options=args.option or None, target=args.target,
-                      frames=args.frames if args.source else None, selection=args.selection, kind=args.kind)
+                      frames=args.frames if args.source or args.memory else None, selection=args.selection, kind=args.kind)
+        if args.memory:
+            query = replace(base, problem_type=query.problem_type, options=query.options, target=query.target,
+                            selection=query.selection, kind=query.kind)
     except BadQueryError as exc:
         raise UserError(str(exc)) from None
     if args.source:
@@ -88,6 +99,16 @@ def _inputs(args: argparse.Namespace, query, image_files):
     Raises:
         UserError: An image file that is missing, truncated or not an image (all of them named).
     """
+    if args.memory:
+        from vilasr_ros.memory import AgentMemory
+
+        memory = AgentMemory(args.memory, args.regions, readonly=True)
+        try:
+            frames, info = memory.select(query, query.frames, time.time())
+        finally:
+            memory.close()
+        print(f"frames: {len(frames)} of {info['candidates']} remembered keyframes in {args.memory} ({info['reason']})")
+        return frames, [f.rgb for f in frames]
     if args.source:
         from vilasr_ros.sources import open_source, select_frames
 
@@ -122,13 +143,18 @@ def add_parser(sub) -> None:
     from vilasr_ros.grounding import GroundingConfig
 
     ask = sub.add_parser("ask", help="ask one spatial question about images or a frame source")
-    src = ask.add_argument_group("input (one of --images / --source)")
+    src = ask.add_argument_group("input (one of --images / --source / --memory)")
     src.add_argument("--images", nargs="+", help="image files or a folder (sorted by name)")
     src.add_argument("--source", help="frame source: rgbd_folder:PATH, bag:PATH, realsense[:SERIAL|FILE.db3], sim:...")
+    src.add_argument("--memory", help="a keyframe memory folder (vilasr agent --memory-dir, vilasr memory build); "
+                     "its frames chosen by --since/--until/--region/--near and viewpoint coverage")
     src.add_argument("--frames", type=positive_int, default=AgentConfig.frames,
                      help=f"frames to select from --source (default {AgentConfig.frames})")
     src.add_argument("--selection", default=str(AgentConfig.selection), choices=SELECTIONS)
     src.add_argument("--kind", choices=[k.value for k in PromptKind], help="prompt layout (default by count)")
+    from vilasr_ros.cli.memory import add_filter_arguments
+
+    add_filter_arguments(src)
     ask.add_argument("--question", required=True)
     ask.add_argument("--type", default="free-form", type=problem_type, help=", ".join(TYPE_SPELLINGS))
     ask.add_argument("--option", action="append", help="multiple-choice option, repeatable ('A. yes')")

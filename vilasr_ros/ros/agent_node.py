@@ -212,7 +212,8 @@ class VilasrAgentNode(LifecycleNode):
         if engine.get("responses") == "shipped demo script" and p["publish_goal_pose"]:
             raise ValueError("publish_goal_pose is true but the engine is the scripted demo (no weights, no "
                              "base_url): a scripted answer never drives a robot; give model or base_url")
-        self.agent = SpatialAgent(self.reasoner, self.buffer, s.agent_config(), localization=self.alignment)
+        self.agent = SpatialAgent(self.reasoner, self.buffer, s.agent_config(), localization=self.alignment,
+                                  memory=s.memory())
 
         quiet_pub = {"event_callbacks": PublisherEventCallbacks(use_default_callbacks=False)}
         made = self._configured
@@ -348,7 +349,8 @@ class VilasrAgentNode(LifecycleNode):
 
     def _add_frames(self, frames) -> None:
         for frame in frames:
-            self.buffer.add(frame)
+            if self.buffer.add(frame) and self.agent is not None:
+                self.agent.remember(frame)  # to the keyframe memory, when there is one (never blocks)
 
     def _on_colour(self, msg: Image) -> None:
         self._add_frames(self.assembler.add_colour(stamp_s(msg.header), msg, msg.header.frame_id))
@@ -405,6 +407,8 @@ class VilasrAgentNode(LifecycleNode):
                   "dropped_total": s["dropped"], "last_drop_reason": s["last_drop_reason"] or "",
                   "queries_received": self.received_queries, "answers_published": self.answered,
                   "queries_waiting": self.queries.qsize(), "callback_errors": self.callback_errors}
+        if self.agent is not None and self.agent.memory is not None:
+            values.update(self.agent.memory.counters())
         values.update({f"received_{k}": v for k, v in s["received"].items()})
         values.update({f"dropped_{k}": v for k, v in s["dropped_by_reason"].items()})
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: sensors and queries", message=message,

@@ -178,8 +178,10 @@ def _ask_once(executor, node, camera_node, query: str, wait_frames: int, timeout
         while not predicate() and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
 
-    data = json.loads(query)
-    want = min(wait_frames, data.get("frames") or wait_frames)
+    from vilasr_ros.query import parse_query
+
+    parsed = parse_query(query, max_bytes=1 << 20)
+    want = 0 if parsed.wants_memory else min(wait_frames, parsed.frames or wait_frames)  # memory: no wait
     finished = camera_node.finished if camera_node is not None else None
 
     def settled() -> bool:  # every frame a finished source published has reached the agent and been settled

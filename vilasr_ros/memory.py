@@ -1,0 +1,511 @@
+"""Keyframe memory on disk: hours of keyframes, found again by place and time (issue 26, first part).
+
+The RAM :class:`~vilasr_ros.buffer.FrameBuffer` stays the recent window; every keyframe it accepts can
+also go to a :class:`KeyframeMemory` in ``memory_dir``: one SQLite file (``memory.sqlite``), colour as
+JPEG, depth as the 16UC1 PNG of ``compressedDepth`` (lossless to the millimetre), the pose
+``T_map_camera`` (4×4, metres, REP-105 ``map``), intrinsics, stamp and frame ids.
+
+Why SQLite (Python's own ``sqlite3``): no server and no extra dependency; crash safety is its
+write-ahead log (``journal_mode=WAL``: a transaction is in the file once committed, so a SIGKILL loses
+at most the keyframe being written and the file opens afterwards); one writer with any number of
+readers at the same time (the agent writes while ``vilasr memory query`` reads); SQL filters on
+indexed stamp and position columns; one file to copy. LanceDB and milvus-lite keep vectors better but
+add fragments to compact (LanceDB) or a server process (milvus); at 30k keyframes a brute-force scan
+of the embeddings is milliseconds, so the semantic index can live in the same file.
+
+Writing never blocks a camera callback: :class:`MemoryWriter` takes frames through a bounded queue
+and a background thread; a full queue drops the frame and counts it. Retention (:class:`MemoryConfig`)
+deletes the oldest keyframes past a total size or an age.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vilasr_ros.buffer import select_frames
+from vilasr_ros.errors import ConfigError, VilasrError
+from vilasr_ros.frames import CameraIntrinsics, Frame
+
+logger = logging.getLogger(__name__)
+
+DB_NAME = "memory.sqlite"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS keyframes(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stamp REAL NOT NULL,
+    x REAL, y REAL, z REAL,
+    pose BLOB,
+    frame_id TEXT NOT NULL,
+    world_frame_id TEXT NOT NULL,
+    world_up TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    intrinsics TEXT NOT NULL,
+    colour BLOB NOT NULL,
+    depth BLOB,
+    bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keyframes_stamp ON keyframes(stamp);
+CREATE INDEX IF NOT EXISTS keyframes_xy ON keyframes(x, y);
+"""
+
+
+class MemoryStoreError(VilasrError, ValueError):
+    """A memory folder, region file or retrieval request that cannot be used (named in the message)."""
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Keyframe memory settings.
+
+    Attributes:
+        max_bytes: Total size of the stored keyframes (bytes); the oldest go first past it.
+        max_age_s: Keyframes older than this (seconds before the newest) are deleted; None: no limit.
+        jpeg_quality: Colour JPEG quality (1-95).
+        queue_size: Frames waiting for the writer thread; a full queue drops (counted).
+    """
+
+    max_bytes: int = 20 * 1024**3
+    max_age_s: float | None = None
+    jpeg_quality: int = 85
+    queue_size: int = 64
+
+    def __post_init__(self):
+        if self.max_bytes < 1:
+            raise ConfigError(f"memory max_bytes must be >= 1, got {self.max_bytes}")
+        if self.max_age_s is not None and not self.max_age_s > 0:
+            raise ConfigError(f"memory max_age_s must be > 0 or None, got {self.max_age_s}")
+        if not 1 <= self.jpeg_quality <= 95:
+            raise ConfigError(f"memory jpeg_quality must be in [1, 95], got {self.jpeg_quality}")
+        if self.queue_size < 1:
+            raise ConfigError(f"memory queue_size must be >= 1, got {self.queue_size}")
+
+
+@dataclass(frozen=True)
+class KeyframeRecord:
+    """A stored keyframe without its pixels (what retrieval filters and ranks).
+
+    Attributes:
+        id: Row id (increasing with insertion).
+        stamp_s: Capture time (seconds).
+        position: Camera position in the world frame (metres), or None without a pose.
+        T_world_camera: 4×4 pose, or None.
+    """
+
+    id: int
+    stamp_s: float
+    position: tuple[float, float, float] | None
+    T_world_camera: np.ndarray | None
+
+
+def _encode(frame: Frame, quality: int) -> tuple[bytes, bytes | None]:
+    from PIL import Image
+
+    from vilasr_ros.messages import compress_depth
+
+    buf = io.BytesIO()
+    Image.fromarray(frame.rgb).save(buf, format="JPEG", quality=quality)
+    depth = None if frame.depth_m is None else compress_depth(frame.depth_m)[1]
+    return buf.getvalue(), depth
+
+
+class KeyframeMemory:
+    """The keyframe store of one ``memory_dir`` (module docstring). Thread-safe; one process writes.
+
+    Args:
+        memory_dir: Folder (created) holding ``memory.sqlite``.
+        config: Retention and encoding settings.
+        readonly: Open for reading only (``vilasr memory info/query`` beside a running agent).
+
+    Raises:
+        MemoryStoreError: The folder cannot be created, or the file is not a keyframe memory.
+    """
+
+    def __init__(self, memory_dir: str | Path, config: MemoryConfig | None = None, readonly: bool = False):
+        self.dir = Path(memory_dir)
+        self.config = config or MemoryConfig()
+        self.readonly = readonly
+        path = self.dir / DB_NAME
+        try:
+            if readonly:
+                if not path.is_file():
+                    raise MemoryStoreError(f"no keyframe memory in {self.dir} ({DB_NAME} not found)")
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            else:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(path, check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable against a process crash
+                # The log's share of max_bytes: checkpointed at half of it, truncated back to it after.
+                self._db.execute(f"PRAGMA wal_autocheckpoint={max(16, self._wal_budget() // 8192)}")
+                self._db.execute(f"PRAGMA journal_size_limit={self._wal_budget()}")
+                self._db.executescript(SCHEMA)
+            self._db.execute("SELECT count(*) FROM keyframes").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise MemoryStoreError(f"{path}: not a keyframe memory ({exc})") from None
+        except OSError as exc:
+            raise MemoryStoreError(f"cannot open keyframe memory in {self.dir}: {exc}") from None
+        self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ writing
+    def add(self, frame: Frame) -> int:
+        """Store one keyframe (one transaction), then apply retention. Returns its id."""
+        colour, depth = _encode(frame, self.config.jpeg_quality)
+        T = frame.T_world_camera
+        pos = (None, None, None) if T is None else tuple(float(v) for v in T[:3, 3])
+        intr = frame.intrinsics
+        intrinsics = json.dumps({"width": intr.width, "height": intr.height, "fx": intr.fx, "fy": intr.fy,
+                                 "cx": intr.cx, "cy": intr.cy, "distortion_model": intr.distortion_model,
+                                 "D": list(intr.D)})
+        size = len(colour) + (len(depth) if depth else 0)
+        with self._lock:
+            with self._db:
+                cur = self._db.execute(
+                    "INSERT INTO keyframes(stamp, x, y, z, pose, frame_id, world_frame_id, world_up, source_id,"
+                    " intrinsics, colour, depth, bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (float(frame.stamp_s), *pos, None if T is None else np.asarray(T, "<f8").tobytes(),
+                     frame.frame_id, frame.world_frame_id, frame.world_up, frame.source_id, intrinsics,
+                     colour, depth, size))
+                new_id = int(cur.lastrowid)
+            self._retain()
+        return new_id
+
+    def _wal_budget(self) -> int:
+        """Bytes of ``max_bytes`` kept for the write-ahead log (1/16 of it, 64 KiB to 1 MiB)."""
+        return int(min(max(self.config.max_bytes // 16, 64 * 1024), 2**20))
+
+    def _used_bytes(self) -> int:
+        """Bytes the store may occupy: its pages in use (free pages are reused) plus the log's budget."""
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0] - self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return pages * self._page_size + self._wal_budget()
+
+    def _retain(self) -> None:
+        """Delete the oldest keyframes past ``max_age_s`` and while the store is over ``max_bytes``."""
+        cfg = self.config
+        if cfg.max_age_s is not None:
+            with self._db:
+                newest = self._db.execute("SELECT max(stamp) FROM keyframes").fetchone()[0]
+                if newest is not None:
+                    self._db.execute("DELETE FROM keyframes WHERE stamp < ?", (newest - cfg.max_age_s,))
+        for _ in range(8):  # each pass frees about what is over (row sizes scaled to pages in use)
+            over = self._used_bytes() - cfg.max_bytes
+            if over <= 0:
+                return
+            n, images = self._db.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM keyframes").fetchone()
+            if n <= 1:
+                return
+            scale = self._used_bytes() / max(images, 1)
+            cut, freed = None, 0.0
+            for row_id, size in self._db.execute("SELECT id, bytes FROM keyframes ORDER BY id LIMIT ?", (n - 1,)):
+                cut, freed = row_id, freed + size * scale
+                if freed >= over + 0.02 * cfg.max_bytes:
+                    break
+            with self._db:
+                self._db.execute("DELETE FROM keyframes WHERE id <= ?", (cut,))
+
+    # ------------------------------------------------------------------ reading
+    def info(self) -> dict[str, Any]:
+        """``{"keyframes", "first_stamp", "last_stamp", "bytes", "image_bytes", "file_bytes"}``: stamps
+        in seconds; ``bytes`` what the store occupies (what ``max_bytes`` bounds), ``image_bytes`` the
+        compressed images in it, ``file_bytes`` its files on disk (free pages included)."""
+        with self._lock:
+            n, first, last, size = self._db.execute(
+                "SELECT count(*), min(stamp), max(stamp), coalesce(sum(bytes), 0) FROM keyframes").fetchone()
+            used = self._used_bytes()
+        files = sum(p.stat().st_size for p in self.dir.glob(DB_NAME + "*") if p.is_file())
+        return {"keyframes": n, "first_stamp": first, "last_stamp": last, "bytes": used, "image_bytes": size,
+                "file_bytes": files}
+
+    def records(self, since: float | None = None, until: float | None = None,
+                bbox: tuple[float, float, float, float] | None = None) -> list[KeyframeRecord]:
+        """Stored keyframes in time order, filtered by stamp (inclusive, seconds) and by a map-frame
+        axis-aligned box ``(x_min, y_min, x_max, y_max)`` in metres (frames without a pose are left out
+        by a box)."""
+        sql, args = "SELECT id, stamp, x, y, z, pose FROM keyframes WHERE 1=1", []
+        if since is not None:
+            sql, args = sql + " AND stamp >= ?", args + [since]
+        if until is not None:
+            sql, args = sql + " AND stamp <= ?", args + [until]
+        if bbox is not None:
+            sql, args = sql + " AND x BETWEEN ? AND ? AND y BETWEEN ? AND ?", args + [bbox[0], bbox[2], bbox[1], bbox[3]]
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY stamp, id", args).fetchall()
+        return [KeyframeRecord(r[0], r[1], None if r[2] is None else (r[2], r[3], r[4]),
+                               None if r[5] is None else np.frombuffer(r[5], "<f8").reshape(4, 4).copy())
+                for r in rows]
+
+    def frames(self, ids: list[int]) -> list[Frame]:
+        """The keyframes ``ids`` decoded (in the order given; ids no longer stored are skipped)."""
+        from PIL import Image
+
+        from vilasr_ros.messages import COMPRESSED, decode_depth
+
+        out = []
+        with self._lock:
+            rows = {r[0]: r for r in self._db.execute(
+                f"SELECT id, stamp, pose, frame_id, world_frame_id, world_up, source_id, intrinsics, colour, depth "
+                f"FROM keyframes WHERE id IN ({','.join('?' * len(ids))})", list(ids))} if ids else {}
+        for i in ids:
+            if i not in rows:
+                continue
+            _, stamp, pose, frame_id, world, up, source, intr, colour, depth = rows[i]
+            rgb = np.asarray(Image.open(io.BytesIO(colour)).convert("RGB"))
+            depth_m = None
+            if depth is not None:
+                depth_m = decode_depth(_CompressedDepth(depth), COMPRESSED)
+            out.append(Frame(rgb=rgb, depth_m=depth_m, intrinsics=CameraIntrinsics(**json.loads(intr)),
+                             T_world_camera=None if pose is None else np.frombuffer(pose, "<f8").reshape(4, 4).copy(),
+                             stamp_s=stamp, frame_id=frame_id, world_frame_id=world, source_id=source,
+                             index=i, world_up=up))
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class _CompressedDepth:
+    """What :func:`vilasr_ros.messages.decode_depth` reads of a ``compressedDepth`` CompressedImage."""
+
+    def __init__(self, data: bytes):
+        self.format = "16UC1; compressedDepth png"
+        self.data = data
+
+
+class MemoryWriter:
+    """Persists frames on a background thread through a bounded queue (never blocks the caller).
+
+    Attributes:
+        written: Keyframes stored.
+        dropped: Frames dropped because the queue was full.
+        failed: Frames whose write raised (logged, counted; the writer goes on).
+    """
+
+    def __init__(self, memory: KeyframeMemory):
+        self.memory = memory
+        self._queue: queue.Queue = queue.Queue(maxsize=memory.config.queue_size)
+        self.written = self.dropped = self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="memory-writer", daemon=True)
+        self._thread.start()
+
+    def offer(self, frame: Frame) -> bool:
+        """Queue a frame for writing; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(frame)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def _run(self) -> None:
+        while True:
+            frame = self._queue.get()
+            if frame is None:
+                return
+            try:
+                self.memory.add(frame)
+                self.written += 1
+            except Exception:  # noqa: BLE001 - a bad frame or a full disk must not end the writer
+                self.failed += 1
+                logger.exception("keyframe memory: write failed")
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued (up to ``timeout_s``), then stop the thread."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._queue.put(None, timeout=max(0.01, deadline - time.monotonic()))
+                break
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    return
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+
+def load_regions(path: str | Path) -> dict[str, np.ndarray]:
+    """Named map-frame polygons from a YAML file: ``regions: {kitchen: [[x, y], ...], ...}`` (metres,
+    REP-105 ``map``; at least 3 vertices each).
+
+    Raises:
+        MemoryStoreError: Unreadable file, bad YAML, or a region that is not a polygon (named).
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise MemoryStoreError(f"regions file {path}: {exc}".splitlines()[0]) from None
+    regions = (data or {}).get("regions") if isinstance(data, dict) else None
+    if not isinstance(regions, dict) or not regions:
+        raise MemoryStoreError(f"regions file {path}: expected a mapping 'regions: {{name: [[x, y], ...]}}'")
+    out = {}
+    for name, pts in regions.items():
+        try:
+            poly = np.asarray(pts, dtype=float)
+        except (TypeError, ValueError):
+            poly = np.zeros((0,))
+        if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3 or not np.isfinite(poly).all():
+            raise MemoryStoreError(f"regions file {path}: region {name!r} must be a list of at least 3 [x, y] points")
+        out[str(name)] = poly
+    return out
+
+
+def inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """Which of ``points`` (N, 2) lie inside or on ``polygon`` (M, 2) — OpenCV ``pointPolygonTest``."""
+    import cv2
+
+    contour = polygon.astype(np.float32).reshape(-1, 1, 2)
+    return np.array([cv2.pointPolygonTest(contour, (float(x), float(y)), False) >= 0 for x, y in points], bool)
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """A memory selection: the frames' records in time order and why each was chosen."""
+
+    records: list[KeyframeRecord]
+    reasons: list[str]
+    candidates: int
+
+
+def retrieve(memory: KeyframeMemory, k: int = 16, since: float | None = None, until: float | None = None,
+             region: np.ndarray | None = None, region_name: str | None = None,
+             near: tuple[float, float, float] | None = None) -> Retrieval:
+    """Choose up to ``k`` keyframes: those inside the filters (stamps inclusive, seconds; ``region`` a
+    map polygon; ``near`` ``(x, y, radius_m)``), then spread for viewpoint coverage (farthest-point on
+    position and viewing direction, :func:`vilasr_ros.buffer.select_frames`), in time order.
+
+    Raises:
+        MemoryStoreError: No stored keyframe matches the filters (the message names them).
+    """
+    bbox = None
+    if region is not None:
+        bbox = (*region.min(axis=0), *region.max(axis=0))
+    if near is not None:
+        x, y, r = near
+        nb = (x - r, y - r, x + r, y + r)
+        bbox = nb if bbox is None else (max(bbox[0], nb[0]), max(bbox[1], nb[1]), min(bbox[2], nb[2]), min(bbox[3], nb[3]))
+    recs = memory.records(since, until, bbox)
+    why = []
+    if since is not None or until is not None:
+        why.append(f"time {since if since is not None else '-inf'}..{until if until is not None else 'now'}")
+    if region is not None:
+        why.append(f"in region {region_name or '(polygon)'}")
+        if recs:
+            keep = inside_polygon(np.array([r.position[:2] for r in recs]), region)
+            recs = [r for r, ok in zip(recs, keep) if ok]
+    if near is not None:
+        x, y, r = near
+        why.append(f"within {r:g} m of ({x:g}, {y:g})")
+        recs = [rec for rec in recs if np.hypot(rec.position[0] - x, rec.position[1] - y) <= r]
+    if not recs:
+        raise MemoryStoreError("no remembered keyframe " + (" and ".join(why) if why else "at all"))
+    chosen = select_frames(recs, k, "coverage")  # records carry T_world_camera like frames
+    reason = ", ".join(why + ["viewpoint coverage" if len(recs) > k else "all that match"])
+    return Retrieval(records=chosen, reasons=[reason] * len(chosen), candidates=len(recs))
+
+
+def parse_time(value: Any, now_s: float) -> float:
+    """A ``since``/``until`` value as seconds: a number (a stamp), ISO-8601 (``2026-12-05T14:03:00Z``;
+    no zone = UTC) or relative to ``now_s`` (``"-20min"``, ``"-2h"``, ``"-90s"``).
+
+    Raises:
+        MemoryStoreError: Anything else (the message quotes it).
+    """
+    import re
+    from datetime import datetime, timezone
+
+    if isinstance(value, bool):
+        raise MemoryStoreError(f"a time must be a stamp, ISO-8601 or relative like '-20min', got {value!r}")
+    if isinstance(value, (int, float)):
+        if not np.isfinite(value):
+            raise MemoryStoreError(f"a time must be finite, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*-\s*(\d+(?:\.\d+)?)\s*(s|sec|min|m|h)\s*", value)
+        if m:
+            return now_s - float(m.group(1)) * {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}[m.group(2)]
+        try:
+            t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+    raise MemoryStoreError(f"a time must be a stamp, ISO-8601 or relative like '-20min', got {value!r}")
+
+
+class AgentMemory:
+    """What an agent remembers: a :class:`KeyframeMemory` fed by a :class:`MemoryWriter`, the named
+    regions, and the selection of a query's frames from them (the ROS node and ``vilasr ask`` share it).
+
+    Args:
+        memory_dir: The memory folder (a restarted agent continues the same memory).
+        regions_file: YAML of named map polygons (:func:`load_regions`); None: no ``region`` queries.
+        config: Retention and encoding.
+
+    Raises:
+        MemoryStoreError: The folder or the regions file cannot be used.
+    """
+
+    def __init__(self, memory_dir: str | Path, regions_file: str | Path | None = None,
+                 config: MemoryConfig | None = None, readonly: bool = False):
+        self.store = KeyframeMemory(memory_dir, config, readonly=readonly)
+        self.regions = load_regions(regions_file) if regions_file else {}
+        self.writer = None if readonly else MemoryWriter(self.store)
+
+    def remember(self, frame: Frame) -> bool:
+        """Queue a keyframe (posed in ``map`` when the agent knows it); False when dropped."""
+        return self.writer.offer(frame) if self.writer is not None else False
+
+    def counters(self) -> dict[str, int]:
+        """``memory_written``, ``memory_dropped``, ``memory_failed`` (``/diagnostics``)."""
+        w = self.writer
+        return {"memory_written": w.written if w else 0, "memory_dropped": w.dropped if w else 0,
+                "memory_failed": w.failed if w else 0}
+
+    def select(self, query, k: int, now_s: float) -> tuple[list[Frame], dict[str, Any]]:
+        """The query's frames from memory (:func:`retrieve` with its ``since``/``until``/``region``/
+        ``near``) and what the answer says about them: ``{"candidates", "reason", "first_stamp",
+        "last_stamp"}``.
+
+        Raises:
+            MemoryStoreError: An unknown region, a malformed time, or no keyframe in the window.
+        """
+        region = None
+        if query.region is not None:
+            if query.region not in self.regions:
+                known = ", ".join(sorted(self.regions)) or "none: set regions_file"
+                raise MemoryStoreError(f"unknown region {query.region!r} (regions: {known})")
+            region = self.regions[query.region]
+        since = None if query.since is None else parse_time(query.since, now_s)
+        until = None if query.until is None else parse_time(query.until, now_s)
+        if since is not None and until is not None and since > until:
+            raise MemoryStoreError(f"'since' ({since:.3f}) is after 'until' ({until:.3f})")
+        near = None if query.near is None else (query.near["x"], query.near["y"], query.near["radius_m"])
+        found = retrieve(self.store, k, since, until, region, query.region, near)
+        frames = self.store.frames([r.id for r in found.records])
+        reason = found.reasons[0] if found.reasons else ""
+        if query.text is not None:
+            reason += "; 'text' not used (no image embedder in this memory yet)"
+        info = {"candidates": found.candidates, "reason": reason,
+                "first_stamp": frames[0].stamp_s if frames else None, "last_stamp": frames[-1].stamp_s if frames else None}
+        return frames, info
+
+    def close(self) -> None:
+        """Write what is queued, then close the store."""
+        if self.writer is not None:
+            self.writer.close()
+        self.store.close()
