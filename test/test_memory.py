@@ -152,6 +152,15 @@ def test_a_query_about_the_past_is_answered_from_remembered_frames(demo_frames, 
         assert match in bad.error and not bad.goal_sent and bad.target_pose is None
     plain = agent.answer(parse_query('{"id": "p", "question": "What is here?"}')).answer  # no filter: the buffer
     assert plain.memory is None and all(fr["stamp_s"] >= now - 16 for fr in plain.frames)
+    # The grounded sofa is in the object memory: asked again without a filter, the agent knows it was
+    # last seen before the buffer's window, shows the keyframes it was seen in, and says when and where.
+    [seen] = agent.memory.store.objects("Sofa")
+    assert seen["position"] == pytest.approx(a.target["position_world"]) and seen["evidence"]
+    again = agent.answer(parse_query('{"id": "s", "question": "Where is the sofa? Go to it.", "target": "sofa"}')).answer
+    assert again.memory is not None and again.goal_sent, again
+    assert again.memory["last_seen"]["position"] == pytest.approx(a.target["position_world"])
+    assert now - 1800 <= again.memory["last_seen"]["stamp"] <= now - 1784
+    assert "where the target was seen" in again.memory["reason"]
     agent.close()
     without = _agent(recent, None).answer(parse_query('{"id": "w", "question": "?", "since": "-1h"}')).answer
     assert "has none (set memory_dir)" in without.error
@@ -251,3 +260,49 @@ def test_memory_commands_build_info_and_query(tmp_path, demo_frames, capsys):
     assert main(["ask", "--memory", str(tmp_path / "mem"), "--since", str(stamps[0]), "--engine", "replay",
                  "--question", "Where is the sofa?", "--out", str(out)]) == 0
     assert "16 of 16 remembered keyframes" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    from vilasr_ros.tiny_model import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+def test_text_search_ranks_remembered_frames_with_an_embedder_built_offline(tmp_path, tiny_clip_dir):
+    """A tiny random CLIP loaded through ``from_pretrained`` embeds keyframes in the background; a
+    ``text`` query puts the best-matching frames of the filtered set first (the rest by coverage)."""
+    from vilasr_ros.embedder import ImageTextEmbedder
+
+    frames = _walk(40)
+    memory = AgentMemory(tmp_path / "m", embedder_model=str(tiny_clip_dir))
+    for f in frames:
+        memory.store.add(f)
+    wait_for = time.monotonic() + 60
+    while memory.embedding.embedded < 40 and time.monotonic() < wait_for:
+        time.sleep(0.05)
+    assert memory.embedding.embedded == 40 and memory.counters()["memory_embedded"] == 40
+    got, info = memory.select(parse_query('{"question": "?", "text": "red backpack", "since": %f}' % (T0 + 10)), 8,
+                              now_s=T0 + 100)
+    embedder = ImageTextEmbedder(tiny_clip_dir, device="cpu")  # the same model, independently
+    stored = memory.store.frames([r.id for r in memory.store.records(since=T0 + 10)])
+    sims = embedder.images([f.rgb for f in stored]) @ embedder.text("red backpack")
+    best = {stored[i].stamp_s for i in np.argsort(-sims)[:4]}
+    looked = {f.stamp_s for f, why in zip(got, info["reasons"]) if why == "looks like 'red backpack'"}
+    assert looked == best and len(got) == 8 and all(f.stamp_s >= T0 + 10 for f in got)
+    memory.close()
+    # A deleted keyframe takes its embedding with it.
+    store = KeyframeMemory(tmp_path / "m", MemoryConfig(max_age_s=5.0))
+    store.add(dataclasses.replace(_walk(1)[0], stamp_s=T0 + 100))  # the other 40 are now too old
+    n = store._db.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+    assert n == 0 and store.info()["keyframes"] == 1
+
+
+def test_without_embedder_weights_the_memory_says_so_and_retrieves_by_place_and_time(tmp_path, caplog):
+    memory = AgentMemory(tmp_path / "m", embedder_model=str(tmp_path / "no_such_model"))
+    for f in _walk(20):
+        memory.store.add(f)
+    assert memory.embedder is None and "not loaded" in caplog.text
+    got, info = memory.select(parse_query('{"question": "?", "text": "a cart", "since": %f}' % (T0 + 5)), 4, now_s=T0)
+    assert len(got) == 4 and "'text' not used: embedder" in info["reason"]
+    memory.close()

@@ -303,11 +303,17 @@ def test_an_agent_killed_during_ingest_answers_from_its_memory_after_a_restart(t
     agent with no camera answers a query about the sofa from the remembered frames, with a goal."""
     from vilasr_ros.memory import KeyframeMemory
 
+    import yaml
+
     memory_dir = tmp_path / "memory"
     env = {**os.environ, "HF_HOME": str(tmp_path / "no_weights")}
+    params = yaml.safe_load((REPO / "config" / "agent.yaml").read_text())
+    params["vilasr_agent"]["ros__parameters"]["memory"].update(  # remember every buffer keyframe
+        {"min_translation_m": 0.0, "min_rotation_deg": 0.0, "max_interval_s": 0.0})
+    (tmp_path / "agent.yaml").write_text(yaml.safe_dump(params))
     first = subprocess.Popen(
-        [sys.executable, "-m", "vilasr_ros.cli", "agent", "--source", "sim:demo", "--domain-id", _other_domain(),
-         "--trace-root", "", "--memory-dir", str(memory_dir)],
+        [sys.executable, "-m", "vilasr_ros.cli", "agent", "--config", str(tmp_path / "agent.yaml"), "--source", "sim:demo",
+         "--domain-id", _other_domain(), "--trace-root", "", "--memory-dir", str(memory_dir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, env=env)
     try:
         def stored() -> int:

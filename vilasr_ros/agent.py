@@ -235,6 +235,11 @@ class SpatialAgent:
         if use and self.memory is None:
             raise ValueError("the query asks the keyframe memory (since/until/region/near/memory) but this agent "
                              "has none (set memory_dir)")
+        buffered = self.buffer.snapshot() if use is None and self.memory is not None else []
+        if buffered:
+            seen = self.memory.last_seen(query.target) or self.memory.last_seen(query.text)
+            if seen is not None and seen["stamp"] < buffered[0].stamp_s:
+                use = True  # the target was last seen before the buffer's window: the buffer cannot show it
         if not use:
             try:
                 return self.buffer.select(k, query.selection or cfg.selection, window_s=cfg.window_s,
@@ -283,6 +288,8 @@ class SpatialAgent:
                 answer.error = f"no target: {grounding.reason}"
             fault = getattr(self.localization, "untrusted", None)
             answer.goal_sent, answer.goal_reason = goal_decision(trace, grounding, cfg.min_goal_confidence, fault)
+            if self.memory is not None and grounding.ok and not answer.error:  # the object memory
+                self.memory.remember_object(grounding, frames[-1].stamp_s)
             if answer.goal_sent:
                 answer.target_pose = {
                     "position": grounding.approach_position,

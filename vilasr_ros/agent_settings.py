@@ -112,10 +112,21 @@ class AgentNodeSettings:
     memory_dir: str = setting("", "keyframe memory folder (every keyframe kept on disk; a restart continues it); "
                                   "empty = the RAM buffer only")
     regions_file: str = setting("", "YAML of named map-frame polygons for queries' 'region' (regions: {name: [[x, y], ...]})")
+    embedder_model: str = setting("", "SigLIP/CLIP folder or cached id for the memory's text search "
+                                      "(empty: retrieval by place, time and coverage)")
     memory_max_mb: int = setting(default_of(MemoryConfig, "max_bytes", lambda b: b // MIB),
-                                 "keyframe memory size cap (MiB); the oldest keyframes go first", low=1, high=1 << 30)
+                                 "keyframe memory size cap (MiB); the oldest keyframes go first", name="memory.max_mb",
+                                 low=1, high=1 << 30)
     memory_max_age_h: float = setting(default_of(MemoryConfig, "max_age_s", lambda s: 0.0 if s is None else s / 3600.0),
-                                      "keyframes older than this are deleted (hours); 0 = size cap only", low=0.0, high=1.0e6)
+                                      "keyframes older than this are deleted (hours); 0 = size cap only",
+                                      name="memory.max_age_h", low=0.0, high=1.0e6)
+    memory_min_translation_m: float = setting(default_of(MemoryConfig, "min_translation_m"),
+                                              "remember a buffer keyframe when the camera moved more than this since "
+                                              "the last remembered one (m)", name="memory.min_translation_m", low=0.0, high=100.0)
+    memory_min_rotation_deg: float = setting(default_of(MemoryConfig, "min_rotation_deg"), "...or turned more than this (deg)",
+                                             name="memory.min_rotation_deg", low=0.0, high=360.0)
+    memory_max_interval_s: float = setting(default_of(MemoryConfig, "max_interval_s"), "...or this much time passed (s)",
+                                           name="memory.max_interval_s", low=0.0, high=3600.0)
     # engine (read-only: restart the node to change)
     engine: str = setting("transformers", "auto | replay | transformers | openai | vllm | remote | (installed plug-ins)")
     model: str = setting("", "model folder or HF id (empty: AntResearchNLP/ViLaSR)")
@@ -163,8 +174,11 @@ class AgentNodeSettings:
             return None
         from vilasr_ros.memory import AgentMemory
 
-        return AgentMemory(self.memory_dir, self.regions_file or None,
-                           MemoryConfig(max_bytes=self.memory_max_mb * MIB, max_age_s=self.memory_max_age_h * 3600.0 or None))
+        return AgentMemory(self.memory_dir, self.regions_file or None, embedder_model=self.embedder_model or None,
+                           config=MemoryConfig(
+            max_bytes=self.memory_max_mb * MIB, max_age_s=self.memory_max_age_h * 3600.0 or None,
+            min_translation_m=self.memory_min_translation_m, min_rotation_deg=self.memory_min_rotation_deg,
+            max_interval_s=self.memory_max_interval_s))
 
     def loop_options(self) -> dict[str, Any]:
         """Options of :func:`vilasr_ros.reasoner.reasoner_config`."""

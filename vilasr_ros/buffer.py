@@ -73,6 +73,25 @@ def _rotation_deg(Ra: np.ndarray, Rb: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
+def keyframe_due(stamp_s: float, T: np.ndarray | None, last: Frame | None, min_translation_m: float,
+                 min_rotation_deg: float, max_interval_s: float, max_backward_jump_s: float = 1.0) -> bool:
+    """The keyframe rule (the RAM buffer's and the keyframe memory's): a frame is a new keyframe when
+    there is no previous one, ``max_interval_s`` passed (or the clock jumped back more than
+    ``max_backward_jump_s``), a pose appeared or vanished, or the camera moved more than
+    ``min_translation_m`` (m) or turned more than ``min_rotation_deg`` since ``last``."""
+    if last is None:
+        return True
+    if stamp_s - last.stamp_s >= max_interval_s or stamp_s < last.stamp_s - max_backward_jump_s:
+        return True  # time passed, or the clock jumped back
+    if (T is None) != (last.T_world_camera is None):
+        return True  # a pose appeared (odometry started after the camera) or vanished: new information
+    if T is None:
+        return False
+    if np.linalg.norm(T[:3, 3] - last.T_world_camera[:3, 3]) > min_translation_m:
+        return True
+    return _rotation_deg(last.T_world_camera[:3, :3], T[:3, :3]) > min_rotation_deg
+
+
 def select_frames(frames: list[Frame], k: int, strategy: str = "uniform") -> list[Frame]:
     """Choose up to k frames, returned in time order.
 
@@ -153,19 +172,9 @@ class FrameBuffer:
         return stamp_s > self._wall_clock() + self.config.max_future_s
 
     def _is_keyframe(self, stamp_s: float, T: np.ndarray | None, last: Frame | None) -> bool:
-        cfg = self.config
-        if last is None:
-            return True
-        if stamp_s - last.stamp_s >= cfg.max_interval_s or stamp_s < last.stamp_s - cfg.max_backward_jump_s:
-            return True  # time passed, or the clock jumped back (add() restarts the buffer)
-        if (T is None) != (last.T_world_camera is None):
-            return True  # a pose appeared (odometry started after the camera) or vanished: new information
-        if T is None:
-            return False
-        moved = np.linalg.norm(T[:3, 3] - last.T_world_camera[:3, 3])
-        if moved > cfg.min_translation_m:
-            return True
-        return _rotation_deg(last.T_world_camera[:3, :3], T[:3, :3]) > cfg.min_rotation_deg
+        cfg = self.config  # a clock jump back: add() restarts the buffer
+        return keyframe_due(stamp_s, T, last, cfg.min_translation_m, cfg.min_rotation_deg, cfg.max_interval_s,
+                            cfg.max_backward_jump_s)
 
     def _drop_future(self, stamp_s: float) -> None:
         ahead = stamp_s - self._wall_clock()

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from vilasr_ros.buffer import select_frames
+from vilasr_ros.buffer import keyframe_due, select_frames
 from vilasr_ros.errors import ConfigError, VilasrError
 from vilasr_ros.frames import CameraIntrinsics, Frame
 
@@ -57,6 +57,23 @@ CREATE TABLE IF NOT EXISTS keyframes(
 );
 CREATE INDEX IF NOT EXISTS keyframes_stamp ON keyframes(stamp);
 CREATE INDEX IF NOT EXISTS keyframes_xy ON keyframes(x, y);
+CREATE TABLE IF NOT EXISTS objects(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    label TEXT NOT NULL,
+    stamp REAL NOT NULL,
+    x REAL NOT NULL, y REAL NOT NULL, z REAL NOT NULL,
+    covariance TEXT,
+    confidence REAL,
+    frame_id TEXT NOT NULL,
+    evidence TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS objects_label ON objects(label, stamp);
+CREATE TABLE IF NOT EXISTS embeddings(
+    id INTEGER NOT NULL REFERENCES keyframes(id) ON DELETE CASCADE,
+    model TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (id, model)
+);
 """
 
 
@@ -73,12 +90,19 @@ class MemoryConfig:
         max_age_s: Keyframes older than this (seconds before the newest) are deleted; None: no limit.
         jpeg_quality: Colour JPEG quality (1-95).
         queue_size: Frames waiting for the writer thread; a full queue drops (counted).
+        min_translation_m, min_rotation_deg, max_interval_s: The memory's own keyframe rule over the
+            buffer's keyframes (:func:`vilasr_ros.buffer.keyframe_due`): sparser than the RAM
+            buffer's (0.1 m, 10°, 1 s), so an hour of walking fits the disk budget (README,
+            ``benchmarks/memory_store.py``).
     """
 
     max_bytes: int = 20 * 1024**3
     max_age_s: float | None = None
     jpeg_quality: int = 85
     queue_size: int = 64
+    min_translation_m: float = 0.3
+    min_rotation_deg: float = 15.0
+    max_interval_s: float = 5.0
 
     def __post_init__(self):
         if self.max_bytes < 1:
@@ -89,6 +113,8 @@ class MemoryConfig:
             raise ConfigError(f"memory jpeg_quality must be in [1, 95], got {self.jpeg_quality}")
         if self.queue_size < 1:
             raise ConfigError(f"memory queue_size must be >= 1, got {self.queue_size}")
+        if min(self.min_translation_m, self.min_rotation_deg, self.max_interval_s) < 0:
+            raise ConfigError("memory keyframe thresholds must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -146,6 +172,7 @@ class KeyframeMemory:
                 self._db = sqlite3.connect(path, check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable against a process crash
+                self._db.execute("PRAGMA foreign_keys=ON")  # a deleted keyframe takes its embeddings along
                 # The log's share of max_bytes: checkpointed at half of it, truncated back to it after.
                 self._db.execute(f"PRAGMA wal_autocheckpoint={max(16, self._wal_budget() // 8192)}")
                 self._db.execute(f"PRAGMA journal_size_limit={self._wal_budget()}")
@@ -270,6 +297,68 @@ class KeyframeMemory:
                              index=i, world_up=up))
         return out
 
+    # ------------------------------------------------------------------ semantic index
+    def unembedded(self, model: str, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` stored keyframes without an embedding of ``model``, oldest first: ``(id, JPEG)``."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT k.id, k.colour FROM keyframes k LEFT JOIN embeddings e ON e.id = k.id AND e.model = ? "
+                "WHERE e.id IS NULL ORDER BY k.id LIMIT ?", (model, limit)).fetchall()
+
+    def put_embeddings(self, model: str, ids: list[int], vectors: np.ndarray) -> None:
+        """Store unit vectors (N, D) of keyframes ``ids`` (one still stored; deleted ones are skipped)."""
+        rows = [(i, model, np.asarray(v, "<f4").tobytes()) for i, v in zip(ids, vectors)]
+        with self._lock, self._db:
+            self._db.executemany("INSERT OR REPLACE INTO embeddings(id, model, vector) SELECT ?, ?, ? "
+                                 "WHERE EXISTS (SELECT 1 FROM keyframes WHERE id = ?)",
+                                 [(*r, r[0]) for r in rows])
+
+    def similarity(self, model: str, vector: np.ndarray, ids: list[int]) -> dict[int, float]:
+        """Cosine similarity of ``vector`` to the embeddings of keyframes ``ids`` that have one."""
+        out: dict[int, float] = {}
+        with self._lock:
+            for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+                chunk = ids[start:start + 900]
+                rows = self._db.execute(f"SELECT id, vector FROM embeddings WHERE model = ? AND id IN "
+                                        f"({','.join('?' * len(chunk))})", [model, *chunk]).fetchall()
+                if rows:
+                    mat = np.stack([np.frombuffer(v, "<f4") for _, v in rows])
+                    for (i, _), s in zip(rows, mat @ np.asarray(vector, np.float32)):
+                        out[i] = float(s)
+        return out
+
+    # ------------------------------------------------------------------ object memory
+    def add_object(self, label: str, stamp_s: float, position: list[float], covariance, confidence: float | None,
+                   frame_id: str, evidence_stamps: list[float]) -> int:
+        """Store one sighting of an object: its fused position (m, ``frame_id``), 3×3 covariance (m²),
+        grounding confidence, the time it was seen (s) and the stamps of the keyframes it was boxed in."""
+        with self._lock, self._db:
+            cur = self._db.execute(
+                "INSERT INTO objects(label, stamp, x, y, z, covariance, confidence, frame_id, evidence) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                (label.strip().lower(), float(stamp_s), *[float(v) for v in position],
+                 None if covariance is None else json.dumps(covariance), confidence, frame_id,
+                 json.dumps([float(s) for s in evidence_stamps])))
+            return int(cur.lastrowid)
+
+    def objects(self, label: str | None = None) -> list[dict[str, Any]]:
+        """Sightings, newest first (of ``label`` only when given; labels compare case-insensitively):
+        ``{"label", "stamp", "position", "covariance", "confidence", "frame_id", "evidence"}`` with
+        ``evidence`` the ids of the keyframes still stored that showed it."""
+        sql, args = "SELECT label, stamp, x, y, z, covariance, confidence, frame_id, evidence FROM objects", []
+        if label is not None:
+            sql, args = sql + " WHERE label = ?", [label.strip().lower()]
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY stamp DESC, id DESC", args).fetchall()
+            out = []
+            for lab, stamp, x, y, z, cov, conf, frame, evidence in rows:
+                ids = [r[0] for s in json.loads(evidence) for r in self._db.execute(
+                    "SELECT id FROM keyframes WHERE stamp BETWEEN ? AND ?", (s - 1e-6, s + 1e-6))]
+                out.append({"label": lab, "stamp": stamp, "position": [x, y, z],
+                            "covariance": None if cov is None else json.loads(cov), "confidence": conf,
+                            "frame_id": frame, "evidence": ids})
+        return out
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -281,6 +370,43 @@ class _CompressedDepth:
     def __init__(self, data: bytes):
         self.format = "16UC1; compressedDepth png"
         self.data = data
+
+
+class EmbeddingWorker:
+    """Embeds stored keyframes in the background (oldest first, a batch at a time), so ingest never
+    waits for the model; after a restart it goes on with what is not embedded yet.
+
+    Attributes:
+        embedded: Keyframes embedded. failed: Batches whose embedding raised (logged; retried later).
+    """
+
+    def __init__(self, memory: KeyframeMemory, embedder, batch: int = 8, idle_s: float = 0.5):
+        self.memory, self.embedder, self.batch, self.idle_s = memory, embedder, batch, idle_s
+        self.embedded = self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-embedder", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from PIL import Image
+
+        while not self._stop.is_set():
+            try:
+                todo = self.memory.unembedded(self.embedder.name, self.batch)
+                if not todo:
+                    self._stop.wait(self.idle_s)
+                    continue
+                rgbs = [np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")) for _, jpeg in todo]
+                self.memory.put_embeddings(self.embedder.name, [i for i, _ in todo], self.embedder.images(rgbs))
+                self.embedded += len(todo)
+            except Exception:  # noqa: BLE001 - a model or disk fault must not end the worker
+                self.failed += 1
+                logger.exception("keyframe memory: embedding failed")
+                self._stop.wait(5 * self.idle_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
 
 
 class MemoryWriter:
@@ -383,10 +509,14 @@ class Retrieval:
 
 def retrieve(memory: KeyframeMemory, k: int = 16, since: float | None = None, until: float | None = None,
              region: np.ndarray | None = None, region_name: str | None = None,
-             near: tuple[float, float, float] | None = None) -> Retrieval:
+             near: tuple[float, float, float] | None = None, first: list[int] | None = None,
+             score=None, text: str | None = None) -> Retrieval:
     """Choose up to ``k`` keyframes: those inside the filters (stamps inclusive, seconds; ``region`` a
-    map polygon; ``near`` ``(x, y, radius_m)``), then spread for viewpoint coverage (farthest-point on
-    position and viewing direction, :func:`vilasr_ros.buffer.select_frames`), in time order.
+    map polygon; ``near`` ``(x, y, radius_m)``) — the ids in ``first`` that match them first (an
+    object's evidence, at most ``k // 2``), the rest spread for viewpoint coverage (farthest-point on
+    position and viewing direction, :func:`vilasr_ros.buffer.select_frames`) — in time order. With
+    ``score`` (keyframe ids → ``{id: similarity to text}``), the best-scoring matches fill the first
+    half too.
 
     Raises:
         MemoryStoreError: No stored keyframe matches the filters (the message names them).
@@ -413,9 +543,22 @@ def retrieve(memory: KeyframeMemory, k: int = 16, since: float | None = None, un
         recs = [rec for rec in recs if np.hypot(rec.position[0] - x, rec.position[1] - y) <= r]
     if not recs:
         raise MemoryStoreError("no remembered keyframe " + (" and ".join(why) if why else "at all"))
-    chosen = select_frames(recs, k, "coverage")  # records carry T_world_camera like frames
-    reason = ", ".join(why + ["viewpoint coverage" if len(recs) > k else "all that match"])
-    return Retrieval(records=chosen, reasons=[reason] * len(chosen), candidates=len(recs))
+    wanted = set(first or [])
+    evidence = [r for r in recs if r.id in wanted][-(k // 2 or 1):] if wanted else []
+    scores = score([r.id for r in recs]) if score is not None else None
+    if scores:
+        ranked = sorted((r for r in recs if r.id in scores and r.id not in wanted), key=lambda r: -scores[r.id])
+        looks = ranked[:max(0, (k // 2 or 1) - len(evidence))]
+        evidence += looks
+        wanted |= {r.id for r in looks}
+    rest = [r for r in recs if r.id not in wanted]
+    chosen = evidence + (select_frames(rest, k - len(evidence), "coverage") if rest and k > len(evidence) else [])
+    chosen.sort(key=lambda r: (r.stamp_s, r.id))
+    base = ", ".join(why + ["viewpoint coverage" if len(recs) > k else "all that match"])
+    seen_ids = set(first or [])
+    reasons = ["where the target was seen" if r.id in seen_ids else
+               f"looks like {text!r}" if r.id in wanted else base for r in chosen]
+    return Retrieval(records=chosen, reasons=reasons, candidates=len(recs))
 
 
 def parse_time(value: Any, now_s: float) -> float:
@@ -461,25 +604,64 @@ class AgentMemory:
     """
 
     def __init__(self, memory_dir: str | Path, regions_file: str | Path | None = None,
-                 config: MemoryConfig | None = None, readonly: bool = False):
+                 config: MemoryConfig | None = None, readonly: bool = False, embedder_model: str | None = None):
         self.store = KeyframeMemory(memory_dir, config, readonly=readonly)
         self.regions = load_regions(regions_file) if regions_file else {}
         self.writer = None if readonly else MemoryWriter(self.store)
+        self._last: Frame | None = None
+        self.embedder = self.embedding = None
+        #: Why there is no semantic search (None when there is): said in answers that ask for it.
+        self.no_embedder = "no embedder_model set"
+        if embedder_model:
+            from vilasr_ros.embedder import ImageTextEmbedder
+            from vilasr_ros.errors import EngineError, MissingDependencyError
+
+            try:
+                self.embedder = ImageTextEmbedder(embedder_model)
+                self.no_embedder = None
+            except (EngineError, MissingDependencyError, OSError, ValueError) as exc:
+                self.no_embedder = f"embedder {embedder_model} not loaded ({exc})".splitlines()[0]
+                logger.warning("keyframe memory: %s; retrieval by place, time and coverage only", self.no_embedder)
+            if self.embedder is not None and not readonly:
+                self.embedding = EmbeddingWorker(self.store, self.embedder)
 
     def remember(self, frame: Frame) -> bool:
-        """Queue a keyframe (posed in ``map`` when the agent knows it); False when dropped."""
-        return self.writer.offer(frame) if self.writer is not None else False
+        """Queue a keyframe (posed in ``map`` when the agent knows it) when the memory's keyframe rule
+        takes it (:class:`MemoryConfig`); False when not taken or dropped."""
+        cfg = self.store.config
+        if self.writer is None or not keyframe_due(frame.stamp_s, frame.T_world_camera, self._last,
+                                                   cfg.min_translation_m, cfg.min_rotation_deg, cfg.max_interval_s):
+            return False
+        self._last = frame
+        return self.writer.offer(frame)
 
     def counters(self) -> dict[str, int]:
         """``memory_written``, ``memory_dropped``, ``memory_failed`` (``/diagnostics``)."""
-        w = self.writer
+        w, e = self.writer, self.embedding
         return {"memory_written": w.written if w else 0, "memory_dropped": w.dropped if w else 0,
-                "memory_failed": w.failed if w else 0}
+                "memory_failed": w.failed if w else 0, "memory_embedded": e.embedded if e else 0}
+
+    def last_seen(self, label: str | None) -> dict[str, Any] | None:
+        """The newest sighting of ``label`` in the object memory (:meth:`KeyframeMemory.objects`), or None."""
+        if not label:
+            return None
+        seen = self.store.objects(label)
+        return seen[0] if seen else None
+
+    def remember_object(self, grounding, stamp_s: float) -> None:
+        """Store a grounded target (:class:`~vilasr_ros.grounding.GroundingResult` that is ``ok``):
+        label, fused position and covariance in its frame, confidence, the stamps of its views."""
+        if self.writer is None or not grounding.ok or grounding.position_world is None:
+            return
+        views = [v["stamp_s"] for v in grounding.views_used if v.get("stamp_s") is not None]
+        self.store.add_object(grounding.target, max(views) if views else stamp_s, grounding.position_world,
+                              grounding.covariance, grounding.confidence, grounding.frame_id, views)
 
     def select(self, query, k: int, now_s: float) -> tuple[list[Frame], dict[str, Any]]:
         """The query's frames from memory (:func:`retrieve` with its ``since``/``until``/``region``/
-        ``near``) and what the answer says about them: ``{"candidates", "reason", "first_stamp",
-        "last_stamp"}``.
+        ``near``; the keyframes where its ``target`` — or ``text`` — was last seen first, from the object
+        memory) and what the answer says about them: ``{"candidates", "reason", "first_stamp",
+        "last_stamp", "last_seen"}`` (``last_seen``: the object memory's newest sighting, or None).
 
         Raises:
             MemoryStoreError: An unknown region, a malformed time, or no keyframe in the window.
@@ -495,17 +677,28 @@ class AgentMemory:
         if since is not None and until is not None and since > until:
             raise MemoryStoreError(f"'since' ({since:.3f}) is after 'until' ({until:.3f})")
         near = None if query.near is None else (query.near["x"], query.near["y"], query.near["radius_m"])
-        found = retrieve(self.store, k, since, until, region, query.region, near)
+        seen = self.last_seen(query.target) or self.last_seen(query.text)
+        look_for = query.text or query.target
+        score = None
+        if look_for and self.embedder is not None:
+            vector = self.embedder.text(look_for)
+            score = lambda ids: self.store.similarity(self.embedder.name, vector, ids)  # noqa: E731
+        found = retrieve(self.store, k, since, until, region, query.region, near,
+                         first=seen["evidence"] if seen else None, score=score, text=look_for)
         frames = self.store.frames([r.id for r in found.records])
-        reason = found.reasons[0] if found.reasons else ""
-        if query.text is not None:
-            reason += "; 'text' not used (no image embedder in this memory yet)"
-        info = {"candidates": found.candidates, "reason": reason,
-                "first_stamp": frames[0].stamp_s if frames else None, "last_stamp": frames[-1].stamp_s if frames else None}
+        reason = "; ".join(dict.fromkeys(found.reasons))
+        if query.text is not None and self.embedder is None:
+            reason += f"; 'text' not used: {self.no_embedder}"
+        info = {"candidates": found.candidates, "reason": reason, "reasons": list(found.reasons),
+                "first_stamp": frames[0].stamp_s if frames else None, "last_stamp": frames[-1].stamp_s if frames else None,
+                "last_seen": None if seen is None else {k: seen[k] for k in ("label", "stamp", "position", "frame_id",
+                                                                             "confidence")}}
         return frames, info
 
     def close(self) -> None:
-        """Write what is queued, then close the store."""
+        """Write what is queued, stop the embedder, then close the store."""
         if self.writer is not None:
             self.writer.close()
+        if self.embedding is not None:
+            self.embedding.close()
         self.store.close()

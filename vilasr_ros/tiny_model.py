@@ -190,3 +190,30 @@ def build_tiny_qwen2_5_vl(
     (out_dir / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2_5_VL_CHAT_TEMPLATE}))
     logger.info("tiny Qwen2.5-VL written to %s", out_dir)
     return out_dir
+
+
+def build_tiny_clip(out: str | Path, seed: int = 0) -> Path:
+    """A tiny random CLIP (``CLIPModel``, a word-level tokenizer, a 32-px image processor) saved as a
+    Hugging Face folder, for the keyframe memory's embedder tests (nothing is downloaded)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "a", "an", "the", "of", "photo", "red", "blue", "backpack", "chair", "sofa", "cart",
+             "table", "door", "lamp", "plant", "box"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+    config = CLIPConfig(
+        text_config={"vocab_size": len(words), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 16, "pad_token_id": 0, "bos_token_id": 0,
+                     "eos_token_id": 1},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16)
+    torch.manual_seed(seed)
+    out = Path(out)
+    CLIPModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    return out

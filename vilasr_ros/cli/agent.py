@@ -59,6 +59,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         agent["memory_dir"] = args.memory_dir
     if args.regions is not None:
         agent["regions_file"] = args.regions
+    if args.embedder_model is not None:
+        agent["embedder_model"] = args.embedder_model
     camera = {"source": args.source} if args.source is not None else {}
     if query is not None and args.source:
         camera.setdefault("loop", False)  # a finite source ends: its frames are the keyframes, no copies
@@ -81,6 +83,7 @@ def add_parser(sub) -> None:
     ag.add_argument("--memory-dir", help="keyframe memory folder: every keyframe kept on disk, found again by a "
                     "query's since/until/region/near (a restart continues it)")
     ag.add_argument("--regions", help="YAML of named map polygons for queries' region (config/regions.example.yaml)")
+    ag.add_argument("--embedder-model", help="SigLIP/CLIP folder or cached id: the memory's text search")
     ag.add_argument("--query", help='query JSON, e.g. \'{"question": "Go to the sofa", "target": "sofa"}\'')
     ag.add_argument("--wait-frames", type=positive_int, default=16,
                     help="keyframes to buffer before sending --query (a finite source may end with fewer)")

@@ -83,7 +83,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     memory = AgentMemory(args.dir, args.regions, readonly=True)
     try:
-        info = {**memory.store.info(), "regions": sorted(memory.regions), "objects": []}
+        latest = {}
+        for seen in memory.store.objects():  # newest first: the first of each label is its last sighting
+            latest.setdefault(seen["label"], seen)
+        info = {**memory.store.info(), "regions": sorted(memory.regions), "objects": list(latest.values())}
     finally:
         memory.close()
     if args.json:
@@ -95,6 +98,10 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"({info['file_bytes'] / 2**20:.1f} MiB on disk)")
     if info["regions"]:
         print("regions: " + ", ".join(info["regions"]))
+    for seen in info["objects"]:
+        p = seen["position"]
+        print(f"{seen['label']}: last seen at {seen['stamp']:.3f} s, [{p[0]:.2f}, {p[1]:.2f}, {p[2]:.2f}] m in "
+              f"{seen['frame_id']} (confidence {seen['confidence']}; {len(seen['evidence'])} keyframes)")
     return 0
 
 
@@ -102,14 +109,14 @@ def cmd_query(args: argparse.Namespace) -> int:
     from vilasr_ros.memory import AgentMemory
 
     query = memory_query(args, frames=args.frames)
-    memory = AgentMemory(args.dir, args.regions, readonly=True)
+    memory = AgentMemory(args.dir, args.regions, readonly=True, embedder_model=args.embedder_model)
     try:
         frames, info = memory.select(query, args.frames, time.time())
     finally:
         memory.close()
     rows = [{"id": f.index, "stamp": f.stamp_s,
              "position": None if f.T_world_camera is None else [round(float(v), 4) for v in f.T_world_camera[:3, 3]],
-             "reason": info["reason"]} for f in frames]
+             "reason": reason} for f, reason in zip(frames, info["reasons"])]
     if args.json:
         print(json.dumps({"frames": rows, "candidates": info["candidates"]}))
         return 0
@@ -135,7 +142,8 @@ def add_parser(sub) -> None:
     info.set_defaults(func=cmd_info)
     query = msub.add_parser("query", help="which keyframes a query's filters select, and why")
     query.add_argument("dir")
-    query.add_argument("--text", help="what to look for (semantic search needs an embedder; not built yet)")
+    query.add_argument("--text", help="what to look for (ranked by --embedder-model's text-image similarity)")
+    query.add_argument("--embedder-model", help="SigLIP/CLIP folder or cached id (the one the agent embedded with)")
     query.add_argument("--frames", type=positive_int, default=16, help="keyframes to select (default 16)")
     add_filter_arguments(query)
     query.add_argument("--json", action="store_true", help='{"frames": [{"id", "stamp", "position", "reason"}, ...]}')

@@ -80,6 +80,7 @@ from vilasr_ros.messages import (
 from vilasr_ros.ros.conversions import (
     color_msg,
     markers_msg,
+    object_markers_msg,
     points_msg,
     path_msg,
     pose_stamped,
@@ -230,7 +231,7 @@ class VilasrAgentNode(LifecycleNode):
             "progress_pub": (String, "~/progress", 50), "target_pub": (PoseStamped, "~/target_pose", 10),
             "goal_pub": (PoseStamped, "/goal_pose", 10), "path_pub": (Path, "~/path", 10),
             "image_pub": (Image, "~/annotated_image", 20), "marker_pub": (MarkerArray, "~/markers", 10),
-            "points_pub": (PointCloud2, "~/target_points", 10),
+            "points_pub": (PointCloud2, "~/target_points", 10), "memory_marker_pub": (MarkerArray, "~/memory_markers", 1),
             "diagnostics_pub": (DiagnosticArray, "/diagnostics", 10)}
         for attr, (kind, topic, depth) in lifecycle.items():
             pub = self.create_lifecycle_publisher(kind, topic, reliable_qos(depth), **quiet_pub)
@@ -533,6 +534,12 @@ class VilasrAgentNode(LifecycleNode):
                 answer.goal_sent, answer.target_pose = False, None
                 answer.goal_reason = f"the target could not be published: {type(exc).__name__}: {exc}"
         self._publish_answer(answer)
+        memory = self.agent.memory if self.agent is not None else None
+        if memory is not None and answer.target is not None:  # the object memory may have grown
+            try:
+                self.memory_marker_pub.publish(object_markers_msg(memory.store.objects(), self.get_clock().now().to_msg()))
+            except Exception as exc:  # noqa: BLE001 - markers are a view; the answer is out
+                self.get_logger().warning(f"object memory markers not published: {type(exc).__name__}: {exc}")
         self.get_logger().info(clean_text(
             f"query {query.id!r}: answer {answer.answer!r} ({answer.finish_reason}) in {answer.elapsed_s:.2f} s"
             + (f"; error: {answer.error}" if answer.error else "")

@@ -189,6 +189,37 @@ def markers_msg(result: dict, stamp: Time, namespace: str = "vilasr") -> MarkerA
     return out
 
 
+def object_markers_msg(objects: list[dict], stamp: Time, namespace: str = "vilasr_memory") -> MarkerArray:
+    """RViz markers of the object memory (:meth:`vilasr_ros.memory.KeyframeMemory.objects`, the last
+    sighting of each label): a sphere at its position (radius 2σ of its covariance, min 5 cm) and
+    ``label (seen HH:MM:SS UTC)`` above it, in each sighting's frame; ids stable per label order."""
+    import datetime
+
+    out = MarkerArray()
+    latest: dict[str, dict] = {}
+    for seen in objects:
+        latest.setdefault(seen["label"], seen)
+    for k, seen in enumerate(sorted(latest.values(), key=lambda s: s["label"])):
+        x, y, z = seen["position"]
+        cov = np.asarray(seen["covariance"]) if seen.get("covariance") is not None else np.zeros((3, 3))
+        r = max(2 * float(np.sqrt(np.max(np.linalg.eigvalsh(cov)))), 0.1)
+        sphere = Marker(ns=namespace, id=2 * k, type=Marker.SPHERE, action=Marker.ADD)
+        text = Marker(ns=namespace, id=2 * k + 1, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
+        for m in (sphere, text):
+            m.header.stamp, m.header.frame_id = stamp, seen["frame_id"]
+            m.pose.orientation.w = 1.0
+        sphere.pose.position = Point(x=x, y=y, z=z)
+        sphere.scale = Vector3(x=r, y=r, z=r)
+        sphere.color = ColorRGBA(r=0.2, g=0.6, b=1.0, a=0.6)
+        text.pose.position = Point(x=x, y=y, z=z + 0.3)
+        text.scale.z = 0.15
+        text.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
+        when = datetime.datetime.fromtimestamp(seen["stamp"], datetime.timezone.utc).strftime("%H:%M:%S")
+        text.text = f"{seen['label']} (seen {when} UTC)"
+        out.markers += [sphere, text]
+    return out
+
+
 def points_msg(points: np.ndarray, frame_id: str, stamp: Time) -> PointCloud2:
     """(N, 3) points (m) → ``sensor_msgs/PointCloud2`` with float32 ``x y z`` fields, unorganised
     (height 1), dense; what ``sensor_msgs_py.point_cloud2.create_cloud_xyz32`` makes (that package is
