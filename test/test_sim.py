@@ -321,3 +321,33 @@ def test_cli_generate_and_view(tmp_path):
     assert vilasr(["sim", "view", str(out), "--frames", "4"]) == 0
     assert Image.open(out / "contact_sheet.png").size == (4 * 320, 240)
     assert vilasr(["sim", "view", str(tmp_path / "nothing")]) == 2
+
+
+def test_houses_have_separate_rooms_and_a_long_walk_revisits_them():
+    """Issue 26: 3–8 rooms in one map frame (their region polygons disjoint, each room's objects
+    inside its own); a 20-minute walk stays in the rooms, visits every one and comes back, with
+    thousands of keyframes; what a rendered keyframe shows whole is in view of the camera."""
+    from vilasr_ros_sim.house import generate_house, house_walk, keyframe_poses, visibility
+    from vilasr_ros_sim.scene import point_in_polygon
+
+    house = generate_house(4)
+    assert 3 <= len(house.rooms) <= 8 and house.kind in ("apartment", "office")
+    regions = {k: np.asarray(v) for k, v in house.regions().items()}
+    for obj in house.objects():
+        inside = [name for name, poly in regions.items() if point_in_polygon(obj["centre"][:2], poly)]
+        assert inside == [house.names[obj["room"]]]
+    walk = house_walk(house, minutes=20, seed=1)
+    assert walk[-1].stamp_s >= 20 * 60 and all(b.stamp_s > a.stamp_s for a, b in zip(walk, walk[1:]))
+    assert all(point_in_polygon(p.T_map_camera[:2, 3], regions[house.names[p.room]]) for p in walk[::30])
+    visits = [walk[0].room] + [b.room for a, b in zip(walk, walk[1:]) if b.room != a.room]
+    assert set(visits) == set(range(len(house.rooms))) and len(visits) >= 2 * len(house.rooms)
+    keyframes = keyframe_poses(walk, 0.1, 10.0, 1.0)
+    assert len(keyframes) >= 1000
+    k = keyframes[len(keyframes) // 2]
+    with SceneRenderer(house.rooms[k.room], RenderConfig(width=320, height=240, shadows=False)) as r:
+        view = r.render(k.T_room_camera)
+    shown = visibility(view.instance)
+    assert shown
+    for iid in shown:  # each shown object's centre is in front of the camera
+        centre = house.rooms[k.room].by_id(iid).centre
+        assert (np.linalg.inv(k.T_room_camera) @ np.append(centre, 1.0))[2] > 0
