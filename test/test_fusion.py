@@ -179,6 +179,23 @@ def test_rerun_recording_holds_every_keyframe_and_the_target(tmp_path):
             translation = batch.column(batch.schema.names.index("Transform3D:translation")).to_pylist()[0][0]
             np.testing.assert_allclose(translation, np.array(trace.frames[3]["T_world_camera"])[:3, 3], atol=1e-5)
 
+    # with a keyframe memory: its trajectory and the object memory's last sightings
+    import dataclasses
+
+    from vilasr_ros.memory import KeyframeMemory
+    from vilasr_ros.sources import open_source
+
+    store = KeyframeMemory(tmp_path / "memory")
+    with open_source(DEMO) as src:
+        for i, frame in enumerate(src):
+            store.add(dataclasses.replace(frame, stamp_s=1000.0 + i + (30.0 if i >= 8 else 0.0)))  # a 30 s gap
+    store.add_object("sofa", 1012.0, trace.target["position_world"], None, 0.9, "map", [1012.0])
+    store.close()
+    assert vilasr(["view", str(out), "--rerun", "--memory", str(tmp_path / "memory"), "--out", str(tmp_path / "m.rrd")]) == 0
+    with_memory = summary(tmp_path / "m.rrd")
+    assert "LineStrips3D:strips" in with_memory["/world/memory/trajectory"]
+    assert "Points3D:labels" in with_memory["/world/memory/objects"]
+
     # without the source: poses, images and the target from trace.json alone; an old trace says what is missing
     assert vilasr(["view", str(out), "--rerun", "--out", str(tmp_path / "plain.rrd")]) == 0
     plain = summary(tmp_path / "plain.rrd")

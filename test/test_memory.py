@@ -306,3 +306,21 @@ def test_without_embedder_weights_the_memory_says_so_and_retrieves_by_place_and_
     got, info = memory.select(parse_query('{"question": "?", "text": "a cart", "since": %f}' % (T0 + 5)), 4, now_s=T0)
     assert len(got) == 4 and "'text' not used: embedder" in info["reason"]
     memory.close()
+
+
+def test_object_memory_markers_show_each_labels_last_sighting():
+    pytest.importorskip("rclpy")
+    from builtin_interfaces.msg import Time
+
+    from vilasr_ros.ros.conversions import object_markers_msg
+
+    objects = [{"label": "sofa", "stamp": 1_733_400_000.0, "position": [1.0, 2.0, 0.4], "frame_id": "map",
+                "covariance": np.diag([0.04, 0.01, 0.01]).tolist()},   # newest first, as objects() returns
+               {"label": "sofa", "stamp": 1_733_300_000.0, "position": [9.0, 9.0, 0.4], "frame_id": "map", "covariance": None},
+               {"label": "cart", "stamp": 1_733_399_000.0, "position": [5.0, 1.0, 0.5], "frame_id": "map", "covariance": None}]
+    msg = object_markers_msg(objects, Time())
+    spheres = {m.id: m for m in msg.markers if m.type == m.SPHERE}
+    texts = [m.text for m in msg.markers if m.type == m.TEXT_VIEW_FACING]
+    assert len(spheres) == 2 and sorted(texts) == ["cart (seen 11:43:20 UTC)", "sofa (seen 12:00:00 UTC)"]
+    sofa = next(m for m in spheres.values() if m.pose.position.x == 1.0)
+    assert sofa.scale.x == pytest.approx(0.4)  # 2σ of the largest variance (0.04 m²)

@@ -38,7 +38,7 @@ def _quaternion(R: np.ndarray) -> list[float]:
 
 
 def write_rerun(trace_dir: str | Path, out: str | Path | None = None, source: str | None = None,
-                connect: str | None = None) -> Path | str:
+                connect: str | None = None, memory: str | Path | None = None) -> Path | str:
     """Log a saved trace to rerun.
 
     Args:
@@ -47,6 +47,9 @@ def write_rerun(trace_dir: str | Path, out: str | Path | None = None, source: st
         source: The frame source the trace was asked on (``sim:demo``, ``bag:...``): adds depth
             clouds and the fused object points.
         connect: A viewer's gRPC URL (``rerun+http://127.0.0.1:9876/proxy``) to stream to instead.
+        memory: A keyframe memory folder: adds its camera trajectory (``world/memory/trajectory``,
+            one strip per stretch without a gap over 10 s) and the object memory's last sightings
+            (``world/memory/objects``, labelled).
 
     Returns:
         The file written, or the URL streamed to.
@@ -154,9 +157,38 @@ def write_rerun(trace_dir: str | Path, out: str | Path | None = None, source: st
             rec.log("world/target/approach", rr.Arrows3D(origins=[target["approach_position"]],
                                                          vectors=[[0.5 * np.cos(yaw), 0.5 * np.sin(yaw), 0.0]],
                                                          colors=[40, 120, 255]), static=True)
+    if memory is not None:
+        _log_memory(rec, rr, memory)
     rec.flush()
     rec.disconnect()
     return dest
+
+
+def _log_memory(rec, rr, memory_dir) -> None:
+    from vilasr_ros.memory import KeyframeMemory
+
+    store = KeyframeMemory(memory_dir, readonly=True)
+    try:
+        records = [r for r in store.records() if r.position is not None]
+        objects = store.objects()
+    finally:
+        store.close()
+    strips, strip = [], []
+    for a, b in zip([None] + records, records):
+        if a is not None and b.stamp_s - a.stamp_s > 10.0 and strip:
+            strips.append(strip)
+            strip = []
+        strip.append(b.position)
+    if strip:
+        strips.append(strip)
+    if strips:
+        rec.log("world/memory/trajectory", rr.LineStrips3D(strips, colors=[120, 120, 255]), static=True)
+    latest: dict[str, dict] = {}
+    for seen in objects:  # newest first
+        latest.setdefault(seen["label"], seen)
+    if latest:
+        rec.log("world/memory/objects", rr.Points3D([s["position"] for s in latest.values()], colors=[60, 160, 255],
+                                                    radii=0.08, labels=list(latest)), static=True)
 
 
 def _finite(values, n: int) -> bool:

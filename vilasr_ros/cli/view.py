@@ -16,7 +16,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         from vilasr_ros.rerun_view import write_rerun
 
         try:
-            out = write_rerun(trace_dir, args.out, source=args.source, connect=args.connect)
+            out = write_rerun(trace_dir, args.out, source=args.source, connect=args.connect, memory=args.memory)
         except ValueError as exc:
             raise UserError(str(exc)) from None
     else:
@@ -35,4 +35,5 @@ def add_parser(sub) -> None:
     view.add_argument("--rerun", action="store_true", help="write a rerun recording (3D: poses, depth, target)")
     view.add_argument("--source", help="--rerun: the frame source the trace was asked on (adds depth clouds and the object's points)")
     view.add_argument("--connect", metavar="URL", help="--rerun: stream to a running viewer (rerun+http://HOST:9876/proxy) instead of a file")
+    view.add_argument("--memory", help="--rerun: a keyframe memory folder (its trajectory and remembered objects)")
     view.set_defaults(func=cmd_view)
