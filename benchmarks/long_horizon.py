@@ -4,8 +4,9 @@ For each house (:mod:`vilasr_ros_sim.house`: 3–8 rooms, a 20-minute walk that 
 them), the robot's keyframes are rendered (MuJoCo, 320×240) and stored in a real keyframe memory
 (:class:`vilasr_ros.memory.KeyframeMemory`); the RAM buffer is what today's agent has at the end of
 the walk (its last 256 keyframes). Questions: every object whose category is unique in its room ("the
-sofa in room_2") and that some remembered keyframe shows whole, split by when it was first seen (early, midway, late third
-of the session). For each, the 16 frames each strategy selects at the end of the walk, and recall@16:
+sofa in room_2") and that some remembered keyframe shows whole, split by when it was seen (early, midway, late third
+of the session) — by its *last* sighting: an object last seen early is one the robot has not passed
+since). For each, the 16 frames each strategy selects at the end of the walk, and recall@16:
 at least one of them shows the object whole (ground truth from the renderer's segmentation — used only
 for scoring).
 
@@ -41,7 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from vilasr_ros.buffer import BufferConfig, select_frames  # noqa: E402
 from vilasr_ros.frames import Frame  # noqa: E402
-from vilasr_ros.memory import AgentMemory, MemoryConfig, retrieve  # noqa: E402
+from vilasr_ros.memory import MemoryConfig  # noqa: E402
+from vilasr_ros.retrieval import AgentMemory, retrieve  # noqa: E402
 from vilasr_ros_sim.house import generate_house, house_walk, keyframe_poses, visibility  # noqa: E402
 from vilasr_ros_sim.render import RenderConfig, SceneRenderer  # noqa: E402
 
@@ -92,7 +94,7 @@ def run_house(seed: int, minutes: float, embedder_model: str | None, tmp: Path) 
         seen = [p.stamp_s for p in memory_kf if key in shown[p.stamp_s]]
         if not seen:
             continue
-        phase = ("early", "midway", "late")[min(2, int(3 * seen[0] / duration))]
+        phase = ("early", "midway", "late")[min(2, int(3 * seen[-1] / duration))]  # when it was last seen
         row = {"house": seed, "object": obj["category"], "phase": phase}
         for name, strategy in (("buffer uniform", "uniform"), ("buffer coverage", "coverage")):
             picked = select_frames([_Rec(p.stamp_s, p.T_map_camera) for p in recent], 16, strategy)

@@ -8,7 +8,7 @@
    per hour, hence disk per hour and the writer's share of one core at 30 Hz VGA.
 3. **Retrieval**: stores of 1k, 10k and 30k keyframes (real blob sizes; the images are the same
    encoded pair, which retrieval never decodes) on a walk through a 60 m × 40 m floor over hours;
-   200 queries each (time windows, regions, ``near`` circles, a mix): p50/p95 of choosing 16 frames,
+   200 queries each (time windows, regions, ``near`` circles, a mix, none): p50/p95 of choosing 16 frames,
    and of choosing and decoding them.
 
 Run: ``python benchmarks/memory_store.py [--sizes 1000 10000 30000] [--queries 200]``. Figures go to
@@ -32,7 +32,9 @@ sys.path.insert(0, str(REPO))
 from vilasr_ros import memory as memory_mod  # noqa: E402
 from vilasr_ros.buffer import BufferConfig, keyframe_due  # noqa: E402
 from vilasr_ros.frames import Frame  # noqa: E402
-from vilasr_ros.memory import AgentMemory, KeyframeMemory, MemoryConfig  # noqa: E402
+from vilasr_ros.memory import KeyframeMemory, MemoryConfig  # noqa: E402
+from vilasr_ros import retrieval  # noqa: E402
+from vilasr_ros.retrieval import AgentMemory  # noqa: E402
 from vilasr_ros.query import Query  # noqa: E402
 from vilasr_ros.sources import open_source  # noqa: E402
 
@@ -61,9 +63,8 @@ def ingest(frames: list[Frame], repeats: int) -> dict:
             "bytes_per_keyframe": int(info["bytes"] / n), "image_bytes_per_keyframe": int(info["image_bytes"] / n)}
 
 
-def walk_keyframes(hours: float = 1.0, rate_hz: float = 30.0, seed: int = 0) -> tuple[int, int, int]:
+def walk_keyframes(hours: float = 1.0, rate_hz: float = 30.0) -> tuple[int, int, int]:
     """Frames, buffer keyframes and memory keyframes of a walk (1 m/s; a 90° turn at 30°/s every 20 s)."""
-    rng = np.random.default_rng(seed)
     buf_cfg, mem_cfg = BufferConfig(), MemoryConfig()
     n = int(hours * 3600 * rate_hz)
     x = y = yaw = 0.0
@@ -129,7 +130,7 @@ def latency(path: Path, n: int, queries: int, seed: int = 1) -> dict:
     memory.regions = regions
     select_ms, load_ms = [], []
     for q in range(queries):
-        kind = q % 4
+        kind = q % 5
         fields = {}
         if kind in (0, 3):
             start = 1.7e9 + rng.uniform(0, n - 600)
@@ -141,10 +142,10 @@ def latency(path: Path, n: int, queries: int, seed: int = 1) -> dict:
         query = Query(question="?", **fields)
         t0 = time.perf_counter()
         try:
-            found = memory_mod.retrieve(memory.store, 16, query.since, query.until,
+            found = retrieval.retrieve(memory.store, 16, query.since, query.until,
                                         regions.get(query.region) if query.region else None, query.region,
                                         None if query.near is None else tuple(query.near.values()))
-        except memory_mod.MemoryStoreError:
+        except retrieval.MemoryStoreError:
             continue
         t1 = time.perf_counter()
         memory.store.frames([r.id for r in found.records])

@@ -5,8 +5,10 @@ or an office's mix of furniture) laid out along a corridor in one ``map`` frame 
 z up): room ``k``'s own frame is shifted by ``offsets[k]``, its door opens on the corridor. Each room
 renders on its own (its walls are closed, so a camera inside sees only that room).
 
-:func:`house_walk` is a robot's shift: it visits the rooms in a random order, revisiting, for at
-least ``minutes`` of stream time — inside a room it walks the free circle while panning a full turn
+:func:`house_walk` is a robot's shift: for at least ``minutes`` of stream time it works in one part
+of the house after another — the rooms split in three groups, each third of the shift visiting its
+group's rooms again and again, the last third now and then (one visit in five) going back to a room
+of the middle group — so some objects were last seen early, some midway and some late — inside a room it walks the free circle while panning a full turn
 (0.3 m/s, 30°/s), between rooms it walks the corridor at 1 m/s (no frames there: the corridor has no
 objects). Poses come at ``rate_hz``; :func:`keyframe_poses` keeps those the robot's keyframe rule
 keeps. :func:`visibility` is the ground truth the long-horizon benchmark scores against: which
@@ -117,11 +119,15 @@ def house_walk(house: House, minutes: float = 20.0, rate_hz: float = 30.0, seed:
     pitch = math.radians(pitch_deg)
     poses: list[WalkPose] = []
     t, last = 0.0, None
-    order = list(rng.permutation(len(house.rooms)))  # every room early, then at random
-    while t < minutes * 60.0:
-        if not order:
-            order = [int(rng.integers(len(house.rooms)))]
-        k = int(order.pop(0))
+    rooms = [int(k) for k in rng.permutation(len(house.rooms))]
+    groups = [rooms[g::3] for g in range(3)]
+    groups = [g for g in groups if g] or [rooms]
+    end = minutes * 60.0
+    while t < end:
+        part = min(len(groups) - 1, int(len(groups) * t / end))
+        back = groups[part - 1] if part == len(groups) - 1 and part >= 1 else []
+        pool = back if back and rng.random() < 0.2 else groups[part]
+        k = int(pool[int(rng.integers(len(pool)))])
         if last is not None and k == last and len(house.rooms) > 1:
             continue
         room, off = house.rooms[k], house.offsets[k]

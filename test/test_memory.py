@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -21,7 +20,8 @@ from vilasr_ros.buffer import BufferConfig, FrameBuffer
 from vilasr_ros.engines import create_engine
 from vilasr_ros.engines.replay import demo_responses
 from vilasr_ros.frames import CameraIntrinsics, Frame
-from vilasr_ros.memory import AgentMemory, KeyframeMemory, MemoryConfig, MemoryStoreError, MemoryWriter, load_regions
+from vilasr_ros.memory import KeyframeMemory, MemoryConfig, MemoryStoreError, MemoryWriter
+from vilasr_ros.retrieval import AgentMemory, load_regions
 from vilasr_ros.query import BadQueryError
 from vilasr_ros.reasoner import Reasoner
 from vilasr_ros.sources import open_source

@@ -343,11 +343,12 @@ def test_houses_have_separate_rooms_and_a_long_walk_revisits_them():
     assert set(visits) == set(range(len(house.rooms))) and len(visits) >= 2 * len(house.rooms)
     keyframes = keyframe_poses(walk, 0.1, 10.0, 1.0)
     assert len(keyframes) >= 1000
-    k = keyframes[len(keyframes) // 2]
-    with SceneRenderer(house.rooms[k.room], RenderConfig(width=320, height=240, shadows=False)) as r:
-        view = r.render(k.T_room_camera)
-    shown = visibility(view.instance)
-    assert shown
-    for iid in shown:  # each shown object's centre is in front of the camera
-        centre = house.rooms[k.room].by_id(iid).centre
-        assert (np.linalg.inv(k.T_room_camera) @ np.append(centre, 1.0))[2] > 0
+    room = keyframes[len(keyframes) // 2].room
+    views = [k for k in keyframes if k.room == room][:12]
+    with SceneRenderer(house.rooms[room], RenderConfig(width=320, height=240, shadows=False)) as r:
+        shown = [(k, visibility(r.render(k.T_room_camera).instance)) for k in views]
+    assert any(ids for _, ids in shown)
+    for k, ids in shown:  # each object shown whole has its centre in front of the camera
+        for iid in ids:
+            centre = house.rooms[room].by_id(iid).centre
+            assert (np.linalg.inv(k.T_room_camera) @ np.append(centre, 1.0))[2] > 0

@@ -138,8 +138,27 @@ def _at_least(stage: Any, names: dict[str, int]) -> None:
             raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class PolicyStage:
+    """What the SFT and GRPO stages share: the policy being trained.
+
+    Attributes:
+        freeze_vision: Freeze the vision tower and its merger.
+        lora: None (full fine-tuning) or ``{r, alpha, dropout, target_modules?}``.
+        resume: True (the last checkpoint in ``output_dir``) or a checkpoint folder.
+        attn_implementation: transformers' ``attn_implementation``.
+        args: trl ``SFTConfig`` / ``GRPOConfig`` fields.
+    """
+
+    freeze_vision: bool = True
+    lora: dict | None = None
+    resume: bool | str | None = None
+    attn_implementation: str | None = None
+    args: dict = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
-class SFTStage:
+class SFTStage(PolicyStage):
     """Stage 1 (cold start) or any SFT (:func:`vilasr_ros_training.sft.train_sft`); defaults: the
     authors' LLaMA-Factory run (``config/training/sft.yaml`` names each source).
 
@@ -150,11 +169,7 @@ class SFTStage:
         max_pixels: Image area cap (``image_max_pixels`` 1003520).
         max_length: Token cap per example (``cutoff_len``); None: no cap.
         sft_format: ``llamafactory`` (LLaMA-Factory's tokens) or ``runtime`` (``Trace.chat_text``).
-        freeze_vision: Freeze the vision tower and its merger.
-        lora: None (full fine-tuning) or ``{r, alpha, dropout, target_modules?}``.
-        resume: True (the last checkpoint in ``output_dir``) or a checkpoint folder.
-        attn_implementation: transformers' ``attn_implementation``.
-        args: trl ``SFTConfig`` fields.
+        (and the :class:`PolicyStage` fields; ``args``: trl ``SFTConfig`` fields)
     """
 
     model: str
@@ -163,11 +178,6 @@ class SFTStage:
     max_pixels: int = protocol.prompts()["image_max_pixels"]["cold_start_sft"]
     max_length: int | None = None
     sft_format: str = "llamafactory"
-    freeze_vision: bool = True
-    lora: dict | None = None
-    resume: bool | str | None = None
-    attn_implementation: str | None = None
-    args: dict = field(default_factory=dict)
 
     def __post_init__(self):
         _at_least(self, {"max_pixels": protocol.MIN_PIXELS, "max_length": 1})
@@ -219,7 +229,7 @@ class RRSStage:
 
 
 @dataclass(frozen=True)
-class GRPOStage:
+class GRPOStage(PolicyStage):
     """Stage 3 (:func:`vilasr_ros_training.grpo.train_grpo`); defaults: the authors' run
     (``train/rl/train_grpo.sh``; ``config/training/grpo.yaml`` names each source).
 
@@ -236,8 +246,7 @@ class GRPOStage:
         lockstep: A sample's tool call at its last call, while a batch-mate still has calls, is drawn
             and then nothing more is generated (:attr:`ReasonerConfig.batch_max_turns`).
         advantage_epsilon: ``(r - mean) / (std + eps)`` (verl 1e-6; trl's own 1e-4).
-        freeze_vision, lora, resume, attn_implementation, args: as :class:`SFTStage` (``args``:
-            trl ``GRPOConfig`` fields).
+        (and the :class:`PolicyStage` fields; ``args``: trl ``GRPOConfig`` fields)
     """
 
     model: str
@@ -251,11 +260,6 @@ class GRPOStage:
     on_tool_error: str = "retry"
     lockstep: bool = True
     advantage_epsilon: float = ADVANTAGE_EPSILON
-    freeze_vision: bool = True
-    lora: dict | None = None
-    resume: bool | str | None = None
-    attn_implementation: str | None = None
-    args: dict = field(default_factory=dict)
 
     def __post_init__(self):
         _at_least(self, {"max_pixels": protocol.MIN_PIXELS, "max_images": 1, "max_tokens_per_turn": 1,

@@ -171,7 +171,7 @@ class SpatialAgent:
         self.reasoner = reasoner
         self.buffer = buffer
         self.config = config or AgentConfig()
-        #: The keyframe memory on disk (:class:`~vilasr_ros.memory.AgentMemory`); None: the buffer only.
+        #: The keyframe memory on disk (:class:`~vilasr_ros.retrieval.AgentMemory`); None: the buffer only.
         self.memory = memory
         #: Re-expresses selected frames in ``map`` (:class:`~vilasr_ros.pairing.MapAlignment`); None
         #: keeps the odometry frame.

@@ -165,14 +165,14 @@ class AgentNodeSettings:
             grounding=GroundingConfig(standoff_m=self.standoff_m, floor_z_m=self.floor_z_m, remove_floor=self.remove_floor))
 
     def memory(self):
-        """The :class:`~vilasr_ros.memory.AgentMemory` of ``memory_dir`` (None when empty).
+        """The :class:`~vilasr_ros.retrieval.AgentMemory` of ``memory_dir`` (None when empty).
 
         Raises:
             MemoryStoreError: The folder or ``regions_file`` cannot be used.
         """
         if not self.memory_dir:
             return None
-        from vilasr_ros.memory import AgentMemory
+        from vilasr_ros.retrieval import AgentMemory
 
         return AgentMemory(self.memory_dir, self.regions_file or None, embedder_model=self.embedder_model or None,
                            config=MemoryConfig(

@@ -54,6 +54,10 @@ class MessageError(VilasrError, ValueError):
     encoding, short data, content that does not match its declared format, a non-finite pose."""
 
 
+class MemoryStoreError(VilasrError, ValueError):
+    """A memory folder, region file or retrieval request that cannot be used (named in the message)."""
+
+
 class EngineError(VilasrError, RuntimeError):
     """An engine failed while generating."""
 

@@ -1,4 +1,4 @@
-"""Keyframe memory on disk: hours of keyframes, found again by place and time (issue 26, first part).
+"""Keyframe memory on disk: hours of keyframes, found again by place, time and meaning (issue 26).
 
 The RAM :class:`~vilasr_ros.buffer.FrameBuffer` stays the recent window; every keyframe it accepts can
 also go to a :class:`KeyframeMemory` in ``memory_dir``: one SQLite file (``memory.sqlite``), colour as
@@ -33,8 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from vilasr_ros.buffer import keyframe_due, select_frames
-from vilasr_ros.errors import ConfigError, VilasrError
+from vilasr_ros.errors import ConfigError, MemoryStoreError  # noqa: F401 - raised here, named here for users
 from vilasr_ros.frames import CameraIntrinsics, Frame
 
 logger = logging.getLogger(__name__)
@@ -53,7 +52,8 @@ CREATE TABLE IF NOT EXISTS keyframes(
     intrinsics TEXT NOT NULL,
     colour BLOB NOT NULL,
     depth BLOB,
-    bytes INTEGER NOT NULL
+    bytes INTEGER NOT NULL,
+    voxels BLOB
 );
 CREATE INDEX IF NOT EXISTS keyframes_stamp ON keyframes(stamp);
 CREATE INDEX IF NOT EXISTS keyframes_xy ON keyframes(x, y);
@@ -75,10 +75,6 @@ CREATE TABLE IF NOT EXISTS embeddings(
     PRIMARY KEY (id, model)
 );
 """
-
-
-class MemoryStoreError(VilasrError, ValueError):
-    """A memory folder, region file or retrieval request that cannot be used (named in the message)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +130,33 @@ class KeyframeRecord:
     T_world_camera: np.ndarray | None
 
 
+VOXEL_M = 0.3
+"""Edge of the map voxels a keyframe's depth is summarised by (m)."""
+_BIAS = 1 << 20
+
+
+def view_voxels(frame: Frame, max_depth_m: float = 6.0) -> np.ndarray | None:
+    """The map voxels (:data:`VOXEL_M` edge) a keyframe's depth sees: a 20 × 15 grid of its pixels with
+    a reading in 0.2–``max_depth_m`` m, back-projected with its intrinsics (pinhole) and pose, as
+    sorted unique int64 keys (21 bits per axis). None without depth or pose."""
+    depth, T = frame.depth_m, frame.T_world_camera
+    if depth is None or T is None:
+        return None
+    h, w = depth.shape
+    us = np.linspace(0, w - 1, 20).round().astype(int)
+    vs = np.linspace(0, h - 1, 15).round().astype(int)
+    uu, vv = np.meshgrid(us, vs)
+    d = depth[vv, uu].astype(float)
+    ok = np.isfinite(d) & (d > 0.2) & (d < max_depth_m)
+    if not ok.any():
+        return np.zeros(0, np.int64)
+    K = frame.intrinsics
+    cam = np.stack([(uu[ok] - K.cx) / K.fx * d[ok], (vv[ok] - K.cy) / K.fy * d[ok], d[ok]])
+    world = (T[:3, :3] @ cam).T + T[:3, 3]
+    q = np.floor(world / VOXEL_M).astype(np.int64) + _BIAS
+    return np.unique((q[:, 0] << 42) | (q[:, 1] << 21) | q[:, 2])
+
+
 def _encode(frame: Frame, quality: int) -> tuple[bytes, bytes | None]:
     from PIL import Image
 
@@ -177,6 +200,9 @@ class KeyframeMemory:
                 self._db.execute(f"PRAGMA wal_autocheckpoint={max(16, self._wal_budget() // 8192)}")
                 self._db.execute(f"PRAGMA journal_size_limit={self._wal_budget()}")
                 self._db.executescript(SCHEMA)
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(keyframes)")}
+                if "voxels" not in columns:  # a memory written before the space index
+                    self._db.execute("ALTER TABLE keyframes ADD COLUMN voxels BLOB")
             self._db.execute("SELECT count(*) FROM keyframes").fetchone()
         except sqlite3.DatabaseError as exc:
             raise MemoryStoreError(f"{path}: not a keyframe memory ({exc})") from None
@@ -196,14 +222,15 @@ class KeyframeMemory:
                                  "cx": intr.cx, "cy": intr.cy, "distortion_model": intr.distortion_model,
                                  "D": list(intr.D)})
         size = len(colour) + (len(depth) if depth else 0)
+        voxels = view_voxels(frame)
         with self._lock:
             with self._db:
                 cur = self._db.execute(
                     "INSERT INTO keyframes(stamp, x, y, z, pose, frame_id, world_frame_id, world_up, source_id,"
-                    " intrinsics, colour, depth, bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " intrinsics, colour, depth, bytes, voxels) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (float(frame.stamp_s), *pos, None if T is None else np.asarray(T, "<f8").tobytes(),
                      frame.frame_id, frame.world_frame_id, frame.world_up, frame.source_id, intrinsics,
-                     colour, depth, size))
+                     colour, depth, size, None if voxels is None else voxels.astype("<i8").tobytes()))
                 new_id = int(cur.lastrowid)
             self._retain()
         return new_id
@@ -271,6 +298,17 @@ class KeyframeMemory:
         return [KeyframeRecord(r[0], r[1], None if r[2] is None else (r[2], r[3], r[4]),
                                None if r[5] is None else np.frombuffer(r[5], "<f8").reshape(4, 4).copy())
                 for r in rows]
+
+    def voxels(self, ids: list[int]) -> dict[int, np.ndarray]:
+        """The :func:`view_voxels` keys of keyframes ``ids`` that have them."""
+        out: dict[int, np.ndarray] = {}
+        with self._lock:
+            for start in range(0, len(ids), 900):
+                chunk = ids[start:start + 900]
+                for i, blob in self._db.execute(f"SELECT id, voxels FROM keyframes WHERE voxels IS NOT NULL AND id IN "
+                                                f"({','.join('?' * len(chunk))})", chunk):
+                    out[i] = np.frombuffer(blob, "<i8")
+        return out
 
     def frames(self, ids: list[int]) -> list[Frame]:
         """The keyframes ``ids`` decoded (in the order given; ids no longer stored are skipped)."""
@@ -457,248 +495,3 @@ class MemoryWriter:
                 if time.monotonic() >= deadline:
                     return
         self._thread.join(max(0.0, deadline - time.monotonic()))
-
-
-# ----------------------------------------------------------------------------- retrieval
-
-
-def load_regions(path: str | Path) -> dict[str, np.ndarray]:
-    """Named map-frame polygons from a YAML file: ``regions: {kitchen: [[x, y], ...], ...}`` (metres,
-    REP-105 ``map``; at least 3 vertices each).
-
-    Raises:
-        MemoryStoreError: Unreadable file, bad YAML, or a region that is not a polygon (named).
-    """
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise MemoryStoreError(f"regions file {path}: {exc}".splitlines()[0]) from None
-    regions = (data or {}).get("regions") if isinstance(data, dict) else None
-    if not isinstance(regions, dict) or not regions:
-        raise MemoryStoreError(f"regions file {path}: expected a mapping 'regions: {{name: [[x, y], ...]}}'")
-    out = {}
-    for name, pts in regions.items():
-        try:
-            poly = np.asarray(pts, dtype=float)
-        except (TypeError, ValueError):
-            poly = np.zeros((0,))
-        if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3 or not np.isfinite(poly).all():
-            raise MemoryStoreError(f"regions file {path}: region {name!r} must be a list of at least 3 [x, y] points")
-        out[str(name)] = poly
-    return out
-
-
-def inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """Which of ``points`` (N, 2) lie inside or on ``polygon`` (M, 2) — OpenCV ``pointPolygonTest``."""
-    import cv2
-
-    contour = polygon.astype(np.float32).reshape(-1, 1, 2)
-    return np.array([cv2.pointPolygonTest(contour, (float(x), float(y)), False) >= 0 for x, y in points], bool)
-
-
-@dataclass(frozen=True)
-class Retrieval:
-    """A memory selection: the frames' records in time order and why each was chosen."""
-
-    records: list[KeyframeRecord]
-    reasons: list[str]
-    candidates: int
-
-
-def retrieve(memory: KeyframeMemory, k: int = 16, since: float | None = None, until: float | None = None,
-             region: np.ndarray | None = None, region_name: str | None = None,
-             near: tuple[float, float, float] | None = None, first: list[int] | None = None,
-             score=None, text: str | None = None) -> Retrieval:
-    """Choose up to ``k`` keyframes: those inside the filters (stamps inclusive, seconds; ``region`` a
-    map polygon; ``near`` ``(x, y, radius_m)``) — the ids in ``first`` that match them first (an
-    object's evidence, at most ``k // 2``), the rest spread for viewpoint coverage (farthest-point on
-    position and viewing direction, :func:`vilasr_ros.buffer.select_frames`) — in time order. With
-    ``score`` (keyframe ids → ``{id: similarity to text}``), the best-scoring matches fill the first
-    half too.
-
-    Raises:
-        MemoryStoreError: No stored keyframe matches the filters (the message names them).
-    """
-    bbox = None
-    if region is not None:
-        bbox = (*region.min(axis=0), *region.max(axis=0))
-    if near is not None:
-        x, y, r = near
-        nb = (x - r, y - r, x + r, y + r)
-        bbox = nb if bbox is None else (max(bbox[0], nb[0]), max(bbox[1], nb[1]), min(bbox[2], nb[2]), min(bbox[3], nb[3]))
-    recs = memory.records(since, until, bbox)
-    why = []
-    if since is not None or until is not None:
-        why.append(f"time {since if since is not None else '-inf'}..{until if until is not None else 'now'}")
-    if region is not None:
-        why.append(f"in region {region_name or '(polygon)'}")
-        if recs:
-            keep = inside_polygon(np.array([r.position[:2] for r in recs]), region)
-            recs = [r for r, ok in zip(recs, keep) if ok]
-    if near is not None:
-        x, y, r = near
-        why.append(f"within {r:g} m of ({x:g}, {y:g})")
-        recs = [rec for rec in recs if np.hypot(rec.position[0] - x, rec.position[1] - y) <= r]
-    if not recs:
-        raise MemoryStoreError("no remembered keyframe " + (" and ".join(why) if why else "at all"))
-    wanted = set(first or [])
-    evidence = [r for r in recs if r.id in wanted][-(k // 2 or 1):] if wanted else []
-    scores = score([r.id for r in recs]) if score is not None else None
-    if scores:
-        ranked = sorted((r for r in recs if r.id in scores and r.id not in wanted), key=lambda r: -scores[r.id])
-        looks = ranked[:max(0, (k // 2 or 1) - len(evidence))]
-        evidence += looks
-        wanted |= {r.id for r in looks}
-    rest = [r for r in recs if r.id not in wanted]
-    chosen = evidence + (select_frames(rest, k - len(evidence), "coverage") if rest and k > len(evidence) else [])
-    chosen.sort(key=lambda r: (r.stamp_s, r.id))
-    base = ", ".join(why + ["viewpoint coverage" if len(recs) > k else "all that match"])
-    seen_ids = set(first or [])
-    reasons = ["where the target was seen" if r.id in seen_ids else
-               f"looks like {text!r}" if r.id in wanted else base for r in chosen]
-    return Retrieval(records=chosen, reasons=reasons, candidates=len(recs))
-
-
-def parse_time(value: Any, now_s: float) -> float:
-    """A ``since``/``until`` value as seconds: a number (a stamp), ISO-8601 (``2026-12-05T14:03:00Z``;
-    no zone = UTC) or relative to ``now_s`` (``"-20min"``, ``"-2h"``, ``"-90s"``).
-
-    Raises:
-        MemoryStoreError: Anything else (the message quotes it).
-    """
-    import re
-    from datetime import datetime, timezone
-
-    if isinstance(value, bool):
-        raise MemoryStoreError(f"a time must be a stamp, ISO-8601 or relative like '-20min', got {value!r}")
-    if isinstance(value, (int, float)):
-        if not np.isfinite(value):
-            raise MemoryStoreError(f"a time must be finite, got {value!r}")
-        return float(value)
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*-\s*(\d+(?:\.\d+)?)\s*(s|sec|min|m|h)\s*", value)
-        if m:
-            return now_s - float(m.group(1)) * {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}[m.group(2)]
-        try:
-            t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            pass
-        else:
-            return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
-    raise MemoryStoreError(f"a time must be a stamp, ISO-8601 or relative like '-20min', got {value!r}")
-
-
-class AgentMemory:
-    """What an agent remembers: a :class:`KeyframeMemory` fed by a :class:`MemoryWriter`, the named
-    regions, and the selection of a query's frames from them (the ROS node and ``vilasr ask`` share it).
-
-    Args:
-        memory_dir: The memory folder (a restarted agent continues the same memory).
-        regions_file: YAML of named map polygons (:func:`load_regions`); None: no ``region`` queries.
-        config: Retention and encoding.
-
-    Raises:
-        MemoryStoreError: The folder or the regions file cannot be used.
-    """
-
-    def __init__(self, memory_dir: str | Path, regions_file: str | Path | None = None,
-                 config: MemoryConfig | None = None, readonly: bool = False, embedder_model: str | None = None):
-        self.store = KeyframeMemory(memory_dir, config, readonly=readonly)
-        self.regions = load_regions(regions_file) if regions_file else {}
-        self.writer = None if readonly else MemoryWriter(self.store)
-        self._last: Frame | None = None
-        self.embedder = self.embedding = None
-        #: Why there is no semantic search (None when there is): said in answers that ask for it.
-        self.no_embedder = "no embedder_model set"
-        if embedder_model:
-            from vilasr_ros.embedder import ImageTextEmbedder
-            from vilasr_ros.errors import EngineError, MissingDependencyError
-
-            try:
-                self.embedder = ImageTextEmbedder(embedder_model)
-                self.no_embedder = None
-            except (EngineError, MissingDependencyError, OSError, ValueError) as exc:
-                self.no_embedder = f"embedder {embedder_model} not loaded ({exc})".splitlines()[0]
-                logger.warning("keyframe memory: %s; retrieval by place, time and coverage only", self.no_embedder)
-            if self.embedder is not None and not readonly:
-                self.embedding = EmbeddingWorker(self.store, self.embedder)
-
-    def remember(self, frame: Frame) -> bool:
-        """Queue a keyframe (posed in ``map`` when the agent knows it) when the memory's keyframe rule
-        takes it (:class:`MemoryConfig`); False when not taken or dropped."""
-        cfg = self.store.config
-        if self.writer is None or not keyframe_due(frame.stamp_s, frame.T_world_camera, self._last,
-                                                   cfg.min_translation_m, cfg.min_rotation_deg, cfg.max_interval_s):
-            return False
-        self._last = frame
-        return self.writer.offer(frame)
-
-    def counters(self) -> dict[str, int]:
-        """``memory_written``, ``memory_dropped``, ``memory_failed`` (``/diagnostics``)."""
-        w, e = self.writer, self.embedding
-        return {"memory_written": w.written if w else 0, "memory_dropped": w.dropped if w else 0,
-                "memory_failed": w.failed if w else 0, "memory_embedded": e.embedded if e else 0}
-
-    def last_seen(self, label: str | None) -> dict[str, Any] | None:
-        """The newest sighting of ``label`` in the object memory (:meth:`KeyframeMemory.objects`), or None."""
-        if not label:
-            return None
-        seen = self.store.objects(label)
-        return seen[0] if seen else None
-
-    def remember_object(self, grounding, stamp_s: float) -> None:
-        """Store a grounded target (:class:`~vilasr_ros.grounding.GroundingResult` that is ``ok``):
-        label, fused position and covariance in its frame, confidence, the stamps of its views."""
-        if self.writer is None or not grounding.ok or grounding.position_world is None:
-            return
-        views = [v["stamp_s"] for v in grounding.views_used if v.get("stamp_s") is not None]
-        self.store.add_object(grounding.target, max(views) if views else stamp_s, grounding.position_world,
-                              grounding.covariance, grounding.confidence, grounding.frame_id, views)
-
-    def select(self, query, k: int, now_s: float) -> tuple[list[Frame], dict[str, Any]]:
-        """The query's frames from memory (:func:`retrieve` with its ``since``/``until``/``region``/
-        ``near``; the keyframes where its ``target`` — or ``text`` — was last seen first, from the object
-        memory) and what the answer says about them: ``{"candidates", "reason", "first_stamp",
-        "last_stamp", "last_seen"}`` (``last_seen``: the object memory's newest sighting, or None).
-
-        Raises:
-            MemoryStoreError: An unknown region, a malformed time, or no keyframe in the window.
-        """
-        region = None
-        if query.region is not None:
-            if query.region not in self.regions:
-                known = ", ".join(sorted(self.regions)) or "none: set regions_file"
-                raise MemoryStoreError(f"unknown region {query.region!r} (regions: {known})")
-            region = self.regions[query.region]
-        since = None if query.since is None else parse_time(query.since, now_s)
-        until = None if query.until is None else parse_time(query.until, now_s)
-        if since is not None and until is not None and since > until:
-            raise MemoryStoreError(f"'since' ({since:.3f}) is after 'until' ({until:.3f})")
-        near = None if query.near is None else (query.near["x"], query.near["y"], query.near["radius_m"])
-        seen = self.last_seen(query.target) or self.last_seen(query.text)
-        look_for = query.text or query.target
-        score = None
-        if look_for and self.embedder is not None:
-            vector = self.embedder.text(look_for)
-            score = lambda ids: self.store.similarity(self.embedder.name, vector, ids)  # noqa: E731
-        found = retrieve(self.store, k, since, until, region, query.region, near,
-                         first=seen["evidence"] if seen else None, score=score, text=look_for)
-        frames = self.store.frames([r.id for r in found.records])
-        reason = "; ".join(dict.fromkeys(found.reasons))
-        if query.text is not None and self.embedder is None:
-            reason += f"; 'text' not used: {self.no_embedder}"
-        info = {"candidates": found.candidates, "reason": reason, "reasons": list(found.reasons),
-                "first_stamp": frames[0].stamp_s if frames else None, "last_stamp": frames[-1].stamp_s if frames else None,
-                "last_seen": None if seen is None else {k: seen[k] for k in ("label", "stamp", "position", "frame_id",
-                                                                             "confidence")}}
-        return frames, info
-
-    def close(self) -> None:
-        """Write what is queued, stop the embedder, then close the store."""
-        if self.writer is not None:
-            self.writer.close()
-        if self.embedding is not None:
-            self.embedding.close()
-        self.store.close()

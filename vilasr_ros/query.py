@@ -14,7 +14,7 @@ Query JSON::
      "text": "a red backpack", "memory": true}
 
 ``since``/``until``/``region``/``near``/``text``/``memory`` choose frames from the keyframe memory
-(:mod:`vilasr_ros.memory`) when the agent has one.
+(:mod:`vilasr_ros.retrieval`) when the agent has one.
 
 ``type`` is accepted as an alias of ``problem_type`` (the ROS topic's name for it before the two
 schemas became one); a query may give one of them, not both.
@@ -155,7 +155,8 @@ class Query:
                 raise QueryError(f"'{name}' must be one of {', '.join(e.value for e in enum)}") from None
 
     def _check_memory(self) -> None:
-        from vilasr_ros.memory import MemoryStoreError, parse_time
+        from vilasr_ros.errors import MemoryStoreError
+        from vilasr_ros.retrieval import parse_time
 
         for name in ("since", "until"):
             value = getattr(self, name)

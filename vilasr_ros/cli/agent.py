@@ -16,6 +16,11 @@ from vilasr_ros.cli.common import (
 )
 
 
+FLAG_PARAMETERS = {"trace_root": "trace_root", "max_age": "max_age_s", "remove_floor": "remove_floor",
+                   "memory_dir": "memory_dir", "regions": "regions_file", "embedder_model": "embedder_model"}
+"""``vilasr agent`` flags (argparse names) → the ``vilasr_agent`` parameters they set."""
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     query = None
     if args.query is not None:
@@ -49,18 +54,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
         value = getattr(cfg.sampling, name, None) if name in ("temperature", "top_p", "max_tokens") else getattr(cfg, name)
         if getattr(args, name) is not None:
             agent[name] = value
-    if args.trace_root is not None:
-        agent["trace_root"] = args.trace_root
-    if args.max_age is not None:
-        agent["max_age_s"] = args.max_age
-    if args.remove_floor is not None:
-        agent["remove_floor"] = args.remove_floor
-    if args.memory_dir is not None:
-        agent["memory_dir"] = args.memory_dir
-    if args.regions is not None:
-        agent["regions_file"] = args.regions
-    if args.embedder_model is not None:
-        agent["embedder_model"] = args.embedder_model
+    for flag, parameter in FLAG_PARAMETERS.items():
+        if getattr(args, flag) is not None:
+            agent[parameter] = getattr(args, flag)
     camera = {"source": args.source} if args.source is not None else {}
     if query is not None and args.source:
         camera.setdefault("loop", False)  # a finite source ends: its frames are the keyframes, no copies

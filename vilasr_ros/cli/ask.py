@@ -62,12 +62,7 @@ def _check(args: argparse.Namespace):
     """
     from vilasr_ros.query import BadQueryError, Query
 
-    if sum(map(bool, (args.images, args.source, args.memory))) != 1:
-        raise UserError("give exactly one of --images FILE|DIR ..., --source SOURCE or --memory DIR")
-    if args.target and not (args.source or args.memory):
-        raise UserError("--target needs --source or --memory (depth and poses come from RGB-D frames)")
-    if not args.memory and (args.since or args.until or args.region or args.near):
-        raise UserError("--since/--until/--region/--near filter the keyframe memory: give --memory DIR")
+    _check_inputs(args)
     if args.target:
         from vilasr_ros.geometry import open3d
 
@@ -93,6 +88,20 @@ def _check(args: argparse.Namespace):
     return query, (collect_images(args.images) if args.images else None)
 
 
+def _check_inputs(args: argparse.Namespace) -> None:
+    """One input (``--images``, ``--source`` or ``--memory``) and the flags that go with it.
+
+    Raises:
+        UserError: Which flags do not go together.
+    """
+    if sum(map(bool, (args.images, args.source, args.memory))) != 1:
+        raise UserError("give exactly one of --images FILE|DIR ..., --source SOURCE or --memory DIR")
+    if args.target and not (args.source or args.memory):
+        raise UserError("--target needs --source or --memory (depth and poses come from RGB-D frames)")
+    if not args.memory and (args.since or args.until or args.region or args.near):
+        raise UserError("--since/--until/--region/--near filter the keyframe memory: give --memory DIR")
+
+
 def _inputs(args: argparse.Namespace, query, image_files):
     """``(frames or None, images)``: frames selected from ``--source``, or the ``--images`` files opened.
 
@@ -100,7 +109,7 @@ def _inputs(args: argparse.Namespace, query, image_files):
         UserError: An image file that is missing, truncated or not an image (all of them named).
     """
     if args.memory:
-        from vilasr_ros.memory import AgentMemory
+        from vilasr_ros.retrieval import AgentMemory
 
         memory = AgentMemory(args.memory, args.regions, readonly=True)
         try:

@@ -79,7 +79,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from vilasr_ros.memory import AgentMemory
+    from vilasr_ros.retrieval import AgentMemory
 
     memory = AgentMemory(args.dir, args.regions, readonly=True)
     try:
@@ -106,7 +106,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from vilasr_ros.memory import AgentMemory
+    from vilasr_ros.retrieval import AgentMemory
 
     query = memory_query(args, frames=args.frames)
     memory = AgentMemory(args.dir, args.regions, readonly=True, embedder_model=args.embedder_model)
