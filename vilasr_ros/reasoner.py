@@ -254,21 +254,10 @@ class Reasoner:
         """Apply one turn; return True when the loop ends (sets ``trace.finish_reason``)."""
         cfg = self.config
         text = turn.text
-        written = 0
         lockstep = call == cfg.max_turns and (cfg.batch_max_turns or 0) > cfg.max_turns
-        if cfg.max_response_tokens is not None:  # the RL rollout's trajectory budget (ReasonerConfig)
-            written = turn.completion_tokens if turn.completion_tokens is not None else (self.engine.count_tokens(text) or 0)
-            if budget["spent"] + written >= cfg.max_response_tokens and (call < cfg.max_turns or lockstep):
-                trace.finish_reason = protocol.FINISH_MAX_TOKENS
-                return True
-        if call == cfg.max_turns and not lockstep:  # the last call: whatever it wrote ends the loop
-            trace.finish_reason = turn.finish_reason
-            return True
-        if turn.finish_reason == protocol.FINISH_LENGTH:
-            trace.finish_reason = protocol.FINISH_LENGTH
-            return True
-        if turn.finish_reason == protocol.FINISH_STOP and protocol.has_answer(text):
-            trace.finish_reason = protocol.FINISH_STOP
+        written, reason = self._turn_ends(turn, call, budget, lockstep)
+        if reason is not None:
+            trace.finish_reason = reason
             return True
 
         boxes, lines = protocol.parse_tool_calls(text)
@@ -309,6 +298,23 @@ class Reasoner:
             trace.finish_reason = protocol.FinishReason.LOCKSTEP
             return True
         return False
+
+    def _turn_ends(self, turn: Turn, call: int, budget: dict[str, int], lockstep: bool):
+        """``(tokens the turn wrote, finish reason if the loop ends on it before any drawing)``: the RL
+        trajectory budget, the last call (unless lockstep draws it), a cut-off turn, an answer."""
+        cfg = self.config
+        written = 0
+        if cfg.max_response_tokens is not None:  # the RL rollout's trajectory budget (ReasonerConfig)
+            written = turn.completion_tokens if turn.completion_tokens is not None else (self.engine.count_tokens(turn.text) or 0)
+            if budget["spent"] + written >= cfg.max_response_tokens and (call < cfg.max_turns or lockstep):
+                return written, protocol.FINISH_MAX_TOKENS
+        if call == cfg.max_turns and not lockstep:  # the last call: whatever it wrote ends the loop
+            return written, turn.finish_reason
+        if turn.finish_reason == protocol.FINISH_LENGTH:
+            return written, protocol.FINISH_LENGTH
+        if turn.finish_reason == protocol.FINISH_STOP and protocol.has_answer(turn.text):
+            return written, protocol.FINISH_STOP
+        return written, None
 
     def _tool_error(self, trace: Trace, turn: Turn, call: int, exc: Exception, boxes: list, lines: list) -> bool:
         """A tool call that cannot be drawn: discarded and generated again (``retry``), or the end (``stop``)."""
