@@ -128,7 +128,7 @@ def house_walk(house: House, minutes: float = 20.0, rate_hz: float = 30.0, seed:
         back = groups[part - 1] if part == len(groups) - 1 and part >= 1 else []
         pool = back if back and rng.random() < 0.2 else groups[part]
         k = int(pool[int(rng.integers(len(pool)))])
-        if last is not None and k == last and len(house.rooms) > 1:
+        if last is not None and k == last and len(pool) > 1:  # a group of one room: it stays there
             continue
         room, off = house.rooms[k], house.offsets[k]
         if last is not None:  # the corridor from the last room's door to this one's: time passes

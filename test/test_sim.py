@@ -352,3 +352,12 @@ def test_houses_have_separate_rooms_and_a_long_walk_revisits_them():
         for iid in ids:
             centre = house.rooms[room].by_id(iid).centre
             assert (np.linalg.inv(k.T_room_camera) @ np.append(centre, 1.0))[2] > 0
+
+
+@pytest.mark.parametrize("rooms", [1, 2, 4])
+def test_a_walk_ends_whatever_the_number_of_rooms(rooms):
+    """A part of the shift with one room only stays in it (it used to look for another one forever)."""
+    from vilasr_ros_sim.house import generate_house, house_walk
+
+    walk = house_walk(generate_house(2, rooms=rooms), minutes=3, seed=0)
+    assert walk[-1].stamp_s >= 180 and {p.room for p in walk} == set(range(rooms))
