@@ -52,11 +52,14 @@ CREATE TABLE IF NOT EXISTS keyframes(
     intrinsics TEXT NOT NULL,
     colour BLOB NOT NULL,
     depth BLOB,
-    bytes INTEGER NOT NULL,
-    voxels BLOB
+    bytes INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS keyframes_stamp ON keyframes(stamp);
+CREATE INDEX IF NOT EXISTS keyframes_meta ON keyframes(stamp, id, x, y, z, pose);
 CREATE INDEX IF NOT EXISTS keyframes_xy ON keyframes(x, y);
+CREATE TABLE IF NOT EXISTS views(
+    id INTEGER PRIMARY KEY REFERENCES keyframes(id) ON DELETE CASCADE,
+    voxels BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS objects(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     label TEXT NOT NULL,
@@ -195,14 +198,11 @@ class KeyframeMemory:
                 self._db = sqlite3.connect(path, check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable against a process crash
-                self._db.execute("PRAGMA foreign_keys=ON")  # a deleted keyframe takes its embeddings along
+                self._db.execute("PRAGMA foreign_keys=ON")  # a deleted keyframe takes its embeddings and views along
                 # The log's share of max_bytes: checkpointed at half of it, truncated back to it after.
                 self._db.execute(f"PRAGMA wal_autocheckpoint={max(16, self._wal_budget() // 8192)}")
                 self._db.execute(f"PRAGMA journal_size_limit={self._wal_budget()}")
                 self._db.executescript(SCHEMA)
-                columns = {row[1] for row in self._db.execute("PRAGMA table_info(keyframes)")}
-                if "voxels" not in columns:  # a memory written before the space index
-                    self._db.execute("ALTER TABLE keyframes ADD COLUMN voxels BLOB")
             self._db.execute("SELECT count(*) FROM keyframes").fetchone()
         except sqlite3.DatabaseError as exc:
             raise MemoryStoreError(f"{path}: not a keyframe memory ({exc})") from None
@@ -227,11 +227,13 @@ class KeyframeMemory:
             with self._db:
                 cur = self._db.execute(
                     "INSERT INTO keyframes(stamp, x, y, z, pose, frame_id, world_frame_id, world_up, source_id,"
-                    " intrinsics, colour, depth, bytes, voxels) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " intrinsics, colour, depth, bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (float(frame.stamp_s), *pos, None if T is None else np.asarray(T, "<f8").tobytes(),
                      frame.frame_id, frame.world_frame_id, frame.world_up, frame.source_id, intrinsics,
-                     colour, depth, size, None if voxels is None else voxels.astype("<i8").tobytes()))
+                     colour, depth, size))
                 new_id = int(cur.lastrowid)
+                if voxels is not None:  # a table of its own: reading it never walks the image pages
+                    self._db.execute("INSERT INTO views(id, voxels) VALUES (?, ?)", (new_id, voxels.astype("<i8").tobytes()))
             self._retain()
         return new_id
 
@@ -286,18 +288,33 @@ class KeyframeMemory:
         """Stored keyframes in time order, filtered by stamp (inclusive, seconds) and by a map-frame
         axis-aligned box ``(x_min, y_min, x_max, y_max)`` in metres (frames without a pose are left out
         by a box)."""
-        sql, args = "SELECT id, stamp, x, y, z, pose FROM keyframes WHERE 1=1", []
+        return self.match(since, until, bbox)[0]
+
+    def match(self, since: float | None = None, until: float | None = None,
+              bbox: tuple[float, float, float, float] | None = None, at_most: int | None = None,
+              keep: list[int] | tuple = ()) -> tuple[list[KeyframeRecord], int]:
+        """:meth:`records`, thinned evenly in SQL (every n-th id, the ids in ``keep`` kept) to about
+        ``at_most``; and how many matched before thinning."""
+        where, args = "1=1", []
         if since is not None:
-            sql, args = sql + " AND stamp >= ?", args + [since]
+            where, args = where + " AND stamp >= ?", args + [since]
         if until is not None:
-            sql, args = sql + " AND stamp <= ?", args + [until]
+            where, args = where + " AND stamp <= ?", args + [until]
         if bbox is not None:
-            sql, args = sql + " AND x BETWEEN ? AND ? AND y BETWEEN ? AND ?", args + [bbox[0], bbox[2], bbox[1], bbox[3]]
+            where, args = where + " AND x BETWEEN ? AND ? AND y BETWEEN ? AND ?", args + [bbox[0], bbox[2], bbox[1], bbox[3]]
+        n = None
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY stamp, id", args).fetchall()
+            if at_most is not None:
+                n = self._db.execute(f"SELECT count(*) FROM keyframes WHERE {where}", args).fetchone()[0]
+                if n > at_most:
+                    keep = [int(i) for i in keep][:900]
+                    kept = f" OR id IN ({','.join('?' * len(keep))})" if keep else ""
+                    where, args = where + f" AND (id % {-(-n // at_most)} = 0{kept})", args + keep
+            rows = self._db.execute(f"SELECT id, stamp, x, y, z, pose FROM keyframes WHERE {where} ORDER BY stamp, id",
+                                    args).fetchall()
         return [KeyframeRecord(r[0], r[1], None if r[2] is None else (r[2], r[3], r[4]),
                                None if r[5] is None else np.frombuffer(r[5], "<f8").reshape(4, 4).copy())
-                for r in rows]
+                for r in rows], len(rows) if n is None else n
 
     def voxels(self, ids: list[int]) -> dict[int, np.ndarray]:
         """The :func:`view_voxels` keys of keyframes ``ids`` that have them."""
@@ -305,7 +322,7 @@ class KeyframeMemory:
         with self._lock:
             for start in range(0, len(ids), 900):
                 chunk = ids[start:start + 900]
-                for i, blob in self._db.execute(f"SELECT id, voxels FROM keyframes WHERE voxels IS NOT NULL AND id IN "
+                for i, blob in self._db.execute(f"SELECT id, voxels FROM views WHERE id IN "
                                                 f"({','.join('?' * len(chunk))})", chunk):
                     out[i] = np.frombuffer(blob, "<i8")
         return out

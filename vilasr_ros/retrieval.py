@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.sparse import csr_matrix
 
 from vilasr_ros.buffer import keyframe_due, select_frames
 from vilasr_ros.errors import MemoryStoreError
@@ -28,8 +29,6 @@ logger = logging.getLogger(__name__)
 def space_coverage(records: list, k: int, voxels: dict[int, np.ndarray]) -> list:
     """Up to ``k`` of ``records`` that together see the most map voxels (greedy maximum coverage over
     :func:`view_voxels`; scipy sparse products), then viewpoint coverage for the rest; time order."""
-    from scipy.sparse import csr_matrix
-
     with_space = [r for r in records if voxels.get(r.id) is not None and len(voxels[r.id])]
     chosen: list = []
     if with_space:
@@ -92,7 +91,9 @@ def inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     return np.array([cv2.pointPolygonTest(contour, (float(x), float(y)), False) >= 0 for x, y in points], bool)
 
 
-MAX_SPACE_CANDIDATES = 3000
+MAX_CANDIDATES = 2000
+"""Matching keyframes a retrieval reads at most (more are thinned evenly in SQL; an object's evidence stays)."""
+MAX_SPACE_CANDIDATES = 1000
 """Candidates whose voxel sets a retrieval reads at most (evenly thinned in time beyond)."""
 
 
@@ -107,10 +108,13 @@ class Retrieval:
 
 def matching(memory: KeyframeMemory, since: float | None = None, until: float | None = None,
              region: np.ndarray | None = None, region_name: str | None = None,
-             near: tuple[float, float, float] | None = None) -> tuple[list[KeyframeRecord], list[str]]:
+             near: tuple[float, float, float] | None = None, at_most: int | None = None,
+             keep: list[int] | tuple = ()) -> tuple[list[KeyframeRecord], list[str], int]:
     """The stored keyframes inside the filters (stamps inclusive, seconds; ``region`` a map polygon;
-    ``near`` ``(x, y, radius_m)``), in time order, and the filters in words. An axis-aligned box of the
-    place filters goes to SQL (indexed); the polygon and the circle are exact afterwards."""
+    ``near`` ``(x, y, radius_m)``), in time order, the filters in words, and how many keyframes match
+    (estimated from the thinned ones when thinned). An axis-aligned box of the
+    place filters goes to SQL (indexed); the polygon and the circle are exact afterwards. ``at_most``
+    and ``keep``: as :meth:`KeyframeMemory.records` (thinning before the exact tests)."""
     bbox = None
     if region is not None:
         bbox = (*region.min(axis=0), *region.max(axis=0))
@@ -118,7 +122,8 @@ def matching(memory: KeyframeMemory, since: float | None = None, until: float | 
         x, y, r = near
         nb = (x - r, y - r, x + r, y + r)
         bbox = nb if bbox is None else (max(bbox[0], nb[0]), max(bbox[1], nb[1]), min(bbox[2], nb[2]), min(bbox[3], nb[3]))
-    recs = memory.records(since, until, bbox)
+    recs, total = memory.match(since, until, bbox, at_most, keep)
+    read = len(recs)
     why = []
     if since is not None or until is not None:
         why.append(f"time {since if since is not None else '-inf'}..{until if until is not None else 'now'}")
@@ -131,7 +136,7 @@ def matching(memory: KeyframeMemory, since: float | None = None, until: float | 
         x, y, r = near
         why.append(f"within {r:g} m of ({x:g}, {y:g})")
         recs = [rec for rec in recs if np.hypot(rec.position[0] - x, rec.position[1] - y) <= r]
-    return recs, why
+    return recs, why, round(total * len(recs) / read) if read else 0
 
 
 def _first_half(recs: list[KeyframeRecord], k: int, first: list[int] | None, score) -> tuple[list, set[int]]:
@@ -157,7 +162,7 @@ def retrieve(memory: KeyframeMemory, k: int = 16, since: float | None = None, un
     Raises:
         MemoryStoreError: No stored keyframe matches the filters (the message names them).
     """
-    recs, why = matching(memory, since, until, region, region_name, near)
+    recs, why, total = matching(memory, since, until, region, region_name, near, MAX_CANDIDATES, first or ())
     if not recs:
         raise MemoryStoreError("no remembered keyframe " + (" and ".join(why) if why else "at all"))
     head, taken = _first_half(recs, k, first, score)
@@ -167,11 +172,11 @@ def retrieve(memory: KeyframeMemory, k: int = 16, since: float | None = None, un
     fill = k - len(head)
     picked = space_coverage(rest, fill, memory.voxels([r.id for r in rest])) if rest and fill > 0 else []
     chosen = sorted(head + picked, key=lambda r: (r.stamp_s, r.id))
-    base = ", ".join(why + ["space coverage (what their depth sees)" if len(recs) > k else "all that match"])
+    base = ", ".join(why + ["space coverage (what their depth sees)" if total > k else "all that match"])
     seen = set(first or [])
     reasons = ["where the target was seen" if r.id in seen else f"looks like {text!r}" if r.id in taken else base
                for r in chosen]
-    return Retrieval(records=chosen, reasons=reasons, candidates=len(recs))
+    return Retrieval(records=chosen, reasons=reasons, candidates=total)
 
 
 def parse_time(value: Any, now_s: float) -> float:
