@@ -250,7 +250,7 @@ def test_smoke_configs_run_from_the_command_line(sim_dataset, tiny_model_dir, tm
 
     smoke = REPO / "config" / "training" / "smoke"
     rc = main(["train", "rrs", "--config", str(smoke / "rrs.yaml"), "--set", f"items.path={sim_dataset}",
-               "--set", "items.limit=2", "--set", f"out={tmp_path / 'rrs'}", "--set", f"sft.model={tiny_model_dir}",
+               "--set", f"engine.model={sim_dataset}", "--set", "items.limit=2", "--set", f"out={tmp_path / 'rrs'}", "--set", f"sft.model={tiny_model_dir}",
                "--set", f"sft.args.output_dir={tmp_path / 'refl'}", "--set", "sft.args.report_to=none"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
