@@ -17,7 +17,7 @@ demo: setup
 	$(BIN)/vilasr agent --localhost --source sim:demo --query '$(DEMO_QUERY)'
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs
