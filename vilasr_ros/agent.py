@@ -190,11 +190,11 @@ class SpatialAgent:
     def remember(self, frame) -> None:
         """Persist a keyframe the buffer accepted (posed in ``map`` when the localization knows it);
         never blocks (a full writer queue drops it, counted)."""
-        if self.memory is None:
+        if self.memory is None or not self.memory.wants(frame):  # the rule first: motion is the same in odom
             return
         if self.localization is not None and frame.T_world_camera is not None:
             frame = self.localization.express([frame])[0][0]
-        self.memory.remember(frame)
+        self.memory.writer.offer(frame)
 
     def store(self) -> TraceStore | None:
         """The trace store for the current settings (None when traces are not saved)."""

@@ -396,19 +396,21 @@ class KeyframeMemory:
                  json.dumps([float(s) for s in evidence_stamps])))
             return int(cur.lastrowid)
 
-    def objects(self, label: str | None = None) -> list[dict[str, Any]]:
-        """Sightings, newest first (of ``label`` only when given; labels compare case-insensitively):
-        ``{"label", "stamp", "position", "covariance", "confidence", "frame_id", "evidence"}`` with
-        ``evidence`` the ids of the keyframes still stored that showed it."""
+    def objects(self, label: str | None = None, limit: int | None = None, evidence: bool = True) -> list[dict[str, Any]]:
+        """Sightings, newest first (of ``label`` only when given; labels compare case-insensitively; at
+        most ``limit``): ``{"label", "stamp", "position", "covariance", "confidence", "frame_id",
+        "evidence"}`` with ``evidence`` the ids of the keyframes still stored that showed it (``[]``
+        when ``evidence`` is False: nothing is looked up)."""
         sql, args = "SELECT label, stamp, x, y, z, covariance, confidence, frame_id, evidence FROM objects", []
         if label is not None:
             sql, args = sql + " WHERE label = ?", [label.strip().lower()]
+        sql += " ORDER BY stamp DESC, id DESC" + ("" if limit is None else f" LIMIT {int(limit)}")
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY stamp DESC, id DESC", args).fetchall()
+            rows = self._db.execute(sql, args).fetchall()
             out = []
-            for lab, stamp, x, y, z, cov, conf, frame, evidence in rows:
-                ids = [r[0] for s in json.loads(evidence) for r in self._db.execute(
-                    "SELECT id FROM keyframes WHERE stamp BETWEEN ? AND ?", (s - 1e-6, s + 1e-6))]
+            for lab, stamp, x, y, z, cov, conf, frame, stamps in rows:
+                ids = [r[0] for s in json.loads(stamps) for r in self._db.execute(
+                    "SELECT id FROM keyframes WHERE stamp BETWEEN ? AND ?", (s - 1e-6, s + 1e-6))] if evidence else []
                 out.append({"label": lab, "stamp": stamp, "position": [x, y, z],
                             "covariance": None if cov is None else json.loads(cov), "confidence": conf,
                             "frame_id": frame, "evidence": ids})

@@ -170,7 +170,7 @@ def _log_memory(rec, rr, memory_dir) -> None:
     store = KeyframeMemory(memory_dir, readonly=True)
     try:
         records = [r for r in store.records() if r.position is not None]
-        objects = store.objects()
+        objects = store.objects(evidence=False)
     finally:
         store.close()
     strips, strip = [], []

@@ -243,15 +243,19 @@ class AgentMemory:
             if self.embedder is not None and not readonly:
                 self.embedding = EmbeddingWorker(self.store, self.embedder)
 
-    def remember(self, frame: Frame) -> bool:
-        """Queue a keyframe (posed in ``map`` when the agent knows it) when the memory's keyframe rule
-        takes it (:class:`MemoryConfig`); False when not taken or dropped."""
+    def wants(self, frame: Frame) -> bool:
+        """Whether the memory's keyframe rule (:class:`MemoryConfig`) takes ``frame`` (it is then the
+        last one the rule compares with); False for a read-only memory."""
         cfg = self.store.config
         if self.writer is None or not keyframe_due(frame.stamp_s, frame.T_world_camera, self._last,
                                                    cfg.min_translation_m, cfg.min_rotation_deg, cfg.max_interval_s):
             return False
         self._last = frame
-        return self.writer.offer(frame)
+        return True
+
+    def remember(self, frame: Frame) -> bool:
+        """Queue a keyframe the rule takes (:meth:`wants`); False when not taken or dropped."""
+        return self.wants(frame) and self.writer.offer(frame)
 
     def counters(self) -> dict[str, int]:
         """``memory_written``, ``memory_dropped``, ``memory_failed`` (``/diagnostics``)."""
@@ -263,7 +267,7 @@ class AgentMemory:
         """The newest sighting of ``label`` in the object memory (:meth:`KeyframeMemory.objects`), or None."""
         if not label:
             return None
-        seen = self.store.objects(label)
+        seen = self.store.objects(label, limit=1)
         return seen[0] if seen else None
 
     def remember_object(self, grounding, stamp_s: float) -> None:

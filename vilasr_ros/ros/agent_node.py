@@ -537,7 +537,7 @@ class VilasrAgentNode(LifecycleNode):
         memory = self.agent.memory if self.agent is not None else None
         if memory is not None and answer.target is not None:  # the object memory may have grown
             try:
-                self.memory_marker_pub.publish(object_markers_msg(memory.store.objects(), self.get_clock().now().to_msg()))
+                self.memory_marker_pub.publish(object_markers_msg(memory.store.objects(evidence=False), self.get_clock().now().to_msg()))
             except Exception as exc:  # noqa: BLE001 - markers are a view; the answer is out
                 self.get_logger().warning(f"object memory markers not published: {type(exc).__name__}: {exc}")
         self.get_logger().info(clean_text(
