@@ -38,6 +38,7 @@ from std_msgs.msg import String  # noqa: E402
 from conftest import REPO, stop_processes, wait_until  # noqa: E402
 from misbehaving_server import MisbehavingServer  # noqa: E402
 from vilasr_ros.ros.conversions import camera_info_msg, color_msg, depth_msg, odometry_msg, s_to_stamp  # noqa: E402
+from vilasr_ros.ros.runner import spin  # noqa: E402
 from vilasr_ros.sources import open_source  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -72,7 +73,7 @@ class Harness:
                     "odom": n.create_publisher(Odometry, TOPICS["odom"], qos_profile_sensor_data)}
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(n)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread = threading.Thread(target=spin, args=(self.executor,), daemon=True)
         self.thread.start()
 
     def _answer(self, msg):

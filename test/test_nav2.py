@@ -16,8 +16,11 @@ from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
+from rclpy.callback_groups import ReentrantCallbackGroup  # noqa: E402
+from rclpy.exceptions import InvalidHandle  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor  # noqa: E402
 from rclpy.serialization import serialize_message  # noqa: E402
+from rclpy.waitable import NumberOfEntities, Waitable  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
@@ -27,6 +30,7 @@ from conftest import wait_until  # noqa: E402
 from vilasr_ros.engines import create_engine  # noqa: E402
 from vilasr_ros.reasoner import Reasoner  # noqa: E402
 from vilasr_ros.ros.agent_node import VilasrAgentNode  # noqa: E402
+from vilasr_ros.ros.runner import spin  # noqa: E402
 from vilasr_ros.ros.conversions import (  # noqa: E402
     camera_info_msg, color_msg, compressed_color_msg, compressed_depth_msg, depth_msg, matrix_to_pose, odometry_msg,
     s_to_stamp)
@@ -83,7 +87,7 @@ class Robot:
         self.executor = MultiThreadedExecutor(num_threads=4)
         self.executor.add_node(self.agent)
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread = threading.Thread(target=spin, args=(self.executor,), daemon=True)
         self.thread.start()
 
     def wait(self, predicate, timeout: float, what: str):
@@ -313,6 +317,66 @@ class Lifecycle:
 
     def close(self) -> None:
         self.node.destroy_node()
+
+
+class _DestroyedMidWait(Waitable):
+    """An entity whose handle is destroyed while the executor builds its wait set: raises what rclpy's
+    QoS event handler raises in that race (ros2/rclpy#1142) the first ``races`` times."""
+
+    def __init__(self, races: int):
+        super().__init__(ReentrantCallbackGroup())
+        self.races = races
+
+    def add_to_wait_set(self, wait_set):
+        if self.races > 0:
+            self.races -= 1
+            raise InvalidHandle("cannot use Destroyable because destruction was requested")
+
+    def get_num_entities(self):
+        return NumberOfEntities()
+
+    def is_ready(self, wait_set):
+        return False
+
+    def take_data(self):
+        return None
+
+    async def execute(self, taken_data):
+        return None
+
+
+@pytest.mark.parametrize("spinner", ["rclpy", "vilasr"])
+def test_an_entity_destroyed_while_the_executor_waits_does_not_end_the_spin(ros, spinner):
+    """The race behind a lifecycle cleanup or shutdown under a multi-threaded executor: the executor's
+    own ``spin()`` ends on it (so the node would stop serving ~/get_state); ``runner.spin`` spins on."""
+    node = rclpy.create_node(f"race_{spinner}")
+    ticks = []
+    node.create_timer(0.02, lambda: ticks.append(1))
+    node.add_waitable(_DestroyedMidWait(races=3))
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    errors = []
+
+    def run():
+        try:
+            executor.spin() if spinner == "rclpy" else spin(executor)
+        except InvalidHandle as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        if spinner == "rclpy":
+            thread.join(timeout=10)
+            assert errors and not thread.is_alive()  # what the project's own spin must not do
+        else:
+            wait_until(lambda: len(ticks) >= 10, 10, "timer ticks after the races", poll_s=0.02)
+            assert thread.is_alive() and not errors
+    finally:
+        executor.shutdown()
+        thread.join(timeout=10)
+        node.destroy_node()
+    assert not thread.is_alive()
 
 
 def test_lifecycle_transitions_through_services(ros, demo, tmp_path):

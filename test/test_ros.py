@@ -32,6 +32,7 @@ from conftest import REPO, RGBD, stop_processes as stop, wait_until  # noqa: E40
 from vilasr_ros.grounding import ground_trace  # noqa: E402
 from vilasr_ros.engines.replay import demo_responses  # noqa: E402
 from vilasr_ros.sources import open_source  # noqa: E402
+from vilasr_ros.ros.runner import spin  # noqa: E402
 from vilasr_ros.trace import Trace  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -78,7 +79,7 @@ class Client:
         self.clear = n.create_client(Trigger, f"/{agent}/clear_buffer")
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(n)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread = threading.Thread(target=spin, args=(self.executor,), daemon=True)
         self.thread.start()
 
     def _count(self, msg):
@@ -374,7 +375,7 @@ def test_agent_client_asks_waits_times_out_and_cancels(ros_context):
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     executor.add_node(caller)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner = threading.Thread(target=spin, args=(executor,), daemon=True)
     spinner.start()
     try:
         client = AgentClient(caller, "/vilasr_agent_client_test")

@@ -123,6 +123,7 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
     from vilasr_ros.ros.agent_node import PARAMETERS, VilasrAgentNode
     from vilasr_ros.ros.camera_node import DEFAULTS as CAMERA_DEFAULTS
     from vilasr_ros.ros.camera_node import CameraNode
+    from vilasr_ros.ros.runner import spin
 
     params = load_parameters(config or default_config())
     cam_params = {**params.get("camera_node", {}), **(camera or {})}
@@ -149,7 +150,7 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
         for n in nodes:
             executor.add_node(n)
         if query is None:
-            executor.spin()
+            spin(executor)
             return 0
         code = _ask_once(executor, node, camera_node, query, wait_frames, timeout_s, print_fn, nodes)
     except KeyboardInterrupt:
@@ -165,6 +166,7 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
 def _ask_once(executor, node, camera_node, query: str, wait_frames: int, timeout_s: float, print_fn, nodes) -> int:
     """``vilasr agent --query``: wait for the frames, ask through an AgentClient, print the answer."""
     import rclpy
+    from rclpy.exceptions import InvalidHandle
 
     from vilasr_ros.ros.client import AgentClient
 
@@ -176,7 +178,10 @@ def _ask_once(executor, node, camera_node, query: str, wait_frames: int, timeout
 
     def spin_until(predicate) -> None:
         while not predicate() and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
+            try:
+                executor.spin_once(timeout_sec=0.05)
+            except InvalidHandle:  # an entity destroyed mid-wait (see runner.spin): the next wait is valid
+                continue
 
     from vilasr_ros.query import parse_query
 
