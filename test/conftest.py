@@ -31,7 +31,27 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 # shipped Fast DDS profile (large shared-memory segment). Set before anything imports rclpy.
 from vilasr_ros.ros.env import loopback_environment  # noqa: E402  (no rclpy import)
 
-ROS_ENV = loopback_environment(domain_id=int(os.environ.get("VILASR_TEST_DOMAIN_ID", 1 + os.getpid() % 100)),
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # pytest-xdist (``make test`` runs ``-n 2``): each worker's math libraries get its share of the
+    # cores (torch, OpenMP and BLAS spin-wait: two workers at 2 threads each on 2 cores run a training
+    # test 5x slower than one). Inherited by the subprocesses the tests start. Set before torch loads.
+    _share = str(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, _share)
+
+
+def _domain_id() -> int:
+    """One domain per run and per pytest-xdist worker (workers share their parent's pid: the run)."""
+    if "VILASR_TEST_DOMAIN_ID" in os.environ:
+        return int(os.environ["VILASR_TEST_DOMAIN_ID"])
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return 1 + os.getpid() % 100
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    return 1 + (os.getppid() % max(1, 100 // workers)) * workers + int(worker.removeprefix("gw")) % workers
+
+
+ROS_ENV = loopback_environment(domain_id=_domain_id(),
                                log_dir=tempfile.mkdtemp(prefix="vilasr_roslog_"))
 os.environ.update(ROS_ENV)
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # explicit: discovery never leaves loopback

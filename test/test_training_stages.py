@@ -25,7 +25,9 @@ from conftest import RGBD  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = 12544  # image area cap of the smoke runs (16 vision tokens per frame)
-SFT_ARGS = {"report_to": "none", "save_strategy": "no", "use_cpu": True, "logging_steps": 1,
+# fp32: trl's configs default to bf16, and bf16 autocast on a CPU without native bf16 kernels (this
+# one) runs a step of the tiny model ~5x slower than fp32 (the CPU smoke configs set bf16: false too)
+SFT_ARGS = {"report_to": "none", "save_strategy": "no", "use_cpu": True, "bf16": False, "logging_steps": 1,
             "lr_scheduler_type": "constant", "seed": 0}
 
 
@@ -197,7 +199,8 @@ def test_stage3_grpo_trains_on_multi_turn_drawing_rollouts(sim_dataset, tiny_mod
         "model": str(tmp_path / "format"), "items": spec, "max_pixels": SMALL, "max_tokens_per_turn": 64,
         "args": {"output_dir": str(tmp_path / "grpo"), "max_steps": 2, "num_generations": 2,
                  "per_device_train_batch_size": 2, "temperature": 0.5, "learning_rate": 1e-5,
-                 "logging_steps": 1, "report_to": "none", "save_strategy": "no", "use_cpu": True, "seed": 0}})
+                 "logging_steps": 1, "report_to": "none", "save_strategy": "no", "use_cpu": True, "bf16": False,
+                 "seed": 0}})
     assert summary["steps"] == 2 and len(summary["rewards"]) == 2
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_loss" not in h]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
