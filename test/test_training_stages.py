@@ -26,8 +26,10 @@ from conftest import RGBD  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SMALL = 12544  # image area cap of the smoke runs (16 vision tokens per frame)
 # fp32: trl's configs default to bf16, and bf16 autocast on a CPU without native bf16 kernels (this
-# one) runs a step of the tiny model ~5x slower than fp32 (the CPU smoke configs set bf16: false too)
-SFT_ARGS = {"report_to": "none", "save_strategy": "no", "use_cpu": True, "bf16": False, "logging_steps": 1,
+# one) runs a step of the tiny model 2-4x slower (the CPU smoke configs set bf16: false too); no
+# gradient checkpointing (the recipe's memory saver recomputes each forward: a third slower here).
+SFT_ARGS = {"report_to": "none", "save_strategy": "no", "use_cpu": True, "bf16": False,
+            "gradient_checkpointing": False, "logging_steps": 1,
             "lr_scheduler_type": "constant", "seed": 0}
 
 
@@ -61,8 +63,12 @@ def test_training_text_and_tokens_equal_the_runtime(teacher_dir, tiny_model_dir)
     lf_collator = VilasrCollator(engine.tokenizer, engine.image_processor, max_pixels=10**8)  # the default
     traces = _traces(teacher_dir / "traces")
     assert len(traces) >= 20
+    # one conversation per shape (layout, turns, images): the 36 teacher traces have 10 shapes, and each
+    # costs four encodings of up to 22 full-size images
+    shapes = {(str(t.kind), len(t.turns), len(t.images)): (t, p) for t, p in reversed(traces)}
+    assert len(shapes) >= 8
     multi_turn = 0
-    for trace, paths in traces:
+    for trace, paths in shapes.values():
         example = example_from_trace(trace, paths)
         assert training_text(example["messages"]) == trace.chat_text
         images = load_images(paths, 10**8)
@@ -89,7 +95,7 @@ def test_training_text_and_tokens_equal_the_runtime(teacher_dir, tiny_model_dir)
             image_pad = engine.tokenizer.convert_tokens_to_ids("<|image_pad|>")
             assert image_pad in parts["completion_ids"]  # the drawn image is inside the completion...
             assert all(m == 0 for t, m in zip(parts["completion_ids"], parts["env_mask"]) if t == image_pad)
-    assert multi_turn >= 10
+    assert multi_turn >= 6
 
 
 def test_stage1_sft_halves_the_loss_on_16_items_and_saves_a_loadable_model(teacher_dir, tiny_model_dir, tmp_path):
@@ -101,12 +107,12 @@ def test_stage1_sft_halves_the_loss_on_16_items_and_saves_a_loadable_model(teach
     assert len(examples) == 16
     out = tmp_path / "sft"
     summary = train_sft({"model": str(tiny_model_dir), "max_pixels": SMALL,
-                         "args": {**SFT_ARGS, "output_dir": str(out), "max_steps": 60,
+                         "args": {**SFT_ARGS, "output_dir": str(out), "max_steps": 36,
                                   "per_device_train_batch_size": 2, "learning_rate": 3e-3}}, examples)
     losses = summary["losses"]
-    assert len(losses) == 60 and all(math.isfinite(x) for x in losses)
-    first, last = losses[0], sum(losses[-5:]) / 5
-    print(f"SFT on 16 teacher trajectories: loss {first:.3f} -> {last:.3f} (mean of the last 5 of 60 steps)")
+    assert len(losses) == 36 and all(math.isfinite(x) for x in losses)
+    first, last = losses[0], sum(losses[-5:]) / 5  # fp32 on this machine: 6.38 -> 2.49
+    print(f"SFT on 16 teacher trajectories: loss {first:.3f} -> {last:.3f} (mean of the last 5 of 36 steps)")
     assert last <= 0.5 * first
     engine = TransformersEngine(out)  # what stage 1 leaves is a model folder the runtime loads
     assert engine.describe()["model"] == str(out)
@@ -200,7 +206,7 @@ def test_stage3_grpo_trains_on_multi_turn_drawing_rollouts(sim_dataset, tiny_mod
         "args": {"output_dir": str(tmp_path / "grpo"), "max_steps": 2, "num_generations": 2,
                  "per_device_train_batch_size": 2, "temperature": 0.5, "learning_rate": 1e-5,
                  "logging_steps": 1, "report_to": "none", "save_strategy": "no", "use_cpu": True, "bf16": False,
-                 "seed": 0}})
+                 "gradient_checkpointing": False, "seed": 0}})
     assert summary["steps"] == 2 and len(summary["rewards"]) == 2
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_loss" not in h]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
