@@ -16,8 +16,10 @@ setup:
 demo: setup
 	$(BIN)/vilasr agent --localhost --source sim:demo --query '$(DEMO_QUERY)'
 
+# Two pytest-xdist workers (CI has 2 cores; each worker's torch/OpenMP gets its share: test/conftest.py).
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=25
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs
