@@ -63,6 +63,8 @@ def image(tmp_path):
     (["agent", "--engine", "transformers", "--responses", "x.json"], r"--responses does not apply to the transformers engine"),
     (["eval", "run", "--dataset", "sim", "--data", "x", "--out", "y", "--shard", "3/2"], r"--shard"),
     (["train", "sft", "--config", "/nonexistent.yaml"], r"nonexistent.yaml"),
+    (["ask", "--engine", "replay", "--model-family", "llava", "--source", "sim:demo", "--question", "q"],
+     r"unknown model family 'llava'; known: qwen2_5_vl, qwen3_vl"),
 ])
 def test_each_mistake_is_one_line_naming_the_fix(capsys, argv, match):
     _one_line_error(capsys, argv, match)

@@ -138,6 +138,7 @@ class AgentNodeSettings:
     image_format: str = setting("", "server engines: png | jpeg | bmp (empty: png)")
     device: str = setting("", "transformers engine: cuda | cpu (empty: cuda when available)")
     turn_reuse: bool = setting(True, "transformers engine: reuse KV cache and vision features across turns")
+    model_family: str = setting("", "qwen2_5_vl | qwen3_vl (empty: from the model folder's config.json, else qwen2_5_vl)")
     max_pixels: int = setting(default_of(ReasonerConfig, "max_pixels"), "smart_resize area cap per input image",
                               low=3136, high=16777216)
     max_turns: int = setting(default_of(ReasonerConfig, "max_turns"), "model calls per query", low=1, high=100)
@@ -182,8 +183,11 @@ class AgentNodeSettings:
 
     def loop_options(self) -> dict[str, Any]:
         """Options of :func:`vilasr_ros.reasoner.reasoner_config`."""
+        from vilasr_ros.families import resolve_family
+
         return {"max_pixels": self.max_pixels, "max_turns": self.max_turns, "temperature": self.temperature,
-                "top_p": self.top_p, "max_tokens": self.max_tokens}
+                "top_p": self.top_p, "max_tokens": self.max_tokens,
+                "model_family": resolve_family(self.model_family or None, self.model or None).name}
 
     def assembler_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`vilasr_ros.pairing.FrameAssembler` these parameters set."""

@@ -175,7 +175,7 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def resize_for_model(image, max_pixels: int):
+def resize_for_model(image, max_pixels: int, family=None):
     """Resize a PIL image the way the reference does before the model sees it (spec §1).
 
     ``qwen_vl_utils.fetch_image``: convert to RGB (alpha over white), then ``Image.resize`` to the
@@ -185,12 +185,17 @@ def resize_for_model(image, max_pixels: int):
     Args:
         image: ``PIL.Image.Image`` of any mode.
         max_pixels: Area cap.
+        family: A :class:`vilasr_ros.families.ModelFamily` whose resize rule applies (None:
+            Qwen2.5-VL's, :func:`resized_size`).
 
     Returns:
-        RGB ``PIL.Image.Image`` whose sides are multiples of 28.
+        RGB ``PIL.Image.Image`` whose sides are multiples of 28 (the family's factor).
     """
     image = to_rgb(image)
-    size = resized_size(image.width, image.height, max_pixels)
+    if family is None:
+        size = resized_size(image.width, image.height, max_pixels)
+    else:
+        size = family.resized_size(image.width, image.height, max_pixels)
     if size == image.size:
         return image.copy()
     return image.resize(size)

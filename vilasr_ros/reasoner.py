@@ -21,6 +21,7 @@ from vilasr_ros.annotations import AnnotationState
 from vilasr_ros.drawing import draw_annotations
 from vilasr_ros.engines.base import Engine, GenerationRequest, SamplingConfig
 from vilasr_ros.errors import ImageIndexError, ModelOutputError, QueryError, ToolCallEndsError
+from vilasr_ros.families import calls_to_pixels, model_family
 from vilasr_ros.sanitize import clean_text
 from vilasr_ros.trace import Trace, TraceImage, Turn
 
@@ -57,6 +58,10 @@ class ReasonerConfig:
             next user turn that would, ends the loop with finish reason ``max_tokens`` (that turn
             is kept, no image follows). None: no budget. Text is counted with the engine's
             tokenizer (``Engine.count_tokens``; engines without one count the model's tokens only).
+        model_family: The model's family (:mod:`vilasr_ros.families`): its resize rule, and the
+            coordinate convention of its tool calls, converted to resized-image pixels as they are
+            parsed (``turn.boxes``/``turn.lines``; the turn's text keeps what the model wrote).
+            ``qwen2_5_vl`` (ViLaSR, the default) changes nothing.
     """
 
     max_pixels: int = protocol.prompts()["image_max_pixels"]["eval_default"]
@@ -68,8 +73,10 @@ class ReasonerConfig:
     prompt_layout: str = "eval"
     max_response_tokens: int | None = None
     batch_max_turns: int | None = None
+    model_family: str = "qwen2_5_vl"
 
     def __post_init__(self):
+        model_family(self.model_family)  # an unknown name: ConfigError listing the known ones
         if self.on_tool_error not in ("stop", "retry"):
             raise ValueError(f"on_tool_error must be 'stop' or 'retry', got {self.on_tool_error!r}")
         if self.prompt_layout not in protocol.LAYOUTS:
@@ -171,7 +178,8 @@ class Reasoner:
         ptype = protocol.normalize_problem_type(problem_type)
         if not images:
             raise QueryError("at least one image is needed")
-        pil = [protocol.resize_for_model(to_pil(img), cfg.max_pixels) for img in images]
+        family = model_family(cfg.model_family)
+        pil = [protocol.resize_for_model(to_pil(img), cfg.max_pixels, family) for img in images]
         kind = kind or protocol.default_kind(len(pil))
         messages = protocol.initial_messages([im.size for im in pil], question, ptype, options, kind, cfg.prompt_layout)
         trace = Trace(
@@ -260,7 +268,8 @@ class Reasoner:
             trace.finish_reason = reason
             return True
 
-        boxes, lines = protocol.parse_tool_calls(text)
+        boxes, lines = calls_to_pixels(model_family(cfg.model_family), *protocol.parse_tool_calls(text),
+                                       [im.size for im in trace.pil_images])
         turn.boxes, turn.lines = boxes, lines
         n_images = len(trace.pil_images)
         try:

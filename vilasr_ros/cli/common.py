@@ -117,6 +117,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, sampling: bool = Tr
                                  ("--max-tokens", "max_tokens", positive_int), ("--max-pixels", "max_pixels", positive_int),
                                  ("--max-turns", "max_turns", positive_int)):
             s.add_argument(flag, type=kind, help=f"{table[name].help} (default {table[name].default})")
+        s.add_argument("--model-family", help=table["model_family"].help)
 
 
 def given_engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -174,9 +175,13 @@ def loop_config(args: argparse.Namespace):
     from vilasr_ros.errors import ConfigError
     from vilasr_ros.reasoner import reasoner_config
 
+    from vilasr_ros.families import resolve_family
+
     try:
+        model = getattr(args, "model", None)
+        family = resolve_family(getattr(args, "model_family", None), model if model and Path(model).is_dir() else None)
         return reasoner_config(max_pixels=args.max_pixels, max_turns=args.max_turns, temperature=args.temperature,
-                               top_p=args.top_p, max_tokens=args.max_tokens)
+                               top_p=args.top_p, max_tokens=args.max_tokens, model_family=family.name)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
 
