@@ -31,15 +31,24 @@ def diverse_engines(tmp_path_factory):
     return TransformersEngine(str(folder)), TransformersEngine(str(folder), turn_reuse=False)
 
 
-def _frames(n, seed):
+@pytest.fixture(scope="module")
+def qwen3_engines(tmp_path_factory):
+    """A tiny random Qwen3-VL (DeepStack, interleaved M-RoPE, patch 16) with varied output."""
+    from vilasr_ros.tiny_model import build_tiny_qwen3_vl
+
+    folder = build_tiny_qwen3_vl(tmp_path_factory.mktemp("diverse_qwen3"), initializer_range=0.3, seed=1)
+    return TransformersEngine(str(folder)), TransformersEngine(str(folder), turn_reuse=False)
+
+
+def _frames(n, seed, family=None):
     rng = np.random.default_rng(seed)
-    return [protocol.resize_for_model(Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)), MAX_PIXELS)
-            for _ in range(n)]
+    return [protocol.resize_for_model(Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)), MAX_PIXELS,
+                                      family) for _ in range(n)]
 
 
 def _conversation(engine, n_frames, seed, turns=4, on_request=None):
     """The loop's shape: every assistant turn is what the engine wrote, each followed by a drawn image."""
-    images = _frames(n_frames, seed)
+    images = _frames(n_frames, seed, engine.family)
     messages = protocol.initial_messages([im.size for im in images], "Where is the chair?", "free-form")
     engine.reset()
     texts = []
@@ -127,3 +136,23 @@ def test_a_conversation_that_is_not_an_extension_falls_back_and_says_so(engines,
     assert 0 < result.cached_tokens <= first_image  # the shared text before the first image, no picture
     off.reset()
     assert result.text == off.generate(request).text
+
+
+@pytest.mark.parametrize("n_frames, seed", [(1, 0), (3, 1)])
+def test_qwen3_vl_greedy_outputs_identical_with_reuse_on_and_off_and_equal_to_generate(qwen3_engines, n_frames, seed):
+    """Issue 27: the same engine on a Qwen3-VL (loaded by its config.json): reuse keeps each image's
+    DeepStack features with its vision tokens, and the loop's turns equal transformers' own generate."""
+    on, off = qwen3_engines
+    assert on.family.name == "qwen3_vl" and type(on.model).__name__ == "Qwen3VLForConditionalGeneration"
+
+    def check(turn, request, result):
+        assert all(im.width % 32 == 0 and im.height % 32 == 0 for im in request.images)
+        inputs = off.encode(request)
+        with torch.inference_mode():
+            out = off.model.generate(**inputs, max_new_tokens=GREEDY.max_tokens, do_sample=False, temperature=None,
+                                     top_p=None, top_k=None)
+        assert result.text == off.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:].tolist(), skip_special_tokens=True)
+
+    with_reuse = _conversation(on, n_frames, seed)
+    without = _conversation(off, n_frames, seed, on_request=check)
+    assert with_reuse == without and len(set(with_reuse)) > 1

@@ -68,8 +68,10 @@ def build_tiny_qwen2_5_vl(
     vocab_size: int = 600,
     initializer_range: float = 0.02,
     seed: int = 0,
+    family: str = "qwen2_5_vl",
 ) -> Path:
-    """Write a random Qwen2.5-VL with the real architecture at a tiny size.
+    """Write a random Qwen2.5-VL (or, with ``family="qwen3_vl"``, Qwen3-VL) with the real
+    architecture at a tiny size.
 
     Args:
         out_dir: Folder to create (model, tokenizer, processor).
@@ -86,6 +88,7 @@ def build_tiny_qwen2_5_vl(
         initializer_range: Std of the random weights (larger: less degenerate greedy output; at 0.02 a
             2-layer model mostly repeats its last input token).
         seed: torch seed for the random weights.
+        family: ``qwen2_5_vl`` or ``qwen3_vl`` (:mod:`vilasr_ros.families`; the same tokenizer).
 
     Returns:
         ``out_dir`` as a Path.
@@ -129,6 +132,13 @@ def build_tiny_qwen2_5_vl(
     head_dim = hidden_size // num_heads
     section = head_dim // 2
     mrope = [section - 2 * (section // 3), section // 3, section // 3]
+    if family == "qwen3_vl":
+        return _finish_qwen3_vl(out_dir, tokenizer, ids, hidden_size=hidden_size, num_layers=num_layers,
+                                num_heads=num_heads, num_kv_heads=num_kv_heads, intermediate_size=intermediate_size,
+                                vision_depth=vision_depth, vision_hidden_size=vision_hidden_size,
+                                vision_num_heads=vision_num_heads,
+                                vision_intermediate_size=vision_intermediate_size or vision_hidden_size * 2,
+                                initializer_range=initializer_range, seed=seed)
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
@@ -189,6 +199,60 @@ def build_tiny_qwen2_5_vl(
     (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     (out_dir / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2_5_VL_CHAT_TEMPLATE}))
     logger.info("tiny Qwen2.5-VL written to %s", out_dir)
+    return out_dir
+
+
+def build_tiny_qwen3_vl(out_dir: str | Path, **options) -> Path:
+    """A tiny random Qwen3-VL (patch 16, relative 0-1000 boxes): :func:`build_tiny_qwen2_5_vl` with
+    ``family="qwen3_vl"``."""
+    return build_tiny_qwen2_5_vl(out_dir, family="qwen3_vl", **options)
+
+
+def _finish_qwen3_vl(out_dir: Path, tokenizer, ids: dict, *, hidden_size: int, num_layers: int, num_heads: int,
+                     num_kv_heads: int, intermediate_size: int, vision_depth: int, vision_hidden_size: int,
+                     vision_num_heads: int, vision_intermediate_size: int, initializer_range: float, seed: int) -> Path:
+    """The Qwen3-VL model and processor files beside the shared tokenizer (Qwen/Qwen3-VL-8B-Instruct's
+    layout: interleaved M-RoPE, DeepStack features from one vision block, 0.5 mean/std)."""
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    head_dim = hidden_size // num_heads
+    half = head_dim // 2
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+            head_dim=head_dim, max_position_embeddings=32768, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_interleaved": True,
+                             "mrope_section": [half - 2 * (half // 4), half // 4, half // 4]},
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+            initializer_range=initializer_range,
+        ),
+        vision_config=dict(
+            depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=vision_intermediate_size,
+            num_heads=vision_num_heads, out_hidden_size=hidden_size, patch_size=16, spatial_merge_size=2,
+            temporal_patch_size=2, num_position_embeddings=256, deepstack_visual_indexes=[0], in_channels=3,
+            initializer_range=initializer_range,
+        ),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.do_sample = False
+    model.save_pretrained(out_dir)
+    preprocessor = {
+        "size": {"shortest_edge": 4096, "longest_edge": 16777216},
+        "patch_size": 16, "temporal_patch_size": 2, "merge_size": 2,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen3VLProcessor",
+    }
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    (out_dir / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2_5_VL_CHAT_TEMPLATE}))
+    logger.info("tiny Qwen3-VL written to %s", out_dir)
     return out_dir
 
 

@@ -156,7 +156,10 @@ class TransformersEngine(Engine):
         kwargs: dict[str, Any] = {"dtype": self.dtype, "local_files_only": True}
         if config.attn_implementation:
             kwargs["attn_implementation"] = config.attn_implementation
-        self.model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(self.model_path, **kwargs)
+        from vilasr_ros.families import resolve_family
+
+        self.family = resolve_family(None, self.model_path)  # config.json's model_type: the loading class
+        self.model = getattr(transformers, self.family.model_class).from_pretrained(self.model_path, **kwargs)
         self.model.to(self.device).eval()
         self._setup(config.turn_reuse)
         logger.info("transformers engine: %s on %s (%s), turn reuse %s", self.model_path, self.device, dtype,
@@ -181,6 +184,10 @@ class TransformersEngine(Engine):
         param = next(model.parameters())
         engine.device, engine.dtype = str(param.device), param.dtype
         engine._setup(turn_reuse)
+        from vilasr_ros.families import FAMILIES, model_family
+
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        engine.family = next((f for f in FAMILIES.values() if model_type in f.model_types), model_family(None))
         return engine
 
     def _setup(self, turn_reuse: bool) -> None:
@@ -318,12 +325,16 @@ class TransformersEngine(Engine):
                 new_ids = inputs["input_ids"][:, reuse:]
                 embeds = vlm.get_input_embeddings()(new_ids)
                 new_images = [j for j, (start, _) in enumerate(spans) if start >= reuse]
+                deepstack = None
                 if new_images:
-                    features = self._vision_features([keys[j] for j in new_images], inputs, new_images)
+                    features, deepstack = self._vision_features([keys[j] for j in new_images], inputs, new_images)
                     mask = (new_ids == self.image_token_id).unsqueeze(-1).expand_as(embeds)
                     embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
+                    if deepstack is not None:  # Qwen3-VL: vision features added to the first decoder layers
+                        deepstack = {"visual_pos_masks": new_ids == self.image_token_id,
+                                     "deepstack_visual_embeds": [d.to(embeds.dtype) for d in deepstack]}
                 self.last_input_ids, self.last_prefill_ids = ids, ids[reuse:]
-                logits = self._forward(embeds, positions[:, :, reuse:])
+                logits = self._forward(embeds, positions[:, :, reuse:], **(deepstack or {}))
                 next_pos = int(positions[:, 0, -1].max().item()) + 1
                 generator = None
                 if not sampling.greedy:
@@ -357,7 +368,13 @@ class TransformersEngine(Engine):
         )
 
     def _vision_features(self, keys: list[str], inputs: dict[str, Any], positions: list[int]):
-        """Vision-tower output for the images at ``positions`` (cached per picture while reuse is on)."""
+        """Vision-tower output for the images at ``positions`` (cached per picture while reuse is on).
+
+        Returns:
+            ``(features, deepstack)``: the merged vision tokens of those images in order, and for a
+            model with DeepStack (Qwen3-VL) one tensor per fed decoder layer with the same rows (else
+            None).
+        """
         torch = require("torch", "transformers")
         missing = [p for p, key in zip(positions, keys) if not (self.turn_reuse and key in self._features)]
         if missing:
@@ -365,16 +382,22 @@ class TransformersEngine(Engine):
             sizes = grids.prod(-1).tolist()
             chunks = inputs["pixel_values"].split(sizes)
             out = self.model.model.get_image_features(torch.cat([chunks[p] for p in missing]), grids[missing])
-            computed = dict(zip(missing, out.pooler_output))
+            layers = getattr(out, "deepstack_features", None)  # per layer, a tuple of per-image tensors
+            computed = {p: (out.pooler_output[k], None if layers is None else [layer[k] for layer in layers])
+                        for k, p in enumerate(missing)}
             if self.turn_reuse:
                 self._features.update({keys[positions.index(p)]: f for p, f in computed.items()})
         else:
             computed = {}
-        return torch.cat([computed[p] if p in computed else self._features[key] for p, key in zip(positions, keys)])
+        parts = [computed[p] if p in computed else self._features[key] for p, key in zip(positions, keys)]
+        features = torch.cat([f for f, _ in parts])
+        if parts[0][1] is None:
+            return features, None
+        return features, [torch.cat([d[layer] for _, d in parts]) for layer in range(len(parts[0][1]))]
 
-    def _forward(self, embeds, positions):
+    def _forward(self, embeds, positions, **deepstack):
         out = self.model.model.language_model(inputs_embeds=embeds, position_ids=positions,
-                                              past_key_values=self._cache, use_cache=True)
+                                              past_key_values=self._cache, use_cache=True, **deepstack)
         return self.model.lm_head(out.last_hidden_state[0, -1])
 
     def close(self) -> None:
