@@ -123,3 +123,19 @@ def test_a_qwen3_vl_loop_draws_its_relative_box_on_the_right_pixels_and_qwen2_5_
     assert np.abs(boxes["qwen3_vl"] - truth).max() <= 1.0
     with pytest.raises(ConfigError, match="unknown model family"):
         ReasonerConfig(model_family="gpt4v")
+
+
+def test_the_loop_takes_the_engines_family_unless_one_is_set(caplog):
+    from PIL import Image
+
+    from vilasr_ros.engines.replay import ReplayEngine
+    from vilasr_ros.reasoner import Reasoner, ReasonerConfig
+
+    engine = ReplayEngine(["<think> done </think> Action: Answer\n<answer> A </answer>"])
+    assert Reasoner(engine).family is QWEN25  # an engine that does not know its model: ViLaSR's
+    engine.family = QWEN3  # what the transformers engine reads from config.json
+    trace = Reasoner(engine).run([Image.new("RGB", (640, 480))], "q", "free-form")
+    assert trace.pil_images[0].size == QWEN3.resized_size(640, 480, ReasonerConfig().max_pixels) == (640, 480)
+    with caplog.at_level("WARNING"):
+        assert Reasoner(engine, ReasonerConfig(model_family="qwen2_5_vl")).family is QWEN25
+    assert "wrong coordinates" in caplog.text

@@ -183,11 +183,11 @@ class AgentNodeSettings:
 
     def loop_options(self) -> dict[str, Any]:
         """Options of :func:`vilasr_ros.reasoner.reasoner_config`."""
-        from vilasr_ros.families import resolve_family
+        from vilasr_ros.families import model_family
 
         return {"max_pixels": self.max_pixels, "max_turns": self.max_turns, "temperature": self.temperature,
-                "top_p": self.top_p, "max_tokens": self.max_tokens,
-                "model_family": resolve_family(self.model_family or None, self.model or None).name}
+                "top_p": self.top_p, "max_tokens": self.max_tokens,  # no family set: the engine's (config.json)
+                "model_family": model_family(self.model_family).name if self.model_family else None}
 
     def assembler_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`vilasr_ros.pairing.FrameAssembler` these parameters set."""

@@ -61,7 +61,8 @@ class ReasonerConfig:
         model_family: The model's family (:mod:`vilasr_ros.families`): its resize rule, and the
             coordinate convention of its tool calls, converted to resized-image pixels as they are
             parsed (``turn.boxes``/``turn.lines``; the turn's text keeps what the model wrote).
-            ``qwen2_5_vl`` (ViLaSR, the default) changes nothing.
+            ``qwen2_5_vl`` (ViLaSR) changes nothing. None: the engine's own family when it knows
+            it (the transformers engine reads ``config.json``), else ``qwen2_5_vl``.
     """
 
     max_pixels: int = protocol.prompts()["image_max_pixels"]["eval_default"]
@@ -73,10 +74,11 @@ class ReasonerConfig:
     prompt_layout: str = "eval"
     max_response_tokens: int | None = None
     batch_max_turns: int | None = None
-    model_family: str = "qwen2_5_vl"
+    model_family: str | None = None
 
     def __post_init__(self):
-        model_family(self.model_family)  # an unknown name: ConfigError listing the known ones
+        if self.model_family is not None:
+            model_family(self.model_family)  # an unknown name: ConfigError listing the known ones
         if self.on_tool_error not in ("stop", "retry"):
             raise ValueError(f"on_tool_error must be 'stop' or 'retry', got {self.on_tool_error!r}")
         if self.prompt_layout not in protocol.LAYOUTS:
@@ -140,6 +142,11 @@ class Reasoner:
     def __init__(self, engine: Engine, config: ReasonerConfig | None = None):
         self.engine = engine
         self.config = config or ReasonerConfig()
+        engine_family = getattr(engine, "family", None)
+        self.family = model_family(self.config.model_family or engine_family)
+        if engine_family is not None and engine_family.name != self.family.name:
+            logger.warning("model family %s set for a %s model: its boxes will be read in the wrong coordinates",
+                           self.family.name, engine_family.name)
 
     def run(
         self,
@@ -178,8 +185,7 @@ class Reasoner:
         ptype = protocol.normalize_problem_type(problem_type)
         if not images:
             raise QueryError("at least one image is needed")
-        family = model_family(cfg.model_family)
-        pil = [protocol.resize_for_model(to_pil(img), cfg.max_pixels, family) for img in images]
+        pil = [protocol.resize_for_model(to_pil(img), cfg.max_pixels, self.family) for img in images]
         kind = kind or protocol.default_kind(len(pil))
         messages = protocol.initial_messages([im.size for im in pil], question, ptype, options, kind, cfg.prompt_layout)
         trace = Trace(
@@ -268,7 +274,7 @@ class Reasoner:
             trace.finish_reason = reason
             return True
 
-        boxes, lines = calls_to_pixels(model_family(cfg.model_family), *protocol.parse_tool_calls(text),
+        boxes, lines = calls_to_pixels(self.family, *protocol.parse_tool_calls(text),
                                        [im.size for im in trace.pil_images])
         turn.boxes, turn.lines = boxes, lines
         n_images = len(trace.pil_images)

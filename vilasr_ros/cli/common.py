@@ -175,13 +175,13 @@ def loop_config(args: argparse.Namespace):
     from vilasr_ros.errors import ConfigError
     from vilasr_ros.reasoner import reasoner_config
 
-    from vilasr_ros.families import resolve_family
+    from vilasr_ros.families import detect_family, model_family
 
     try:
-        model = getattr(args, "model", None)
-        family = resolve_family(getattr(args, "model_family", None), model if model and Path(model).is_dir() else None)
+        model, family = getattr(args, "model", None), getattr(args, "model_family", None)
+        found = model_family(family) if family else detect_family(model) if model and Path(model).is_dir() else None
         return reasoner_config(max_pixels=args.max_pixels, max_turns=args.max_turns, temperature=args.temperature,
-                               top_p=args.top_p, max_tokens=args.max_tokens, model_family=family.name)
+                               top_p=args.top_p, max_tokens=args.max_tokens, model_family=found and found.name)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
 
