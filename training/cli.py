@@ -40,7 +40,7 @@ def cmd_site(args: argparse.Namespace) -> int:
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     from vilasr_ros.tiny_model import build_tiny_qwen2_5_vl
 
-    print(build_tiny_qwen2_5_vl(args.out, seed=args.seed))
+    print(build_tiny_qwen2_5_vl(args.out, seed=args.seed, family=args.family))
     return 0
 
 
@@ -64,7 +64,9 @@ def register(sub) -> None:
     site.add_argument("--out", required=True, help="output folder (questions.json, frames/)")
     site.add_argument("--frames", type=positive_int, default=16, help="frames per question (default 16)")
     site.set_defaults(func=cmd_site)
-    tiny = tr_sub.add_parser("tiny-model", help="build a tiny random Qwen2.5-VL offline (CPU smoke runs)")
+    tiny = tr_sub.add_parser("tiny-model", help="build a tiny random Qwen2.5-VL (or Qwen3-VL) offline (CPU smoke runs)")
     tiny.add_argument("out", help="model folder")
+    tiny.add_argument("--family", choices=("qwen2_5_vl", "qwen3_vl"), default="qwen2_5_vl",
+                      help="model family (default qwen2_5_vl, ViLaSR's)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_tiny_model)
