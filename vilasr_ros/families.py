@@ -17,8 +17,7 @@ family whose model writes another convention converts at the boundary, both ways
 
 Resize rule: ``qwen_vl_utils.smart_resize`` with ``factor = patch_size * merge_size`` (28 for
 Qwen2.5-VL, 32 for Qwen3-VL) and ``min_pixels = 4 * factor**2`` (qwen-vl-utils'
-``IMAGE_MIN_TOKEN_NUM = 4``); for ``qwen2_5_vl`` it is :func:`vilasr_ros.protocol.resized_size`
-itself. Nothing here imports torch or transformers.
+``IMAGE_MIN_TOKEN_NUM = 4``): :func:`vilasr_ros.protocol.resized_size` with the family's numbers. Nothing here imports torch or transformers.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from vilasr_ros.errors import ConfigError, QueryError
+from vilasr_ros.errors import ConfigError
 
 COORDINATES = ("pixels", "relative_1000")
 """Coordinate conventions: absolute pixels of the resized image, or 0–1000 relative to it."""
@@ -81,26 +80,7 @@ class ModelFamily:
         """
         from vilasr_ros import protocol
 
-        if self.factor == protocol.IMAGE_FACTOR:
-            return protocol.resized_size(width, height, max_pixels)  # the ViLaSR path, byte for byte
-        f = self.factor
-        if width < 1 or height < 1:
-            raise QueryError(f"image of size {width}x{height} cannot be shown to the model")
-        if max(height, width) / min(height, width) > 200:
-            raise QueryError(f"image of size {width}x{height}: absolute aspect ratio must be smaller than 200")
-        h_bar = max(f, round(height / f) * f)
-        w_bar = max(f, round(width / f) * f)
-        if h_bar * w_bar > max_pixels:
-            beta = math.sqrt((height * width) / max_pixels)
-            h_bar = math.floor(height / beta / f) * f
-            w_bar = math.floor(width / beta / f) * f
-        elif h_bar * w_bar < self.min_pixels:
-            beta = math.sqrt(self.min_pixels / (height * width))
-            h_bar = math.ceil(height * beta / f) * f
-            w_bar = math.ceil(width * beta / f) * f
-        if h_bar < f or w_bar < f:
-            raise QueryError(f"image of size {width}x{height} resizes to {w_bar}x{h_bar} under max_pixels {max_pixels}")
-        return int(w_bar), int(h_bar)
+        return protocol.resized_size(width, height, max_pixels, self.factor, self.min_pixels)
 
     def to_pixels(self, coords, size: tuple[int, int]) -> list[float]:
         """Model coordinates → pixels of the resized image.

@@ -112,7 +112,8 @@ def normalize_problem_type(problem_type: str) -> str:
 # ----------------------------------------------------------------------------- images
 
 
-def resized_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+def resized_size(width: int, height: int, max_pixels: int, factor: int = IMAGE_FACTOR,
+                 min_pixels: int = MIN_PIXELS) -> tuple[int, int]:
     """Size Qwen2.5-VL's ``smart_resize`` gives an image (spec §1), as the reference computes it.
 
     The formula of ``qwen_vl_utils.vision_process.smart_resize`` — what the reference's
@@ -126,9 +127,11 @@ def resized_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
         width: Sensor image width in pixels.
         height: Sensor image height in pixels.
         max_pixels: Area cap, e.g. 351232 (evaluation) or 200704 (RL training).
+        factor: Side multiple (28: Qwen2.5-VL; another family's, :mod:`vilasr_ros.families`).
+        min_pixels: Smallest area (3136: Qwen2.5-VL).
 
     Returns:
-        ``(resized_width, resized_height)``, multiples of 28.
+        ``(resized_width, resized_height)``, multiples of ``factor``.
 
     Raises:
         QueryError: Degenerate size, aspect ratio over 200, or a side that the formula takes to 0.
@@ -136,7 +139,7 @@ def resized_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     >>> resized_size(640, 480, 351232), resized_size(100, 1, 351232)
     ((644, 476), (112, 28))
     """
-    f = IMAGE_FACTOR
+    f = factor
     if width < 1 or height < 1:
         raise QueryError(f"image of size {width}x{height} cannot be shown to the model")
     if max(height, width) / min(height, width) > 200:
@@ -148,8 +151,8 @@ def resized_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
         beta = math.sqrt((height * width) / max_pixels)
         h_bar = math.floor(height / beta / f) * f
         w_bar = math.floor(width / beta / f) * f
-    elif h_bar * w_bar < MIN_PIXELS:
-        beta = math.sqrt(MIN_PIXELS / (height * width))
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
         h_bar = math.ceil(height * beta / f) * f
         w_bar = math.ceil(width * beta / f) * f
     if h_bar < f or w_bar < f:  # qwen_vl_utils would hand the processor a zero-sized image

@@ -95,7 +95,7 @@ def build_tiny_qwen2_5_vl(
     """
     from vilasr_ros.errors import require
 
-    torch = require("torch", "transformers")
+    require("torch", "transformers")  # a clear error when the extra is missing
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         AutoTokenizer,
@@ -176,12 +176,7 @@ def build_tiny_qwen2_5_vl(
         tie_word_embeddings=True,
         initializer_range=initializer_range,
     )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.generation_config.do_sample = False
-    model.save_pretrained(out_dir)
+    _save_random(Qwen2_5_VLForConditionalGeneration, config, ids, seed, out_dir)
 
     # The processor files Qwen2.5-VL checkpoints ship (written directly: constructing
     # Qwen2_5_VLProcessor needs torchvision for its video processor, which CPU-only hosts lack).
@@ -202,6 +197,18 @@ def build_tiny_qwen2_5_vl(
     return out_dir
 
 
+def _save_random(model_class, config, ids: dict, seed: int, out_dir: Path) -> None:
+    """Random weights of ``model_class`` (seeded), greedy generation ending on ``<|im_end|>``, saved."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.do_sample = False
+    model.save_pretrained(out_dir)
+
+
 def build_tiny_qwen3_vl(out_dir: str | Path, **options) -> Path:
     """A tiny random Qwen3-VL (patch 16, relative 0-1000 boxes): :func:`build_tiny_qwen2_5_vl` with
     ``family="qwen3_vl"``."""
@@ -213,7 +220,6 @@ def _finish_qwen3_vl(out_dir: Path, tokenizer, ids: dict, *, hidden_size: int, n
                      vision_num_heads: int, vision_intermediate_size: int, initializer_range: float, seed: int) -> Path:
     """The Qwen3-VL model and processor files beside the shared tokenizer (Qwen/Qwen3-VL-8B-Instruct's
     layout: interleaved M-RoPE, DeepStack features from one vision block, 0.5 mean/std)."""
-    import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     head_dim = hidden_size // num_heads
@@ -238,12 +244,7 @@ def _finish_qwen3_vl(out_dir: Path, tokenizer, ids: dict, *, hidden_size: int, n
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
     )
-    torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.generation_config.do_sample = False
-    model.save_pretrained(out_dir)
+    _save_random(Qwen3VLForConditionalGeneration, config, ids, seed, out_dir)
     preprocessor = {
         "size": {"shortest_edge": 4096, "longest_edge": 16777216},
         "patch_size": 16, "temporal_patch_size": 2, "merge_size": 2,
