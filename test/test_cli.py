@@ -124,3 +124,17 @@ def test_the_trace_page_shows_what_the_model_did_in_a_browser(tmp_path):
     answer = re.search(r"<p class=\"answer\" id=\"answer\">([^<]*)</p>", dom).group(1)
     assert answer == trace["answer"] and "sofa" in answer
     assert '<p class="error">' not in dom.split('<h2>Answer')[0]  # no image was flagged as failed
+
+
+def test_ask_no_tools_is_one_plain_answer(capsys, tmp_path):
+    """Issue 27 item 3: `vilasr ask --no-tools` asks once without the drawing tools and prints the reply."""
+    import json as _json
+
+    responses = tmp_path / "r.json"
+    responses.write_text(_json.dumps(["The sofa is by the wall.", "never asked"]))
+    code, out, err = _run(capsys, "ask", "--engine", "replay", "--responses", str(responses), "--source", "sim:demo",
+                          "--frames", "4", "--no-tools", "--question", "Where is the sofa?", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "answer: The sofa is by the wall." in out and "turns: 1" in out
+    trace = _json.loads(next((tmp_path / "run").rglob("trace.json")).read_text())
+    assert trace["settings"]["tools"] is False and trace["messages"][0]["content"] == "You are a helpful assistant."

@@ -199,10 +199,45 @@ def test_report_page_compares_runs_with_plots_and_gallery(sim_dataset, tmp_path)
         with Image.open(tmp_path / "report" / png) as im:
             assert im.size[0] > 300
     rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| plain") or line.startswith("| reflective")}
-    assert float(rows["plain"][6]) == 0.0 and float(rows["reflective"][6]) > 50.0  # reflection (%)
+    assert float(rows["plain"][8]) == 0.0 and float(rows["reflective"][8]) > 50.0  # reflection (%)
+    assert [c.strip() for c in rows["plain"][4:6]] == ["qwen2_5_vl", "tools"]  # family and mode
     gallery = [line for line in text.splitlines() if line.startswith("![last drawn image](gallery/")]
     assert len(gallery) == 4 and all((tmp_path / "report" / g[len("![last drawn image]("):-1]).exists() for g in gallery)
     # multiple-choice items in the gallery show their options, so "ground truth: C" can be checked
     mc = [i for i in items if i["problem_type"] == "multiple choice" and i["scene"] in (None, "scenes/scene_0000")]
     shown = [i for i in mc if f"· {i['id']} ·" in text]
     assert all(i["options"][0] in text for i in shown) and ("**options:**" in text) == bool(shown)
+
+
+def test_the_no_tools_baseline_and_the_drawing_loop_side_by_side_in_one_report(sim_dataset, tmp_path):
+    """Issue 27 item 3: the same items and model with and without the drawing tools; the no-tools run
+    asks once with the plain prompt (no tool instructions) and scores the reply text as the answer."""
+    from dataclasses import replace
+
+    from vilasr_ros.reasoner import ReasonerConfig
+
+    items = json.loads((sim_dataset / "questions.json").read_text())
+    mc = [i for i in items if i["problem_type"] == "multiple choice"][:4]
+    data = tmp_path / "mc.json"
+    data.write_text(json.dumps(mc))
+    truth = mc[0]["answer"]
+    draw = ('<think> mark it </think> Action: Object Mapper\n```json\n[{"index": 1, "bbox_2d": [10, 10, 60, 60], '
+            '"label": "x"}]\n```')
+    script = [draw, f"<think> done </think> Action: Answer\n<answer> {truth} </answer>"]
+    base = ReasonerConfig(on_tool_error="retry")
+    run_eval("sim", data, create_engine("replay", responses=script), tmp_path / "tools", image_folder=sim_dataset,
+             config=base)
+    run_eval("sim", data, create_engine("replay", responses=[f"{truth}", "never asked"]), tmp_path / "no_tools",
+             image_folder=sim_dataset, config=replace(base, prompt_layout="baseline"))
+    traces = sorted((tmp_path / "no_tools").rglob("trace.json"))
+    assert traces
+    for path in traces:
+        trace = json.loads(path.read_text())
+        assert len(trace["turns"]) == 1 and trace["answer"] == truth
+        assert trace["messages"][0]["content"] == "You are a helpful assistant."
+        assert "### Question:" not in json.dumps(trace["messages"][1]) and "Object Mapper" not in json.dumps(trace["messages"])
+    text = write_report([tmp_path / "tools", tmp_path / "no_tools"], tmp_path / "report", gallery=0).read_text()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")] for line in text.splitlines()
+            if line.startswith("| tools") or line.startswith("| no_tools")}
+    assert rows["tools"][5] == "tools" and rows["no_tools"][5] == "no tools"
+    assert float(rows["tools"][9]) == 2.0 and float(rows["no_tools"][9]) == 1.0  # mean turns

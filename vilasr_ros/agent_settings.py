@@ -139,6 +139,7 @@ class AgentNodeSettings:
     device: str = setting("", "transformers engine: cuda | cpu (empty: cuda when available)")
     turn_reuse: bool = setting(True, "transformers engine: reuse KV cache and vision features across turns")
     model_family: str = setting("", "qwen2_5_vl | qwen3_vl (empty: from the model folder's config.json, else qwen2_5_vl)")
+    tools: bool = setting(True, "the drawing tools (false: the no-tools baseline: one plain answer, no box, no goal)")
     max_pixels: int = setting(default_of(ReasonerConfig, "max_pixels"), "smart_resize area cap per input image",
                               low=3136, high=16777216)
     max_turns: int = setting(default_of(ReasonerConfig, "max_turns"), "model calls per query", low=1, high=100)
@@ -187,7 +188,8 @@ class AgentNodeSettings:
 
         return {"max_pixels": self.max_pixels, "max_turns": self.max_turns, "temperature": self.temperature,
                 "top_p": self.top_p, "max_tokens": self.max_tokens,  # no family set: the engine's (config.json)
-                "model_family": model_family(self.model_family).name if self.model_family else None}
+                "model_family": model_family(self.model_family).name if self.model_family else None,
+                "prompt_layout": None if self.tools else "baseline"}
 
     def assembler_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`vilasr_ros.pairing.FrameAssembler` these parameters set."""

@@ -35,6 +35,10 @@ MAX_BLOCK_CHARS = 256 * 1024
 """A ```json block longer than this is skipped unread: 16384 tokens (the turn cap) are ~64 KB, so no
 turn the reference could generate holds one; ``ast.literal_eval`` of megabytes takes minutes."""
 
+BASELINE_SYSTEM_PROMPT = "You are a helpful assistant."
+"""System message of the no-tools baseline (``prompt_layout="baseline"``): the Qwen chat templates'
+default, with nothing about the drawing tools."""
+
 PROBLEM_TYPES = ("multiple choice", "free-form", "regression", "numerical", "vci")
 
 
@@ -210,7 +214,7 @@ def resize_for_model(image, max_pixels: int, family=None):
 RL_VIDEO_PREFIX = ("These are frames from a video, numbered from 1 to 16 in sequence. That is, the index of each image "
                    "is 1, 2, 3, ..., 16.\n\nAnswer the quesntion with appropriate tools:\n")
 """``construct_video_prompt`` (``verl/utils/dataset_multimodal.py`` L211-225): "16" whatever the frame count."""
-LAYOUTS = ("eval", "rl")
+LAYOUTS = ("eval", "rl", "baseline")
 
 
 def build_question_text(
@@ -232,7 +236,9 @@ def build_question_text(
         n_frames: Number of frames shown (video-style prompts name it).
         kind: ``"single"`` (one image), ``"video"`` (k frames of a walkthrough, VSI-Bench style) or
             ``"multi_view"`` (k views, SPAR/MMSI style: captions without the video preamble).
-        layout: ``eval`` (``eval/infer.py``, what the released weights are evaluated with) or ``rl``
+        layout: ``eval`` (``eval/infer.py``, what the released weights are evaluated with), ``baseline``
+            (the same question, options and answer-type line without the ``### Question:`` wrapper that
+            asks for tool use: the no-tools baseline), or ``rl``
             (the RL stage's data loader, AntResearchNLP/ViLaSR ``verl/utils/dataset_multimodal.py``:
             ``construct_video_prompt`` L211-257 for ``video``/``spatial_r1`` items — :data:`RL_VIDEO_PREFIX`,
             options stripped — and ``construct_maze_vqa_prompt`` L259-294 for ``maze``/``vqa`` items;
@@ -261,8 +267,8 @@ def build_question_text(
         else:
             body = RL_VIDEO_PREFIX + question + opts + suffix
         return p["question_template"].format(question=body)
-    if layout != "eval":
-        raise QueryError(f"unknown prompt layout {layout!r}; use eval or rl")
+    if layout not in ("eval", "baseline"):
+        raise QueryError(f"unknown prompt layout {layout!r}; use eval, rl or baseline")
     if kind == "single":
         body = question + opts + p["single_image_question_suffix"] + suffix
     elif kind == "video":
@@ -271,7 +277,7 @@ def build_question_text(
         body = question + opts + suffix
     else:
         raise QueryError(f"unknown prompt kind {kind!r}; use single, video or multi_view")
-    return p["question_template"].format(question=body)
+    return body if layout == "baseline" else p["question_template"].format(question=body)
 
 
 def initial_messages(
@@ -308,7 +314,10 @@ def initial_messages(
         raise QueryError(f"kind 'single' takes one image, got {len(image_sizes)}")
     p = prompts()
     width, height = image_sizes[0]
-    system = {"role": "system", "content": p["system_prompt"].format(width=width, height=height)}
+    if layout == "baseline":  # no tools offered: the chat template's own default system message
+        system = {"role": "system", "content": BASELINE_SYSTEM_PROMPT}
+    else:
+        system = {"role": "system", "content": p["system_prompt"].format(width=width, height=height)}
     text = build_question_text(question, problem_type, options, n_frames=len(image_sizes), kind=kind, layout=layout)
     if kind == "single":
         content = [{"type": "image", "image_index": 0}, {"type": "text", "text": text}]

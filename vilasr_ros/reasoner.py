@@ -49,8 +49,10 @@ class ReasonerConfig:
             raises, ``process_single_response`` returns None, the response is dropped; L365-366:
             every call counts). A turn with no box or line at all ends with ``ToolError`` either way
             (``infer.py`` L203-204).
-        prompt_layout: First-turn text: ``eval`` or ``rl`` (the RL stage's data loader;
-            :func:`vilasr_ros.protocol.build_question_text`).
+        prompt_layout: First-turn text: ``eval``, ``rl`` (the RL stage's data loader;
+            :func:`vilasr_ros.protocol.build_question_text`) or ``baseline`` (no drawing tools: the
+            same question without the tool instructions, one model call, its text the answer when it
+            has no ``<answer>`` tags — the no-tools baseline papers report beside drawing).
         max_response_tokens: Budget of a whole trajectory after the first prompt — tokens the model
             wrote plus the user turns that show drawn images (their text and image tokens) — as the
             RL stage's rollout counts it (``vllm_rollout_spmd_video.py`` L600-604, L700-719,
@@ -196,6 +198,8 @@ class Reasoner:
             messages=messages,
             engine=self.engine.describe(),
             settings={
+                "model_family": self.family.name,
+                "tools": cfg.prompt_layout != "baseline",
                 "max_pixels": cfg.max_pixels,
                 "max_turns": cfg.max_turns,
                 "max_images": cfg.max_images,
@@ -260,6 +264,8 @@ class Reasoner:
             logger.exception("engine.finish failed")
         if trace.finish_reason in (protocol.FINISH_STOP, None) and trace.turns:
             trace.answer = protocol.extract_answer(trace.model_output)
+            if trace.answer is None and cfg.prompt_layout == "baseline":
+                trace.answer = trace.model_output.strip() or None
         trace.total_s = time.perf_counter() - start
         return trace
 
@@ -268,6 +274,9 @@ class Reasoner:
         """Apply one turn; return True when the loop ends (sets ``trace.finish_reason``)."""
         cfg = self.config
         text = turn.text
+        if cfg.prompt_layout == "baseline":  # no tools: the first reply is the answer
+            trace.finish_reason = turn.finish_reason
+            return True
         lockstep = call == cfg.max_turns and (cfg.batch_max_turns or 0) > cfg.max_turns
         written, reason = self._turn_ends(turn, call, budget, lockstep)
         if reason is not None:

@@ -52,6 +52,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         agent[node_names.get(option, option)] = value
     if args.model_family is not None:
         agent["model_family"] = cfg.model_family
+    if args.no_tools:
+        agent["tools"] = False
     for name in ("temperature", "top_p", "max_tokens", "max_pixels", "max_turns"):
         value = getattr(cfg.sampling, name, None) if name in ("temperature", "top_p", "max_tokens") else getattr(cfg, name)
         if getattr(args, name) is not None:

@@ -118,6 +118,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, sampling: bool = Tr
                                  ("--max-turns", "max_turns", positive_int)):
             s.add_argument(flag, type=kind, help=f"{table[name].help} (default {table[name].default})")
         s.add_argument("--model-family", help=table["model_family"].help)
+        s.add_argument("--no-tools", action="store_true",
+                       help="the no-tools baseline: the same question without the drawing tools, one plain answer")
 
 
 def given_engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -181,7 +183,8 @@ def loop_config(args: argparse.Namespace):
         model, family = getattr(args, "model", None), getattr(args, "model_family", None)
         found = model_family(family) if family else detect_family(model) if model and Path(model).is_dir() else None
         return reasoner_config(max_pixels=args.max_pixels, max_turns=args.max_turns, temperature=args.temperature,
-                               top_p=args.top_p, max_tokens=args.max_tokens, model_family=found and found.name)
+                               top_p=args.top_p, max_tokens=args.max_tokens, model_family=found and found.name,
+                               prompt_layout="baseline" if getattr(args, "no_tools", False) else None)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
 

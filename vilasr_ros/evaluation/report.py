@@ -172,12 +172,13 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None, gall
     out = Path(out) if out else Path(run_dirs[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
     files = _plots(runs, out)
-    md = ["# Evaluation report\n", "| run | dataset | engine | items | overall (%) | reflection (%) | mean turns | "
-          "nav. error median (m) |", "|---|---|---|---|---|---|---|---|"]
+    md = ["# Evaluation report\n", "| run | dataset | engine | family | mode | items | overall (%) | reflection (%) | "
+          "mean turns | nav. error median (m) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         s, eng = r["summary"], r["info"].get("engine", {})
         pe = (s.get("position_error_m") or {}).get("median")
-        md.append(f"| {r['name']} | {s['dataset']} | {eng.get('engine')} {eng.get('model', '')} | {s['items']} | "
+        family, mode = r["info"].get("model_family", "qwen2_5_vl"), r["info"].get("mode", "tools")
+        md.append(f"| {r['name']} | {s['dataset']} | {eng.get('engine')} {eng.get('model', '')} | {family} | {mode} | {s['items']} | "
                   f"{100 * s['overall']:.2f} | {100 * (s['reflection_rate'] or 0):.1f} | {s['mean_turns'] or 0:.2f} | "
                   f"{'' if pe is None else f'{pe:.3f}'} |")
     types = sorted({t for r in runs for t in r["summary"]["types"]})

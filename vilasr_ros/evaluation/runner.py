@@ -190,6 +190,8 @@ def run_eval(dataset: str, data: str | Path, engine: Engine, out: str | Path, *,
     out.mkdir(parents=True, exist_ok=True)
     run_info = {"dataset": dataset, "data": str(Path(data).resolve()), "image_folder": str(root.resolve()),
                 "engine": engine.describe(), "frames": frames, "shard": list(shard),
+                "model_family": Reasoner(engine, config).family.name,
+                "mode": "no tools" if config.prompt_layout == "baseline" else "tools",
                 "settings": {"max_pixels": config.max_pixels, "max_images": config.max_images,
                              "on_tool_error": config.on_tool_error,
                              "max_turns": max_turns_override or "dataset default",
