@@ -506,3 +506,26 @@ def test_a_bad_map_pose_is_a_named_sensor_drop_not_a_callback_error(ros):
         assert robot.agent.alignment.untrusted is not None and len(robot.agent.alignment) == 0
     finally:
         robot.close()
+
+
+def test_a_single_spin_once_rides_out_the_same_race(ros):
+    """The neighbour of the spin race: the waits of AgentClient and `vilasr agent --query` spin once at
+    a time; runner.spin_once returns instead of raising, and the next call serves the node."""
+    from vilasr_ros.ros.runner import spin_once
+
+    node = rclpy.create_node("race_once")
+    ticks = []
+    node.create_timer(0.01, lambda: ticks.append(1))
+    node.add_waitable(_DestroyedMidWait(races=2))
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        with pytest.raises(InvalidHandle):
+            executor.spin_once(timeout_sec=0.05)  # rclpy's own
+        deadline = time.monotonic() + 10
+        while not ticks and time.monotonic() < deadline:
+            spin_once(executor, 0.05)
+        assert ticks
+    finally:
+        executor.shutdown()
+        node.destroy_node()

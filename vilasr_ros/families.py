@@ -133,6 +133,11 @@ def model_family(name: str | ModelFamily | None = None) -> ModelFamily:
     return FAMILIES[key]
 
 
+def family_of_model_type(model_type: str | None) -> ModelFamily | None:
+    """The family whose ``config.json`` ``model_type`` this is, or None."""
+    return next((f for f in FAMILIES.values() if model_type in f.model_types), None)
+
+
 def detect_family(model_dir: str | Path) -> ModelFamily | None:
     """The family of a Hugging Face model folder, from its ``config.json`` ``model_type``.
 
@@ -148,9 +153,9 @@ def detect_family(model_dir: str | Path) -> ModelFamily | None:
         model_type = json.loads(path.read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):
         return None
-    for family in FAMILIES.values():
-        if model_type in family.model_types:
-            return family
+    found = family_of_model_type(model_type)
+    if found is not None:
+        return found
     known = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
     raise ConfigError(f"{path}: model_type {model_type!r} is not a known model family ({known}); "
                       "set the family explicitly (--model-family) if it is one of them")

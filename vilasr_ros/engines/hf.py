@@ -184,10 +184,10 @@ class TransformersEngine(Engine):
         param = next(model.parameters())
         engine.device, engine.dtype = str(param.device), param.dtype
         engine._setup(turn_reuse)
-        from vilasr_ros.families import FAMILIES, model_family
+        from vilasr_ros.families import family_of_model_type, model_family
 
         model_type = getattr(getattr(model, "config", None), "model_type", None)
-        engine.family = next((f for f in FAMILIES.values() if model_type in f.model_types), model_family(None))
+        engine.family = family_of_model_type(model_type) or model_family(None)
         return engine
 
     def _setup(self, turn_reuse: bool) -> None:

@@ -129,12 +129,10 @@ class AgentClient:
         while not predicate() and time.monotonic() < deadline:
             if spin is None:
                 time.sleep(0.02)
-            elif hasattr(spin, "spin_once") and not hasattr(spin, "get_name"):
-                spin.spin_once(timeout_sec=0.05)  # an executor
             else:
-                import rclpy
+                from vilasr_ros.ros.runner import spin_once
 
-                rclpy.spin_once(spin, timeout_sec=0.05)  # a node
+                spin_once(spin, 0.05)  # an executor or a node
 
     def wait_for_agent(self, timeout_s: float, spin=None) -> bool:
         """Wait until the agent subscribes to ``~/query`` (its configure transition made it); True if it did."""

@@ -166,9 +166,9 @@ def run_agent(config: str | Path | None = None, *, camera: dict[str, Any] | None
 def _ask_once(executor, node, camera_node, query: str, wait_frames: int, timeout_s: float, print_fn, nodes) -> int:
     """``vilasr agent --query``: wait for the frames, ask through an AgentClient, print the answer."""
     import rclpy
-    from rclpy.exceptions import InvalidHandle
 
     from vilasr_ros.ros.client import AgentClient
+    from vilasr_ros.ros.runner import spin_once
 
     client_node = rclpy.create_node("vilasr_agent_cli")
     nodes.append(client_node)
@@ -178,10 +178,7 @@ def _ask_once(executor, node, camera_node, query: str, wait_frames: int, timeout
 
     def spin_until(predicate) -> None:
         while not predicate() and time.monotonic() < deadline:
-            try:
-                executor.spin_once(timeout_sec=0.05)
-            except InvalidHandle:  # an entity destroyed mid-wait (see runner.spin): the next wait is valid
-                continue
+            spin_once(executor, 0.05)
 
     from vilasr_ros.query import parse_query
 

@@ -43,6 +43,18 @@ def spin(executor: Executor) -> None:
                 raise
 
 
+def spin_once(target, timeout_sec: float) -> None:
+    """One ``spin_once`` of an executor or a node that rides out the destroy-while-waiting race of
+    :func:`spin` (the next call builds a valid wait set)."""
+    try:
+        if isinstance(target, Executor):
+            target.spin_once(timeout_sec=timeout_sec)
+        else:
+            rclpy.spin_once(target, timeout_sec=timeout_sec)
+    except InvalidHandle:
+        pass
+
+
 def spin_node(make_node: Callable[[], Node], make_executor: Callable[[], Executor], name: str,
               args: list[str] | None = None) -> int:
     """Run one node until Ctrl-C or shutdown.
