@@ -13,7 +13,10 @@ family whose model writes another convention converts at the boundary, both ways
   grounding convention) — :meth:`ModelFamily.to_pixels` is the identity, so every byte of the ViLaSR
   conversation stays as it is;
 - ``qwen3_vl``: relative coordinates on a 0–1000 grid of the image (Qwen3-VL's grounding convention,
-  QwenLM/Qwen3-VL cookbooks ``2d_grounding``: ``x_px = x / 1000 * width``).
+  QwenLM/Qwen3-VL cookbooks ``2d_grounding``: ``x_px = x / 1000 * width``). Its prompts say so: the
+  system prompt's bottom-right corner and each image caption give ``(1000, 1000)``
+  (:meth:`ModelFamily.coordinate_frame`), and its training data is converted to that grid
+  (``vilasr_ros_training.convert``).
 
 Resize rule: ``qwen_vl_utils.smart_resize`` with ``factor = patch_size * merge_size`` (28 for
 Qwen2.5-VL, 32 for Qwen3-VL) and ``min_pixels = 4 * factor**2`` (qwen-vl-utils'
@@ -46,6 +49,10 @@ class ModelFamily:
         merge_size: Patches merged per side into one vision token (2).
         coordinates: ``pixels`` or ``relative_1000`` (:data:`COORDINATES`).
         stop_token: End of an assistant turn in the chat template.
+        sft_template: LLaMA-Factory template whose tokens SFT reproduces (``qwen2_vl``;
+            ``qwen3_vl_nothink``, the Instruct models' template) — ``src/llamafactory/data/template.py``.
+        default_system: The system message that template (and the model's chat template) adds when
+            a conversation has none (None: no system turn).
     """
 
     name: str
@@ -55,6 +62,8 @@ class ModelFamily:
     merge_size: int
     coordinates: str
     stop_token: str = "<|im_end|>"
+    sft_template: str = "qwen2_vl"
+    default_system: str | None = "You are a helpful assistant."
 
     def __post_init__(self):
         if self.coordinates not in COORDINATES:
@@ -81,6 +90,16 @@ class ModelFamily:
         from vilasr_ros import protocol
 
         return protocol.resized_size(width, height, max_pixels, self.factor, self.min_pixels)
+
+    def coordinate_frame(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The ``(width, height)`` the prompts give the model for an image of resized ``size``: the
+        bottom-right corner of its coordinate frame (ViLaSR's system prompt "the bottom-right corner
+        is ({width}, {height})" and the per-image captions, spec §2). ``pixels``: the resized size
+        itself (ViLaSR, unchanged); ``relative_1000``: ``(1000, 1000)`` for every image, the grid the
+        model's boxes are written on."""
+        if self.coordinates == "pixels":
+            return size
+        return (int(RELATIVE_SCALE), int(RELATIVE_SCALE))
 
     def to_pixels(self, coords, size: tuple[int, int]) -> list[float]:
         """Model coordinates → pixels of the resized image.
@@ -113,7 +132,7 @@ FAMILIES: dict[str, ModelFamily] = {
         ModelFamily("qwen2_5_vl", ("qwen2_5_vl",), "Qwen2_5_VLForConditionalGeneration", patch_size=14, merge_size=2,
                     coordinates="pixels"),
         ModelFamily("qwen3_vl", ("qwen3_vl",), "Qwen3VLForConditionalGeneration", patch_size=16, merge_size=2,
-                    coordinates="relative_1000"),
+                    coordinates="relative_1000", sft_template="qwen3_vl_nothink", default_system=None),
     )
 }
 DEFAULT_FAMILY = "qwen2_5_vl"

@@ -189,7 +189,8 @@ class Reasoner:
             raise QueryError("at least one image is needed")
         pil = [protocol.resize_for_model(to_pil(img), cfg.max_pixels, self.family) for img in images]
         kind = kind or protocol.default_kind(len(pil))
-        messages = protocol.initial_messages([im.size for im in pil], question, ptype, options, kind, cfg.prompt_layout)
+        frame = self.family.coordinate_frame  # the size the prompts state: the model's coordinate frame
+        messages = protocol.initial_messages([frame(im.size) for im in pil], question, ptype, options, kind, cfg.prompt_layout)
         trace = Trace(
             question=question,
             problem_type=ptype,
@@ -389,7 +390,7 @@ class Reasoner:
                 )
             )
             state.commit(edit)
-            shown.append((edit.new_index, image.size))
+            shown.append((edit.new_index, self.family.coordinate_frame(image.size)))
             turn.new_images.append(edit.new_index + 1)
             if edit.new_index + 1 >= cfg.max_images:
                 final = True
@@ -413,7 +414,7 @@ class Reasoner:
         cfg = self.config
         shown = []
         for edit, image in zip(edits, drawn):
-            shown.append((edit.new_index, image.size))
+            shown.append((edit.new_index, self.family.coordinate_frame(image.size)))
             if edit.new_index + 1 >= cfg.max_images:
                 final = True
                 break
