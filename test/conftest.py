@@ -105,6 +105,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory) -> Path:
+    """A random tiny Qwen3-VL saved the same way (``vilasr train tiny-model DIR --family qwen3_vl``)."""
+    from vilasr_ros.tiny_model import build_tiny_qwen3_vl
+
+    return build_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny_qwen3_vl"))
+
+
+@pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir):
     from vilasr_ros.engines.hf import TransformersEngine
 

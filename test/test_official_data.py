@@ -349,3 +349,81 @@ def test_an_unknown_dataset_name_lists_ours_and_the_references(benchmark_dir, ca
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "spar" in err and "spatialeval_real" in err and len(err.strip().splitlines()) <= 2
+
+
+def test_released_boxes_convert_to_the_qwen3_grid_within_a_pixel(data_dir, tmp_path):
+    """Issue 27 item 4: the cold-start boxes are Qwen2.5-VL pixels of each image at the size the
+    authors' SFT gave it (LLaMA-Factory's shrink, then the processor's 28-rounding); on a Qwen3-VL
+    base they become 0–1000 of that size, the stated sizes become the grid, nothing else changes,
+    and taking them back costs at most side/2000 px (under 1 px for sides up to 2000)."""
+    from vilasr_ros.families import model_family
+    from vilasr_ros_training.convert import ConversionStats, convert_example, source_size
+
+    cfg = load_config(REPO / "config" / "training" / "sft.yaml", [f"data_dir={data_dir}"], stage="sft")
+    [original] = load_source({"format": "llamafactory", "dataset": "vqa_cold_start"}, cfg.data_dir)
+    stats = ConversionStats()
+    [converted] = load_source({"format": "llamafactory", "dataset": "vqa_cold_start"}, cfg.data_dir,
+                              family="qwen3_vl", stats=stats)
+    assert source_size(original["images"][0]) == ((1148, 868), (1296, 968))
+    texts = [[p.get("text") for p in m["content"]] for m in converted["messages"]]
+    before = [[p.get("text") for p in m["content"]] for m in original["messages"]]
+    box = [round(1 / 1148 * 1000), round(2 / 868 * 1000), round(30 / 1148 * 1000), round(40 / 868 * 1000)]
+    assert texts[2] == [before[2][0].replace("[1, 2, 30, 40]", f"[{', '.join(map(str, box))}]")]
+    assert texts[0] == [before[0][0].replace("is (644, 476)", "is (1000, 1000)")]
+    assert texts[3][1] == before[3][1].replace("(width: 64, height: 48)", "(width: 1000, height: 1000)")
+    assert texts[1] == before[1] and texts[4] == before[4] and converted["images"] == original["images"]
+    assert (stats.examples, stats.boxes, stats.skipped) == (1, 1, 0)
+    assert 0 < stats.max_error_px <= 1148 / 2000 and stats.max_error_original_px <= 1296 / 2000
+    # the same example for ViLaSR's own family: untouched
+    assert convert_example(original, "qwen2_5_vl") is original
+
+    # Many boxes and lines on images of several sizes and aspect ratios, through the whole path.
+    rng = np.random.default_rng(0)
+    family = model_family("qwen3_vl")
+    sweep = ConversionStats()
+    for size in [(1296, 968), (640, 480), (1920, 1080), (480, 640), (1000, 300), (333, 777), (2048, 2048)]:
+        path = _image(tmp_path / f"{size[0]}x{size[1]}.png", size)
+        (w, h), _ = source_size(str(path))
+        calls = []
+        for _ in range(40):
+            x1, x2 = sorted(rng.integers(0, w + 1, 2).tolist())
+            y1, y2 = sorted(rng.integers(0, h + 1, 2).tolist())
+            calls.append({"index": 1, "bbox_2d": [x1, y1, x2, y2], "label": "a"})
+            calls.append({"index": 1, "start_point_2d": [x1, y2], "end_point_2d": [x2, y1], "label": "b"})
+        text = f"<think> t </think> Action: Object Mapper\n```json\n{json.dumps(calls)}\n```"
+        example = {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]},
+                                {"role": "assistant", "content": [{"type": "text", "text": text}]}],
+                   "images": [str(path)]}
+        out = convert_example(example, family, sweep)
+        boxes, lines = protocol.parse_tool_calls(out["messages"][1]["content"][0]["text"])
+        for mine, theirs in zip(boxes, calls[::2]):
+            back = family.to_pixels(mine["bbox_2d"], (w, h))
+            assert max(abs(a - b) for a, b in zip(back, theirs["bbox_2d"])) <= max(w, h) / 2000 + 1e-9
+        assert len(lines) == 40 and all(0 <= v <= 1000 for ln in lines for v in ln["start_point_2d"] + ln["end_point_2d"])
+    print(f"converted {sweep.boxes} boxes and {sweep.points} points on 7 image sizes: max round-trip error "
+          f"{sweep.max_error_px:.3f} px of the model's size, {sweep.max_error_original_px:.3f} px of the file")
+    assert (sweep.boxes, sweep.points, sweep.skipped) == (280, 560, 0)
+    assert sweep.max_error_px <= 1.0
+
+
+@pytest.mark.parametrize("name,stage", [("sft", "sft"), ("reflective", "sft"), ("rrs", "rrs"), ("grpo", "grpo")])
+def test_the_qwen3_vl_configs_are_the_recipe_with_only_model_family_and_outputs_changed(name, stage, data_dir, tmp_path):
+    import dataclasses
+
+    overrides = [f"data_dir={data_dir}"] if stage != "rrs" else []
+    mine = load_config(REPO / "config" / "training" / "qwen3_vl" / f"{name}.yaml", overrides, stage=stage)
+    base = load_config(REPO / "config" / "training" / f"{name}.yaml", overrides, stage=stage)
+    changed = {f.name for f in dataclasses.fields(mine) if getattr(mine, f.name) != getattr(base, f.name)}
+    assert mine.model_family == "qwen3_vl"
+    assert changed <= {"model", "model_family", "args", "engine", "out", "sft"}
+    assert {k for k in set(mine.args) | set(base.args) if mine.args.get(k) != base.args.get(k)} <= {"output_dir"}
+    if stage == "rrs":
+        assert mine.sft.model_family == "qwen3_vl" and mine.sft.max_length == base.sft.max_length
+    # a broken chain is one line naming the file
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nmodel: x\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="extends itself"):
+        load_config(tmp_path / "a.yaml", stage="sft")
+    (tmp_path / "c.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ValueError, match=r"c.yaml: extends 'nowhere.yaml'"):
+        load_config(tmp_path / "c.yaml", stage="sft")

@@ -301,3 +301,73 @@ def test_rrs_resumes_around_a_torn_last_line(tmp_path):
     path.write_text('{"id": "a", "sample": 0}\nnot json\n{"id": "a", "sample": 1}\n{"id": "b", "sam')
     assert done_samples(path) == {("a", 0), ("a", 1)}
     assert path.read_text() == '{"id": "a", "sample": 0}\nnot json\n{"id": "a", "sample": 1}\n'
+
+
+def test_a_qwen3_vl_base_trains_through_all_three_stages_in_its_own_coordinates(
+        sim_dataset, teacher_dir, tiny_qwen3_dir, tmp_path, capsys):
+    """Issue 27 item 4 on the tiny Qwen3-VL: teacher trajectories written on the 0–1000 grid draw the
+    same pixels as ViLaSR's, their chat text and tokens are the runtime's, and the smoke SFT, RRS
+    and GRPO commands run on it; traces of another family are refused, not trained on."""
+    from vilasr_ros.cli import main
+    from vilasr_ros.engines.hf import TransformersEngine
+    from vilasr_ros_training.chat import VilasrCollator, example_from_trace, load_images, training_text
+    from vilasr_ros.evaluation.runner import run_eval
+    from vilasr_ros_training.data import load_traces
+    from vilasr_ros_training.grpo import rollout_tensors
+    from vilasr_ros_training.teacher import TeacherEngine
+
+    out = tmp_path / "teacher3"  # a third of the items (as teacher_trajectories runs them all)
+    run_eval("sim", sim_dataset, TeacherEngine(str(sim_dataset), reflect=0.5, seed=0, model_family="qwen3_vl"), out,
+             shard=(0, 3))
+    ours = {t.question + str(t.kind) + str(len(t.images)): t for t, _ in _traces(out / "traces")}
+    vilasr = {t.question + str(t.kind) + str(len(t.images)): t for t, _ in _traces(teacher_dir / "traces")}
+    assert len(ours) >= 10 and set(ours) <= set(vilasr)
+    compared = 0
+    for key, trace in ours.items():
+        assert trace.settings["model_family"] == "qwen3_vl" and "(1000, 1000)" in trace.messages[0]["content"]
+        for mine, theirs in zip(trace.images, vilasr[key].images):
+            for a, b in zip(mine.boxes, theirs.boxes):  # pixels of different resized images: compare on the sensor
+                sa = [v / s for v, s in zip(a["bbox_2d"], mine.size * 2)]
+                sb = [v / s for v, s in zip(b["bbox_2d"], theirs.size * 2)]
+                assert max(abs(x - y) * 640 for x, y in zip(sa, sb)) <= 2.0  # 640 px frames, 1 px each way
+                compared += 1
+    assert compared >= 10
+
+    engine = TransformersEngine(tiny_qwen3_dir)
+    collator = VilasrCollator(engine.tokenizer, engine.image_processor, max_pixels=10**8, sft_format="runtime",
+                              family="qwen3_vl")  # the saved images as they are (the run's own resize)
+    trace, paths = next((t, p) for t, p in _traces(out / "traces") if len(t.turns) > 1)
+    example = example_from_trace(trace, paths)
+    assert training_text(example["messages"]) == trace.chat_text
+    batch = collator([{"example": json.dumps(example)}])
+    images = load_images(paths, 10**8, family="qwen3_vl")
+    assert all(w % 32 == 0 and h % 32 == 0 for w, h in (im.size for im in images))
+    runtime = engine.encode(GenerationRequest(prompt=trace.chat_text, images=images, messages=[]))
+    assert batch["input_ids"][0].tolist() == runtime["input_ids"][0].tolist()
+    trace.pil_images = [im.convert("RGB") for im in trace.pil_images]
+    parts = rollout_tensors(trace, engine.tokenizer, engine.image_processor)
+    assert parts["prompt_ids"] + parts["completion_ids"] == runtime["input_ids"][0].tolist()
+
+    with pytest.raises(DatasetError, match="qwen2_5_vl trace cannot train a qwen3_vl model"):
+        load_traces(teacher_dir / "traces", "qwen3_vl")
+
+    smoke = REPO / "config" / "training" / "smoke"
+    quiet = ["--set", "args.report_to=none", "--set", "args.max_steps=3"]
+    rc = main(["train", "sft", "--config", str(smoke / "sft.yaml"), "--set", f"model={tiny_qwen3_dir}",
+               "--set", f"data=[{{format: traces, path: {out / 'traces'}, limit: 4}}]",
+               "--set", f"args.output_dir={tmp_path / 'sft3'}", *quiet])
+    assert rc == 0, capsys.readouterr()
+    assert json.loads((tmp_path / "sft3" / "vilasr_train_summary.json").read_text())["model_family"] == "qwen3_vl"
+    assert TransformersEngine(tmp_path / "sft3").family.name == "qwen3_vl"
+    rc = main(["train", "rrs", "--config", str(smoke / "rrs.yaml"), "--set", f"items.path={sim_dataset}",
+               "--set", f"engine.model={sim_dataset}", "--set", "engine.model_family=qwen3_vl", "--set", "items.limit=2",
+               "--set", f"out={tmp_path / 'rrs'}", "--set", f"sft.model={tiny_qwen3_dir}", "--quiet",
+               "--set", f"sft.args.output_dir={tmp_path / 'refl3'}", "--set", "sft.args.report_to=none",
+               "--set", "sft.args.max_steps=2"])
+    assert rc == 0, capsys.readouterr().out
+    assert TransformersEngine(tmp_path / "refl3").family.name == "qwen3_vl"
+    rc = main(["train", "grpo", "--config", str(smoke / "grpo.yaml"), "--set", f"model={tmp_path / 'sft3'}",
+               "--set", f"items.path={sim_dataset}", "--set", f"args.output_dir={tmp_path / 'grpo3'}",
+               "--set", "args.max_steps=1", "--set", "args.report_to=none"])
+    assert rc == 0 and (tmp_path / "grpo3" / "vilasr_train_summary.json").exists()
+    assert TransformersEngine(tmp_path / "grpo3").family.name == "qwen3_vl"

@@ -114,12 +114,16 @@ def llamafactory_shrink(image, max_pixels: int, min_pixels: int = LF_IMAGE_MIN_P
     return image
 
 
-def load_images(paths: list[str | Path], max_pixels: int, sft_format: str = "runtime") -> list:
+def load_images(paths: list[str | Path], max_pixels: int, sft_format: str = "runtime", family=None) -> list:
     """Open images for training: ``runtime`` — RGB (alpha over white), resized as the runtime
-    resizes them (:func:`vilasr_ros.protocol.resize_for_model`); ``llamafactory`` — as the authors'
-    SFT saw them (:func:`llamafactory_shrink`; the processor finishes the resize)."""
+    resizes them for ``family`` (:func:`vilasr_ros.protocol.resize_for_model`; None: Qwen2.5-VL);
+    ``llamafactory`` — as the authors' SFT saw them (:func:`llamafactory_shrink`; the model's
+    processor finishes the resize)."""
     from PIL import Image
 
+    from vilasr_ros.families import model_family
+
+    family = model_family(family) if family is not None else None
     out = []
     for path in paths:
         with Image.open(path) as im:
@@ -127,7 +131,7 @@ def load_images(paths: list[str | Path], max_pixels: int, sft_format: str = "run
                 im.load()
                 out.append(llamafactory_shrink(im, max_pixels))
             else:
-                out.append(protocol.resize_for_model(protocol.to_rgb(im), max_pixels))
+                out.append(protocol.resize_for_model(protocol.to_rgb(im), max_pixels, family))
     return out
 
 
@@ -150,9 +154,11 @@ def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int
 
 
 def encode_llamafactory(messages: list[dict[str, Any]], images: list, tokenizer, image_processor,
-                        cutoff_len: int | None = None) -> dict[str, Any]:
+                        cutoff_len: int | None = None, default_system: str | None = LF_DEFAULT_SYSTEM
+                        ) -> dict[str, Any]:
     """Token ids and labels of one example exactly as LLaMA-Factory's supervised processor makes
-    them with the ``qwen2_vl`` template (the authors' SFT stages).
+    them with the ``qwen2_vl`` template (the authors' SFT stages), or ``qwen3_vl_nothink`` (the
+    same pieces, no default system: ``default_system=None``, :attr:`ModelFamily.default_system`).
 
     Each image part becomes ``<|vision_start|>`` + ``<|image_pad|>`` × (grid / merge²) +
     ``<|vision_end|>`` (``Qwen2VLPlugin.process_messages``). The conversation is split in (prompt,
@@ -198,7 +204,7 @@ def encode_llamafactory(messages: list[dict[str, Any]], images: list, tokenizer,
                 text += part.get("text", "")
         return text
 
-    system = LF_DEFAULT_SYSTEM
+    system = default_system
     turns = list(messages)
     if turns and turns[0]["role"] == "system":
         system = content(turns[0])
@@ -213,7 +219,7 @@ def encode_llamafactory(messages: list[dict[str, Any]], images: list, tokenizer,
     mask: list[int] = []
     total = 0
     for k in range(0, len(turns), 2):
-        source = (ids(f"<|im_start|>system\n{system}<|im_end|>\n") if k == 0 else []) + ids(
+        source = (ids(f"<|im_start|>system\n{system}<|im_end|>\n") if k == 0 and system is not None else []) + ids(
             f"<|im_start|>user\n{content(turns[k])}<|im_end|>\n<|im_start|>assistant\n")
         target = ids(f"{content(turns[k + 1])}<|im_end|>\n")
         if cutoff_len is not None:
@@ -278,15 +284,20 @@ class VilasrCollator:
         sft_format: ``llamafactory`` (default: the authors' SFT — :func:`encode_llamafactory`,
             images by :func:`llamafactory_shrink`) or ``runtime`` (images as the runtime resizes
             them, text exactly ``Trace.chat_text``, one tokenisation of the whole text).
+        family: The model family (:mod:`vilasr_ros.families`; None: ``qwen2_5_vl``): the runtime
+            resize and the LLaMA-Factory template's default system.
 
     Each dataset row holds an ``example`` column: a JSON string of ``{"messages", "images"}``.
     """
 
     def __init__(self, tokenizer, image_processor, max_pixels: int, max_length: int | None = None,
-                 sft_format: str = "llamafactory"):
+                 sft_format: str = "llamafactory", family=None):
+        from vilasr_ros.families import model_family
+
         if sft_format not in SFT_FORMATS:
             raise ValueError(f"sft_format must be one of {SFT_FORMATS}, got {sft_format!r}")
         self.sft_format = sft_format
+        self.family = model_family(family)
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.max_pixels, self.max_length = max_pixels, max_length
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
@@ -294,9 +305,10 @@ class VilasrCollator:
             protocol.EOS_TOKEN)
 
     def encode_example(self, example: dict[str, Any]) -> dict[str, Any]:
-        images = load_images(example["images"], self.max_pixels, self.sft_format)
+        images = load_images(example["images"], self.max_pixels, self.sft_format, self.family)
         if self.sft_format == "llamafactory":
-            enc = encode_llamafactory(example["messages"], images, self.tokenizer, self.image_processor, self.max_length)
+            enc = encode_llamafactory(example["messages"], images, self.tokenizer, self.image_processor, self.max_length,
+                                      self.family.default_system)
             expected = sum(int(g.prod()) for g in enc.get("image_grid_thw", [])) // self.image_processor.merge_size ** 2
             if enc["input_ids"].count(self.image_token_id) != expected:
                 raise ValueError(f"example truncated at max_length={self.max_length} would lose image tokens")

@@ -131,6 +131,14 @@ class DataSpec:
                        data_dir=data_dir)
 
 
+def _check_family(stage: Any) -> None:
+    """An unknown ``model_family``: a one-line ConfigError listing the known ones, at load."""
+    if getattr(stage, "model_family", None) is not None:
+        from vilasr_ros.families import model_family
+
+        model_family(stage.model_family)
+
+
 def _at_least(stage: Any, names: dict[str, int]) -> None:
     for name, low in names.items():
         value = getattr(stage, name)
@@ -147,6 +155,9 @@ class PolicyStage:
         lora: None (full fine-tuning) or ``{r, alpha, dropout, target_modules?}``.
         resume: True (the last checkpoint in ``output_dir``) or a checkpoint folder.
         attn_implementation: transformers' ``attn_implementation``.
+        model_family: ``qwen2_5_vl`` / ``qwen3_vl`` (:mod:`vilasr_ros.families`); None: from the
+            model folder's ``config.json``. It picks the loading class, the image resize, the
+            LLaMA-Factory template and the coordinates the data is converted to.
         args: trl ``SFTConfig`` / ``GRPOConfig`` fields.
     """
 
@@ -154,7 +165,19 @@ class PolicyStage:
     lora: dict | None = None
     resume: bool | str | None = None
     attn_implementation: str | None = None
+    model_family: str | None = None
     args: dict = field(default_factory=dict)
+
+    def family(self, model_path=None):
+        """The :class:`~vilasr_ros.families.ModelFamily` of this stage's policy (``model_family``, else
+        ``model_path``'s ``config.json``, else the default).
+
+        Raises:
+            ConfigError: An unknown family name or ``model_type``.
+        """
+        from vilasr_ros.families import resolve_family
+
+        return resolve_family(self.model_family, model_path)
 
 
 @dataclass(frozen=True)
@@ -181,6 +204,7 @@ class SFTStage(PolicyStage):
 
     def __post_init__(self):
         _at_least(self, {"max_pixels": protocol.MIN_PIXELS, "max_length": 1})
+        _check_family(self)
         if self.sft_format not in ("llamafactory", "runtime"):
             raise ValueError(f"sft_format must be llamafactory or runtime, got {self.sft_format!r}")
         object.__setattr__(self, "data", [_nested(DataSpec, d, "data entry").resolved(self.data_dir)
@@ -204,6 +228,8 @@ class RRSStage:
         batch_size: Items in flight (engines that take concurrent requests).
         seed: Sample k of an item uses ``seed + k``.
         sft: Then SFT on the kept traces (an SFT stage without ``data``).
+        model_family: The sampled model's family (:mod:`vilasr_ros.families`; None: the engine's own,
+            e.g. from a ``transformers`` model's ``config.json``; set it for a served model).
     """
 
     items: ItemsSpec
@@ -217,10 +243,12 @@ class RRSStage:
     batch_size: int = 16
     seed: int = 0
     sft: SFTStage | None = None
+    model_family: str | None = None
     args: dict = field(default_factory=dict)
 
     def __post_init__(self):
         _at_least(self, {"samples": 1, "batch_size": 1, "max_pixels": protocol.MIN_PIXELS})
+        _check_family(self)
         if not 0.0 <= self.min_accuracy <= 1.0:
             raise ValueError(f"min_accuracy must be in [0, 1], got {self.min_accuracy}")
         object.__setattr__(self, "items", _nested(ItemsSpec, self.items, "items").resolved(self.data_dir))
@@ -264,6 +292,7 @@ class GRPOStage(PolicyStage):
     def __post_init__(self):
         _at_least(self, {"max_pixels": protocol.MIN_PIXELS, "max_images": 1, "max_tokens_per_turn": 1,
                          "max_response_tokens": 1})
+        _check_family(self)
         if self.on_tool_error not in ("retry", "stop"):
             raise ValueError(f"on_tool_error must be retry or stop, got {self.on_tool_error!r}")
         if not self.advantage_epsilon >= 0.0:
@@ -423,19 +452,48 @@ def check_args(stage: str, args: dict[str, Any], where: str) -> None:
         _check_range(f"args.{key}".split(".")[-1], value, f"{where}: args")
 
 
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key, anything else (lists too) replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_extended(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """A config file, with its ``extends:`` (a path relative to the file) read first and merged under it."""
+    if path.resolve() in seen:
+        raise ValueError(f"{path}: extends itself ({' -> '.join(str(p) for p in (*seen, path))})")
+    config = _yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a training config is a YAML mapping")
+    parent = config.pop("extends", None)
+    if parent is None:
+        return config
+    if not isinstance(parent, str):
+        raise ValueError(f"{path}: extends must be a path (relative to this file), got {parent!r}")
+    base_path = (path.parent / parent)
+    if not base_path.is_file():
+        raise ValueError(f"{path}: extends {parent!r}, but {base_path} does not exist")
+    return _merged(_read_extended(base_path, (*seen, path.resolve())), config)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None, stage: str | None = None) -> Any:
     """Read a stage config and apply overrides; with ``stage``, return its validated dataclass
     (:class:`SFTStage`, :class:`RRSStage`, :class:`GRPOStage`; relative data paths resolved against
     ``data_dir``), else the mapping.
 
+    A config may start from another: ``extends: ../sft.yaml`` (relative to the file) reads that one
+    first and lays this file's keys over it (mappings such as ``args`` merge key by key; lists such
+    as ``data`` are replaced) — the ``config/training/qwen3_vl/`` variants are written that way.
+
     Raises:
         FileNotFoundError: No such file.
-        ValueError: YAML errors, a bad override, or a config that does not check (one line each).
+        ValueError: YAML errors, a bad override, a missing or circular ``extends``, or a config that
+            does not check (one line each).
     """
     path = Path(path)
-    config = _yaml(path.read_text(encoding="utf-8"), str(path)) or {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: a training config is a YAML mapping")
+    config = _read_extended(path, ())
     for assignment in overrides or []:
         set_key(config, assignment)
     config.setdefault("args", {})

@@ -226,11 +226,22 @@ def load_llamafactory(name: str, data_dir: str | Path) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- other sources
 
 
-def load_traces(folder: str | Path) -> list[dict[str, Any]]:
+def load_traces(folder: str | Path, family: str | None = None) -> list[dict[str, Any]]:
     """Every saved trace under ``folder`` (``*/trace.json``, sorted) that ended with an answer, as examples.
 
     Traces cut by the token limit or ended by a tool error are left out (not a training target).
+
+    Args:
+        folder: Searched recursively.
+        family: The model family being trained (None: any). A trace recorded with another family
+            (``settings.model_family``; none recorded: ``qwen2_5_vl``) writes its boxes in another
+            convention.
+
+    Raises:
+        DatasetError: A trace of another family (named, with both families).
     """
+    from vilasr_ros.errors import DatasetError
+    from vilasr_ros.families import DEFAULT_FAMILY
     from vilasr_ros.trace import Trace
     from vilasr_ros_training.chat import example_from_trace
 
@@ -239,13 +250,17 @@ def load_traces(folder: str | Path) -> list[dict[str, Any]]:
         trace = Trace.load(path.parent)
         if trace.finish_reason != "stop" or not trace.answer:
             continue
+        recorded = (trace.settings or {}).get("model_family") or DEFAULT_FAMILY
+        if family is not None and recorded != family:
+            raise DatasetError(f"{path}: a {recorded} trace cannot train a {family} model (its tool calls use "
+                               f"{recorded}'s coordinates); sample the traces with the {family} model")
         paths = Trace.image_paths(path.parent, len(trace.images))
         out.append(example_from_trace(trace, paths))
     return out
 
 
-def teacher_trajectories(sim_dir: str | Path, out: str | Path, *, reflect: float = 0.0, seed: int = 0
-                         ) -> list[dict[str, Any]]:
+def teacher_trajectories(sim_dir: str | Path, out: str | Path, *, reflect: float = 0.0, seed: int = 0,
+                         family: str | None = None) -> list[dict[str, Any]]:
     """Teacher trajectories of a ``vilasr sim generate`` dataset, as examples.
 
     Runs the ``teacher`` engine over every item with ``vilasr eval run``'s runner (resumable; traces
@@ -256,15 +271,18 @@ def teacher_trajectories(sim_dir: str | Path, out: str | Path, *, reflect: float
         out: Where the run and its traces go.
         reflect: Probability of a deliberately wrong box followed by its correction.
         seed: Teacher seed.
+        family: The model family whose prompts and coordinates the trajectories use (None: ViLaSR's
+            ``qwen2_5_vl``).
     """
     from vilasr_ros.evaluation.runner import run_eval
     from vilasr_ros_training.teacher import TeacherEngine
 
-    run_eval("sim", sim_dir, TeacherEngine(str(sim_dir), reflect=reflect, seed=seed), out, save_traces=True)
-    return load_traces(Path(out) / "traces")
+    engine = TeacherEngine(str(sim_dir), reflect=reflect, seed=seed, model_family=family)
+    run_eval("sim", sim_dir, engine, out, save_traces=True)
+    return load_traces(Path(out) / "traces", engine.family.name)
 
 
-def load_source(spec, data_dir: str | Path | None = None) -> list[dict[str, Any]]:
+def load_source(spec, data_dir: str | Path | None = None, *, family=None, stats=None) -> list[dict[str, Any]]:
     """Examples from one ``data:`` entry of a training config
     (:class:`vilasr_ros_training.config.DataSpec`, or its mapping with ``data_dir``).
 
@@ -273,13 +291,22 @@ def load_source(spec, data_dir: str | Path | None = None) -> list[dict[str, Any]
     folder); ``sim_teacher``: teacher trajectories (:func:`teacher_trajectories`); ``traces``: saved
     traces (e.g. stage 2's output, :func:`load_traces`). ``limit`` keeps the first N examples.
 
+    With ``family`` (the model being trained, :mod:`vilasr_ros.families`), the released data
+    (``llamafactory``, ``vilasr``: Qwen2.5-VL pixels) is converted to its coordinate convention
+    (:func:`vilasr_ros_training.convert.convert_example`, counted in ``stats``, a
+    :class:`~vilasr_ros_training.convert.ConversionStats`), teacher trajectories are written in it,
+    and traces must have been recorded with it.
+
     Raises:
         ValueError: Unknown format or missing keys (one line).
         MissingImagesError: ViLaSR-data with missing images.
     """
     from vilasr_ros_training.config import DataSpec, as_spec
 
+    from vilasr_ros.families import model_family
+
     spec = as_spec(DataSpec, spec, data_dir, "data entry")
+    name = model_family(family).name if family is not None else None
     if spec.format == "llamafactory":
         if spec.data_dir is None:
             raise ValueError(f"data entry {spec.dataset}: format llamafactory needs the config's data_dir")
@@ -288,10 +315,15 @@ def load_source(spec, data_dir: str | Path | None = None) -> list[dict[str, Any]
         examples = load_sharegpt(Path(spec.path), spec.image_root or spec.data_dir)
     elif spec.format == "sim_teacher":
         out = spec.out or str(Path(spec.path) / "teacher")
-        examples = teacher_trajectories(spec.path, out, reflect=spec.reflect, seed=spec.seed)
+        examples = teacher_trajectories(spec.path, out, reflect=spec.reflect, seed=spec.seed, family=name)
     else:
-        examples = load_traces(spec.path)
-    return examples[: spec.limit] if spec.limit else examples
+        examples = load_traces(spec.path, name)
+    examples = examples[: spec.limit] if spec.limit else examples
+    if name is not None and spec.format in ("llamafactory", "vilasr"):
+        from vilasr_ros_training.convert import convert_example
+
+        examples = [convert_example(e, name, stats) for e in examples]
+    return examples
 
 
 RL_KINDS = {"video": "video", "spatial_r1": "video", "maze": "single", "vqa": "single"}

@@ -70,7 +70,7 @@ def sample_and_select(config, engine: Engine | None = None,
         engine = create_engine(options.pop("name", "transformers"), **options)
     k_samples, min_accuracy, seed = config.samples, config.min_accuracy, config.seed
     sampling = SamplingConfig(**{"temperature": 1.0, "top_p": 1.0, "max_tokens": 2048, **(config.sampling or {})})
-    base = ReasonerConfig(max_pixels=config.max_pixels, sampling=sampling)
+    base = ReasonerConfig(max_pixels=config.max_pixels, sampling=sampling, model_family=config.model_family)
     out = Path(config.out)
     (out / "kept").mkdir(parents=True, exist_ok=True)
     samples_path = out / "samples.jsonl"
@@ -142,7 +142,10 @@ def run_rrs(config, engine: Engine | None = None,
         from vilasr_ros_training.data import load_traces
         from vilasr_ros_training.sft import train_sft
 
-        examples = load_traces(Path(config.out) / "kept")
+        from vilasr_ros.engines.hf import resolve_model_path
+
+        family = config.sft.family(resolve_model_path(config.sft.model))
+        examples = load_traces(Path(config.out) / "kept", family.name)  # sampled in another family: one error
         if not examples:
             raise ValueError("stage 2 kept no trajectory: nothing to fine-tune on (see samples.jsonl)")
         summary["sft"] = train_sft(config.sft, examples)

@@ -30,28 +30,34 @@ LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_p
 
 
 def load_policy(model: str | Path, *, bf16: bool = False, freeze_vision: bool = True,
-                attn_implementation: str | None = None):
+                attn_implementation: str | None = None, family=None):
     """Model, tokenizer and image processor from a local folder (or the local HF cache).
 
     Args:
         model: Folder or Hugging Face id (never downloaded).
         bf16: Load in bfloat16 (else float32).
-        freeze_vision: ``requires_grad=False`` on ``model.visual`` (vision tower + merger/projector).
+        freeze_vision: ``requires_grad=False`` on ``model.visual`` (vision tower + merger/projector;
+            the same attribute in Qwen2.5-VL and Qwen3-VL).
+        family: The model family (its ``model_class`` loads the weights); None: from the folder's
+            ``config.json`` (:func:`vilasr_ros.families.resolve_family`).
 
     Raises:
         ModelNotFoundError: No weights there.
+        ConfigError: An unknown family.
     """
     torch = require("torch", "train")
     transformers = require("transformers", "train")
     from vilasr_ros.engines.hf import resolve_model_path
+    from vilasr_ros.families import resolve_family
 
     path = resolve_model_path(model)
+    family = resolve_family(family.name if hasattr(family, "name") else family, path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     image_processor = transformers.AutoImageProcessor.from_pretrained(path, local_files_only=True)
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if bf16 else torch.float32, "local_files_only": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    policy = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs)
+    policy = getattr(transformers, family.model_class).from_pretrained(path, **kwargs)
     if freeze_vision:
         policy.model.visual.requires_grad_(False)
     return policy, tokenizer, image_processor, path
@@ -66,9 +72,10 @@ def trainer_args(cls, args: dict[str, Any]):
 
 
 def policy_from_config(config, bf16: bool):
-    """:func:`load_policy` with a stage's ``model``, ``freeze_vision``, ``attn_implementation``."""
+    """:func:`load_policy` with a stage's ``model``, ``freeze_vision``, ``attn_implementation``,
+    ``model_family``."""
     return load_policy(config.model, bf16=bf16, freeze_vision=config.freeze_vision,
-                       attn_implementation=config.attn_implementation)
+                       attn_implementation=config.attn_implementation, family=config.model_family)
 
 
 def peft_config(lora: dict[str, Any] | None):
@@ -132,13 +139,23 @@ def train_sft(config, examples: list[dict[str, Any]] | None = None) -> dict[str,
     from vilasr_ros_training.config import stage_config
     from vilasr_ros_training.data import load_source
 
+    from vilasr_ros.engines.hf import resolve_model_path
+    from vilasr_ros_training.convert import ConversionStats
+
     config = stage_config("sft", config)
+    family = config.family(resolve_model_path(config.model))
+    conversion = ConversionStats()
     if examples is None:
-        examples = [e for spec in config.data for e in load_source(spec)]
+        examples = [e for spec in config.data
+                    for e in load_source(spec, family=family, stats=conversion)]
+    if conversion.examples:
+        logger.info("SFT: %s conversations converted to %s coordinates: %s", conversion.examples, family.name,
+                    conversion.as_dict())
     sft_args = trainer_args(trl.SFTConfig, {"report_to": "tensorboard", **config.args, "remove_unused_columns": False,
                                             "dataset_kwargs": {"skip_prepare_dataset": True}})
     policy, tokenizer, image_processor, path = policy_from_config(config, bool(sft_args.bf16))
-    collator = VilasrCollator(tokenizer, image_processor, config.max_pixels, config.max_length, config.sft_format)
+    collator = VilasrCollator(tokenizer, image_processor, config.max_pixels, config.max_length, config.sft_format,
+                              family)
     trainer = trl.SFTTrainer(model=policy, args=sft_args, train_dataset=as_dataset(examples),
                              processing_class=tokenizer, data_collator=collator,
                              peft_config=peft_config(config.lora))
@@ -149,6 +166,8 @@ def train_sft(config, examples: list[dict[str, Any]] | None = None) -> dict[str,
     save_for_runtime(trainer, tokenizer, image_processor, path, out)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {"output_dir": str(out), "examples": len(examples), "steps": trainer.state.global_step,
-               "train_loss": result.training_loss, "losses": losses}
+               "train_loss": result.training_loss, "losses": losses, "model_family": family.name}
+    if conversion.examples:
+        summary["conversion"] = conversion.as_dict()
     (out / "vilasr_train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

@@ -26,6 +26,7 @@ import numpy as np
 
 from vilasr_ros.engines.base import Engine, GenerationRequest, GenerationResult
 from vilasr_ros.errors import ConfigError, EngineError
+from vilasr_ros.families import model_family
 from vilasr_ros_sim.maze import CELL_PX as MAZE_CELL_PX, MARGIN_PX as MAZE_MARGIN_PX
 from vilasr_ros_sim.questions import MIN_SEEN_PX as MIN_PIXELS  # fewer mask pixels: too small to box
 
@@ -97,15 +98,19 @@ class TeacherConfig:
             teacher reads the ground truth of every item it answers (required to answer).
         reflect: Probability in [0, 1] that a trajectory draws one box wrong and corrects it.
         seed: Randomness of that choice.
+        model_family: The family whose coordinates the trajectories use (:mod:`vilasr_ros.families`;
+            None: ViLaSR's ``qwen2_5_vl``, pixels of the resized image; ``qwen3_vl``: 0–1000).
     """
 
     model: str | None = None
     reflect: float = 0.0
     seed: int = 0
+    model_family: str | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.reflect <= 1.0:
             raise ValueError(f"reflect must be in [0, 1], got {self.reflect}")
+        model_family(self.model_family)  # an unknown name: ConfigError listing the known ones
         if self.model is not None and not (Path(self.model) / "questions.json").is_file():
             raise ValueError(f"{self.model} is not a sim dataset folder (no questions.json); "
                              "make one with `vilasr sim generate --out DIR`")
@@ -135,6 +140,7 @@ class TeacherEngine(Engine):
         self.root = Path(config.model)
         self.reflect = float(config.reflect)
         self.seed = int(config.seed)
+        self.family = model_family(config.model_family)  # the loop reads the teacher's coordinates in it
         self._items: list[dict] | None = None
         self.reset()
 
@@ -143,7 +149,7 @@ class TeacherEngine(Engine):
         self._latest: dict[int, int] = {}
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "model": "ground truth", "reflect": self.reflect}
+        return {"engine": self.name, "model": "ground truth", "reflect": self.reflect, "model_family": self.family.name}
 
     # ------------------------------------------------------------------ finding the item
     def _lookup(self, request: GenerationRequest) -> tuple[dict, Path]:
@@ -300,10 +306,12 @@ class TeacherEngine(Engine):
         for entry in payload:
             k = entry[0]
             index = k + 1 if fresh else self._latest.get(k, k + 1)
+            size = request.images[k].size  # plans are in its resized pixels; written in the family's convention
             if kind == "boxes":
-                items.append({"index": index, "bbox_2d": entry[1], "label": entry[2]})
+                items.append({"index": index, "bbox_2d": self.family.from_pixels(entry[1], size), "label": entry[2]})
             else:
-                items.append({"index": index, "start_point_2d": entry[1], "end_point_2d": entry[2], "label": entry[3]})
+                items.append({"index": index, "start_point_2d": self.family.from_pixels(entry[1], size),
+                              "end_point_2d": self.family.from_pixels(entry[2], size), "label": entry[3]})
         # The loop makes one new image per edited image, in order of first mention (spec §3).
         order = list(dict.fromkeys(e[0] for e in payload))
         for j, k in enumerate(order):
