@@ -241,3 +241,49 @@ def test_the_no_tools_baseline_and_the_drawing_loop_side_by_side_in_one_report(s
             if line.startswith("| tools") or line.startswith("| no_tools")}
     assert rows["tools"][5] == "tools" and rows["no_tools"][5] == "no tools"
     assert float(rows["tools"][9]) == 2.0 and float(rows["no_tools"][9]) == 1.0  # mean turns
+
+
+def test_eval_run_with_and_without_tools_through_a_served_qwen3_vl_gives_both_rows(sim_dataset, tmp_path, capsys):
+    """Issue 27 must-hold 4: ``vilasr eval run`` against an OpenAI-compatible server (scripted) for a
+    served Qwen3-VL (``--model-family qwen3_vl``), with the tools and with ``--no-tools``; the report
+    names the family and mode of each row. The tool run's 0–1000 box lands on the pixels it names."""
+    from misbehaving_server import MisbehavingServer
+
+    items = json.loads((sim_dataset / "questions.json").read_text())
+    mc = [i for i in items if i["problem_type"] == "multiple choice" and i["scene"]][:3]
+    data = tmp_path / "mc.json"
+    data.write_text(json.dumps(mc))
+    truth = mc[0]["answer"]
+    draw = ('<think> mark it </think> Action: Object Mapper\n```json\n[{"index": 1, "bbox_2d": [250, 100, 750, 900], '
+            '"label": "x"}]\n```')
+    tools = MisbehavingServer(script=[draw, f"<think> done </think> Action: Answer\n<answer> {truth} </answer>"])
+    plain = MisbehavingServer(script=[f"{truth}."])
+    try:
+        for server, name, extra in ((tools, "tools", []), (plain, "no_tools", ["--no-tools"])):
+            assert main(["eval", "run", "--dataset", "sim", "--data", str(data), "--image-folder", str(sim_dataset),
+                         "--out", str(tmp_path / name), "--engine", "openai", "--base-url", server.url, "--model",
+                         "Qwen/Qwen3-VL-8B-Instruct", "--model-family", "qwen3_vl", "--batch-size", "1", "--frames", "4", "-q",
+                         *extra]) == 0  # one conversation at a time: the script server keeps one position
+        assert tools.requests == 2 * len(mc) and plain.requests == len(mc)
+    finally:
+        tools.close()
+        plain.close()
+    for path in sorted((tmp_path / "tools").rglob("trace.json")):
+        trace = json.loads(path.read_text())
+        assert trace["settings"]["model_family"] == "qwen3_vl" and "(1000, 1000)" in trace["messages"][0]["content"]
+        w, h = trace["images"][0]["size"]
+        assert w % 32 == 0 and h % 32 == 0
+        [box] = trace["images"][-1]["boxes"]
+        assert box["bbox_2d"] == pytest.approx([0.25 * w, 0.1 * h, 0.75 * w, 0.9 * h])
+    for path in sorted((tmp_path / "no_tools").rglob("trace.json")):
+        trace = json.loads(path.read_text())
+        assert len(trace["turns"]) == 1 and trace["answer"] == f"{truth}." and not trace["settings"]["tools"]
+    capsys.readouterr()
+    assert main(["eval", "report", str(tmp_path / "tools"), str(tmp_path / "no_tools"), "--out",
+                 str(tmp_path / "report"), "--gallery", "0"]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")] for line in text.splitlines()
+            if line.startswith("| tools") or line.startswith("| no_tools")}
+    assert rows["tools"][3].startswith("openai Qwen/Qwen3-VL-8B-Instruct")
+    assert (rows["tools"][4], rows["tools"][5]) == ("qwen3_vl", "tools")
+    assert (rows["no_tools"][4], rows["no_tools"][5]) == ("qwen3_vl", "no tools")
