@@ -156,3 +156,21 @@ def test_qwen3_vl_greedy_outputs_identical_with_reuse_on_and_off_and_equal_to_ge
     with_reuse = _conversation(on, n_frames, seed)
     without = _conversation(off, n_frames, seed, on_request=check)
     assert with_reuse == without and len(set(with_reuse)) > 1
+
+
+@pytest.mark.parametrize("family,billions", [("qwen2_5_vl", 8.29), ("qwen3_vl", 8.77)])
+def test_the_gpu_check_builds_the_released_shapes(family, billions):
+    """benchmarks/gpu_check.py's full-size models, built on the meta device (no memory): the released
+    checkpoints' parameter counts (Qwen2.5-VL-7B-Instruct 8.29 B, Qwen3-VL-8B-Instruct 8.77 B) and the
+    family's loading class, so the first GPU it meets runs it."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_check
+
+    model, _, processor, params = gpu_check.build(family, False, "meta", "bfloat16")
+    assert round(params / 1e9, 2) == billions
+    assert type(model).__name__ == {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                                    "qwen3_vl": "Qwen3VLForConditionalGeneration"}[family]
+    assert processor.patch_size * processor.merge_size == {"qwen2_5_vl": 28, "qwen3_vl": 32}[family]
