@@ -189,3 +189,40 @@ def _request():
     image = frames(1)[0]
     messages = protocol.initial_messages([image.size], "q", "free-form")
     return GenerationRequest(prompt=protocol.render_chat(messages), images=[image], messages=messages, sampling=GREEDY)
+
+
+def test_the_vllm_engine_reads_the_family_of_its_model_folder(tiny_qwen3_dir, monkeypatch):
+    """vLLM is not installed here (GPU only): a stand-in module records what the engine hands
+    ``vllm.LLM`` and ``generate``; the loop then reads the served Qwen3-VL's 0–1000 box on its pixels."""
+    import sys
+    import types
+
+    from PIL import Image
+
+    from vilasr_ros.engines.vllm_engine import VLLMEngine
+    from vilasr_ros.reasoner import Reasoner, ReasonerConfig
+
+    seen = {"inputs": []}
+    replies = iter(['<think> a </think> Action: Object Mapper\n```json\n[{"index": 1, "bbox_2d": [100, 200, 500, 800], '
+                    '"label": "x"}]\n```', "<think> b </think> Action: Answer\n<answer> 3 </answer>"])
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            seen["model"] = model
+
+        def generate(self, inputs, params, use_tqdm=False):
+            seen["inputs"] += inputs
+            out = types.SimpleNamespace(text=next(replies), finish_reason="stop", token_ids=[1, 2])
+            return [types.SimpleNamespace(outputs=[out], prompt_token_ids=[0] * 10) for _ in inputs]
+
+    fake = types.SimpleNamespace(LLM=LLM, SamplingParams=lambda **kw: kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    engine = VLLMEngine(str(tiny_qwen3_dir))
+    assert engine.family.name == "qwen3_vl" and engine.describe()["model_family"] == "qwen3_vl"
+    trace = Reasoner(engine, ReasonerConfig()).run([Image.new("RGB", (640, 480), (90, 90, 90))], "How many?", "numerical")
+    assert trace.answer == "3" and seen["model"] == str(tiny_qwen3_dir)
+    first = seen["inputs"][0]
+    assert first["prompt"].count("<|image_pad|>") == len(first["multi_modal_data"]["image"]) == 1
+    assert first["multi_modal_data"]["image"][0].size == (640, 480)  # multiples of 32
+    [box] = trace.images[-1].boxes
+    assert box["bbox_2d"] == pytest.approx([64.0, 96.0, 320.0, 384.0])

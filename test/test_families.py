@@ -119,6 +119,11 @@ def test_a_qwen3_vl_loop_draws_its_relative_box_on_the_right_pixels_and_qwen2_5_
         assert drawn[(y1 + y2) // 2, x1].tolist() != [40, 40, 40]  # the outline is on the box's left edge
         assert drawn[(y1 + y2) // 2, (x1 + x2) // 2].tolist() == [40, 40, 40]  # and not inside it
         boxes[family.name] = model_to_sensor_box(trace.turns[0].boxes[0]["bbox_2d"], size, sensor)
+        from vilasr_ros.view import render_html
+
+        page = render_html(trace)  # the trace page: the family, and the box in pixels beside the text as written
+        assert f"model family: {family.name}" in page
+        assert f"<td>{trace.turns[0].boxes[0]['bbox_2d']}</td>" in page and str(written) in page
     assert boxes["qwen2_5_vl"].tolist() != [] and np.abs(boxes["qwen2_5_vl"] - truth).max() <= 1.0
     assert np.abs(boxes["qwen3_vl"] - truth).max() <= 1.0
     with pytest.raises(ConfigError, match="unknown model family"):

@@ -433,3 +433,39 @@ def test_a_client_that_does_not_stream_and_goes_away_cancels_its_query(tmp_path,
         assert metrics["cancelled_by_client"] == 1 and metrics["errors"] == 0
     finally:
         stop(proc)
+
+
+def test_a_served_qwen3_vl_refuses_a_robot_that_would_read_its_boxes_as_vilasr_pixels(tmp_path, tiny_qwen3_dir, frames):
+    """`vilasr serve` with a Qwen3-VL (the tiny one, transformers): /health names the family; a robot
+    whose loop reads ViLaSR's pixel coordinates gets a one-line refusal naming the fix, never a trace
+    drawn in the wrong place; the robot set to qwen3_vl gets the server's trace."""
+    from vilasr_ros.engines import SamplingConfig
+
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "vilasr_ros.cli", "serve", "--engine", "transformers", "--model",
+                             str(tiny_qwen3_dir), "--device", "cpu", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = requests.get(url + "/health", timeout=1).json()
+                break
+            except requests.RequestException:
+                assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+                time.sleep(0.3)
+        assert health["model_family"] == "qwen3_vl" and health["engine"]["model_family"] == "qwen3_vl"
+        engine = create_engine("remote", base_url=url, timeout_s=60.0)
+        short = SamplingConfig(temperature=0.0, max_tokens=8)
+        trace = Reasoner(engine, ReasonerConfig(max_turns=1, sampling=short)).run(frames[:2], "Where is the sofa?",
+                                                                                     "free-form")
+        assert trace.finish_reason == "error" and "this server's model is qwen3_vl" in trace.error
+        assert "set model_family: qwen3_vl" in trace.error and not trace.turns
+        trace = Reasoner(engine, ReasonerConfig(max_turns=1, sampling=short, model_family="qwen3_vl")).run(
+            frames[:2], "Where is the sofa?", "free-form")
+        assert trace.finish_reason != "error", trace.error
+        assert len(trace.turns) == 1 and trace.settings["model_family"] == "qwen3_vl"
+        assert all(im.size[0] % 32 == 0 and im.size[1] % 32 == 0 for im in trace.images)
+    finally:
+        stop(proc)

@@ -21,7 +21,7 @@ from vilasr_ros.annotations import AnnotationState
 from vilasr_ros.drawing import draw_annotations
 from vilasr_ros.engines.base import Engine, GenerationRequest, SamplingConfig
 from vilasr_ros.errors import ImageIndexError, ModelOutputError, QueryError, ToolCallEndsError
-from vilasr_ros.families import calls_to_pixels, model_family
+from vilasr_ros.families import DEFAULT_FAMILY, calls_to_pixels, model_family
 from vilasr_ros.sanitize import clean_text
 from vilasr_ros.trace import Trace, TraceImage, Turn
 
@@ -215,6 +215,8 @@ class Reasoner:
                  "kind": kind, "loop": {"max_pixels": cfg.max_pixels, "max_turns": cfg.max_turns,
                                         "max_images": cfg.max_images, "max_drawings_per_turn": cfg.max_drawings_per_turn,
                                         **{k: v for k, v in vars(cfg.sampling).items() if v is not None}}}
+        if self.family.name != DEFAULT_FAMILY:  # a vilasr serve checks its model is of this family (ViLaSR's: unsaid)
+            query["loop"]["model_family"] = self.family.name
 
         budget = {"spent": 0}
         for call in range(1, cfg.max_turns + 1):

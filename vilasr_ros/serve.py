@@ -126,16 +126,21 @@ class QueryRequest:
     """A validated request: the :class:`~vilasr_ros.query.Query` (the same schema as the ROS topic's,
     less ``target``, ``frames`` and ``selection``: the robot chose its frames and grounds targets
     itself), this server's fields (``loop``, ``deadline_s``, ``images``) and the decoded frames.
+    ``served_family``: the served model's family; a query whose ``loop.model_family`` (absent:
+    ``qwen2_5_vl``) is another one is refused — the robot would read its boxes in the wrong
+    coordinates.
 
     Raises:
-        QueryError: A field outside its rules (the message names it), no frames, or too many.
+        QueryError: A field outside its rules (the message names it), no frames, or too many, or
+            another model family than the served one.
     """
 
     LOOP_KEYS = ("max_pixels", "max_turns", "max_images", "max_drawings_per_turn", "temperature", "top_p",
-                 "max_tokens", "seed")
+                 "max_tokens", "seed", "model_family")
     FIELDS = ("loop", "deadline_s", "images")
 
-    def __init__(self, text: str, frames: list, config: ServeConfig):
+    def __init__(self, text: str, frames: list, config: ServeConfig, served_family: str | None = None):
+        from vilasr_ros.families import DEFAULT_FAMILY
         from vilasr_ros.query import MEMORY_FIELDS, parse_query
         from vilasr_ros.reasoner import reasoner_config
 
@@ -145,6 +150,10 @@ class QueryRequest:
         if not isinstance(loop, dict) or set(loop) - set(self.LOOP_KEYS):
             raise QueryError(f"'loop' takes {', '.join(self.LOOP_KEYS)}")
         self.loop = reasoner_config(**loop)
+        asked = self.loop.model_family or DEFAULT_FAMILY  # a robot whose loop reads ViLaSR's pixels says nothing
+        if served_family is not None and served_family != asked:
+            raise QueryError(f"this server's model is {served_family}, but the robot's loop reads {asked} coordinates: "
+                             f"set model_family: {served_family} on the robot (--model-family, node parameter model_family)")
         deadline = rest.get("deadline_s", config.default_deadline_s)
         if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline:
             raise QueryError("'deadline_s' must be a positive number of seconds")
@@ -225,6 +234,8 @@ def create_app(engine, config: ServeConfig | None = None):
 
     from vilasr_ros.reasoner import Reasoner
 
+    served_family = getattr(getattr(engine, "family", None), "name", None)  # None: the engine does not say (replay)
+
     config = config or ServeConfig()
     from vilasr_ros import protocol
 
@@ -302,7 +313,7 @@ def create_app(engine, config: ServeConfig | None = None):
     def health() -> dict[str, Any]:
         """Liveness, and what this server is (robots detect a ``vilasr serve`` from ``service``)."""
         return {"status": "ok", "service": SERVICE, "api": API_VERSION, "version": __version__,
-                "engine": engine.describe()}
+                "engine": engine.describe(), "model_family": served_family}
 
     @app.get("/ready")
     def ready():
@@ -327,7 +338,7 @@ def create_app(engine, config: ServeConfig | None = None):
         check_token(request)
         try:
             blobs = [(f.filename or f"frame{k}", await f.read()) for k, f in enumerate(frames)]
-            q = QueryRequest(query, decode_frames(blobs, config), config)
+            q = QueryRequest(query, decode_frames(blobs, config), config, served_family)
         except (QueryError, ConfigError) as exc:  # ConfigError: a bad 'loop' value
             with lock:
                 metrics.bad_requests += 1

@@ -61,7 +61,8 @@ def render_html(trace: Trace, title: str = "") -> str:
     engine = trace.engine or {}
     parts.append(f"<p class='meta'>type: {_e(trace.problem_type)} · layout: {_e(trace.kind)} · engine: "
                  f"{_e(engine.get('engine'))} ({_e(engine.get('model', ''))}) · {len(trace.turns)} turns · "
-                 f"{len(trace.images)} images · {trace.total_s:.2f} s</p>")
+                 f"{len(trace.images)} images · {trace.total_s:.2f} s · model family: "
+                 f"{_e((trace.settings or {}).get('model_family', 'qwen2_5_vl'))}</p>")
     if trace.options:
         parts.append("<p><b>Options:</b><br>" + "<br>".join(_e(o) for o in trace.options) + "</p>")
     inputs = [img.index for img in trace.images if img.drawn_from is None]
@@ -76,7 +77,8 @@ def render_html(trace: Trace, title: str = "") -> str:
             rows = "".join(f"<tr><td>{kind}</td><td>{_e(item.get('index'))}</td><td>{_e(item.get('label'))}</td>"
                            f"<td>{_e(item.get('bbox_2d') or [item.get('start_point_2d'), item.get('end_point_2d')])}</td></tr>"
                            for kind, item in calls)
-            parts.append("<table><tr><th>tool</th><th>on image</th><th>label</th><th>coordinates (model pixels)</th>"
+            parts.append("<table><tr><th>tool</th><th>on image</th><th>label</th><th>coordinates (pixels of the image "
+                         "the model saw; the text above is in the model's own convention)</th>"
                          f"</tr>{rows}</table>")
         if turn.error:
             parts.append(f"<p class='error'>{_e(turn.error)}</p>")

@@ -416,4 +416,4 @@ class TransformersEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "model": self.model_id, "device": self.device, "dtype": str(self.dtype),
-                "turn_reuse": self.turn_reuse}
+                "turn_reuse": self.turn_reuse, "model_family": self.family.name}

@@ -14,6 +14,7 @@ from typing import Any
 
 from vilasr_ros.engines.base import Engine, GenerationRequest, GenerationResult
 from vilasr_ros.engines.hf import resolve_model_path
+from vilasr_ros.families import resolve_family
 from vilasr_ros.errors import EngineError, require
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class VLLMEngine(Engine):
         self.vllm = vllm
         self.model_id = str(config.model)
         path = resolve_model_path(config.model)
+        self.family = resolve_family(None, path)  # config.json's model_type: the loop reads its coordinates
         self.llm = vllm.LLM(
             model=str(path),
             dtype="bfloat16",
@@ -106,4 +108,4 @@ class VLLMEngine(Engine):
         return results
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "model": self.model_id}
+        return {"engine": self.name, "model": self.model_id, "model_family": self.family.name}
