@@ -19,10 +19,18 @@ Strategies and the signals they use (never the sim's ground truth):
 - ``memory + since``: ``since`` = now minus the time since the object's last sighting rounded up to
   5 minutes (stamps) — what "in the last 15 minutes" gives.
 
-Not measured here: the teacher engine's answer accuracy and target error on the selected frames (the
-teacher answers items of a generated dataset; wiring a house's selection into one is left to do).
+Then the teacher on each strategy's 16 frames (``--no-teacher`` skips it): the drawing loop runs over
+them with a scripted model that does what the ``teacher`` engine does — it boxes the object on the
+selected frame that shows most of it (its segmentation box; the model's role, never the selection's)
+and answers — and the robot's own grounding (:func:`vilasr_ros.grounding.ground_trace`: depth, poses)
+turns that box into a map target. Reported per strategy: answered (a target was grounded: some frame
+showed the object), accuracy (target within 0.5 m of the object's box: the distance from the point to
+its oriented bounding box, as ``SimSource.target_error``) and the median / p90 target error of the
+answered ones. With no frame showing the object the teacher cannot box it: that question is
+unanswered, as a model shown the wrong frames would fail it.
 
-Run: ``MUJOCO_GL=egl python benchmarks/long_horizon.py [--houses 3] [--minutes 20] [--embedder-model DIR]``.
+Run: ``MUJOCO_GL=egl python benchmarks/long_horizon.py [--houses 3] [--minutes 20] [--embedder-model DIR]
+[--no-teacher]``.
 """
 
 from __future__ import annotations
@@ -40,8 +48,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from vilasr_ros import protocol  # noqa: E402
 from vilasr_ros.buffer import BufferConfig, select_frames  # noqa: E402
+from vilasr_ros.engines.replay import ReplayEngine  # noqa: E402
 from vilasr_ros.frames import Frame  # noqa: E402
+from vilasr_ros.grounding import ground_trace  # noqa: E402
+from vilasr_ros.reasoner import Reasoner, ReasonerConfig  # noqa: E402
+from vilasr_ros_sim.views import point_box_distance  # noqa: E402
 from vilasr_ros.memory import MemoryConfig  # noqa: E402
 from vilasr_ros.retrieval import AgentMemory, retrieve  # noqa: E402
 from vilasr_ros_sim.house import generate_house, house_walk, keyframe_poses, visibility  # noqa: E402
@@ -56,7 +69,50 @@ class _Rec:
         self.stamp_s, self.T_world_camera = stamp_s, T
 
 
-def run_house(seed: int, minutes: float, embedder_model: str | None, tmp: Path) -> tuple[list[dict], dict]:
+ACCURATE_M = 0.5
+"""A target within this distance of the object's box answers "where is it" (m)."""
+
+
+def teacher_target(poses: list, key: tuple[int, int], obj: dict, render, cfg) -> float | None:
+    """The teacher's target error (m) on these keyframes (module docstring), or None when none of
+    them shows the object whole (nothing to box: no answer).
+
+    ``render(pose)`` gives a keyframe's rendered view (cached by the caller). Only keyframes in the
+    object's room are rendered (the house's rooms are separate scenes: no other keyframe can show it);
+    the others go to the loop as blank frames — the teacher never boxes them and grounding uses only
+    the boxed frame's depth and pose."""
+    from vilasr_ros_sim.house import visibility
+
+    room, iid = key
+    views = [render(p) if p.room == room else None for p in poses]
+    shown = [(int((v.instance == iid).sum()), k) for k, v in enumerate(views) if v is not None
+             and iid in visibility(v.instance)]
+    if not shown:
+        return None
+    _, k = max(shown)
+    ys, xs = np.nonzero(views[k].instance == iid)
+    blank_rgb = np.zeros((cfg.height, cfg.width, 3), np.uint8)
+    blank_depth = np.zeros((cfg.height, cfg.width), np.float32)
+    frames = [Frame(v.rgb if v is not None else blank_rgb, v.depth_m if v is not None else blank_depth,
+                    cfg.intrinsics(), p.T_map_camera, T0 + p.stamp_s) for v, p in zip(views, poses)]
+    size = protocol.resized_size(cfg.width, cfg.height, protocol.prompts()["image_max_pixels"]["eval_default"])
+    sx, sy = size[0] / cfg.width, size[1] / cfg.height
+    box = [int(round(xs.min() * sx)), int(round(ys.min() * sy)), int(round((xs.max() + 1) * sx)),
+           int(round((ys.max() + 1) * sy))]
+    label = obj["category"]
+    script = [f'<think> I will mark the {label}. </think> Action: Object Mapper\n```json\n'
+              f'[{{"index": {k + 1}, "bbox_2d": {box}, "label": "{label}"}}]\n```',
+              f"<think> The {label} is marked. </think> Action: Answer\n<answer> the {label} </answer>"]
+    trace = Reasoner(ReplayEngine(script), ReasonerConfig()).run([f.rgb for f in frames], f"Where is the {label}?",
+                                                                 "free-form")
+    result = ground_trace(trace, frames, label)
+    if not result.ok:
+        return None
+    return point_box_distance(np.asarray(result.position_world), obj["centre"], obj["size"], obj["yaw"])
+
+
+def run_house(seed: int, minutes: float, embedder_model: str | None, tmp: Path, teacher: bool = True
+              ) -> tuple[list[dict], dict]:
     house = generate_house(seed)
     walk = house_walk(house, minutes=minutes, seed=seed)
     buf_cfg, mem_cfg = BufferConfig(), MemoryConfig()
@@ -80,8 +136,6 @@ def run_house(seed: int, minutes: float, embedder_model: str | None, tmp: Path) 
             stored[T0 + p.stamp_s] = shown[p.stamp_s]
         t_render += t1 - t0
         t_ingest += time.perf_counter() - t1
-    for r in renderers:
-        r.close()
     if memory.embedding is not None:
         while memory.embedding.embedded < len(memory_kf):
             time.sleep(0.2)
@@ -89,6 +143,16 @@ def run_house(seed: int, minutes: float, embedder_model: str | None, tmp: Path) 
     duration = walk[-1].stamp_s
     rows = []
     regions = {k: np.asarray(v) for k, v in house.regions().items()}
+    by_stamp = {p.stamp_s: p for p in recent}
+    views: dict[float, object] = {}  # the teacher's renders, each keyframe once
+
+    def render(p):
+        if p.stamp_s not in views:
+            views[p.stamp_s] = renderers[p.room].render(p.T_room_camera)
+        return views[p.stamp_s]
+
+    by_memory_stamp = {T0 + p.stamp_s: p for p in memory_kf}  # as stored
+    boxes = {(k, o.instance_id): (o.size, o.yaw) for k, room in enumerate(house.rooms) for o in room.furniture()}
     for obj in house.unique_objects():
         key = (obj["room"], obj["instance_id"])
         seen = [p.stamp_s for p in memory_kf if key in shown[p.stamp_s]]
@@ -96,9 +160,13 @@ def run_house(seed: int, minutes: float, embedder_model: str | None, tmp: Path) 
             continue
         phase = ("early", "midway", "late")[min(2, int(3 * seen[-1] / duration))]  # when it was last seen
         row = {"house": seed, "object": obj["category"], "phase": phase}
+        size, yaw = boxes[key]
+        truth = {**obj, "size": size, "yaw": yaw}
+        picks: dict[str, list] = {}
         for name, strategy in (("buffer uniform", "uniform"), ("buffer coverage", "coverage")):
             picked = select_frames([_Rec(p.stamp_s, p.T_map_camera) for p in recent], 16, strategy)
             row[name] = any(key in shown[r.stamp_s] for r in picked)
+            picks[name] = [by_stamp[r.stamp_s] for r in picked]
         last = seen[-1]
         since = now - math.ceil((now - (T0 + last)) / 300.0) * 300.0
         for name, kwargs in (("memory, no hint", {}),
@@ -110,7 +178,13 @@ def run_house(seed: int, minutes: float, embedder_model: str | None, tmp: Path) 
                 score = lambda ids, v=vector: memory.store.similarity(memory.embedder.name, v, ids)  # noqa: E731
             found = retrieve(memory.store, 16, score=score, text=obj["category"], **kwargs)
             row[name] = any(key in stored[r.stamp_s] for r in found.records)
+            picks[name] = [by_memory_stamp[r.stamp_s] for r in found.records]
+        if teacher:
+            for name, poses in picks.items():
+                row[f"{name} error_m"] = teacher_target(sorted(poses, key=lambda p: p.stamp_s), key, truth, render, cfg)
         rows.append(row)
+    for r in renderers:
+        r.close()
     info = memory.store.info()
     memory.close()
     stats = {"house": seed, "kind": house.kind, "rooms": len(house.rooms), "minutes": round(duration / 60, 1),
@@ -125,13 +199,14 @@ def main() -> None:
     parser.add_argument("--houses", type=int, default=3)
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--embedder-model", help="real SigLIP/CLIP weights for the semantic rows (not downloadable here)")
+    parser.add_argument("--no-teacher", action="store_true", help="recall only: skip the teacher's answers and targets")
     args = parser.parse_args()
     if not args.embedder_model:
         print("semantic retrieval: not run (no --embedder-model with real weights); 'memory, no hint' uses poses only")
     all_rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.houses):
-            rows, stats = run_house(seed, args.minutes, args.embedder_model, Path(tmp))
+            rows, stats = run_house(seed, args.minutes, args.embedder_model, Path(tmp), not args.no_teacher)
             print(json.dumps(stats))
             all_rows += rows
     print(f"\nrecall@16 over {len(all_rows)} questions ({args.houses} houses, {args.minutes:g}-minute walks)")
@@ -143,6 +218,20 @@ def main() -> None:
             sel = [r[name] for r in all_rows if phase is None or r["phase"] == phase]
             cells.append(f"{100 * sum(sel) / len(sel):.0f} % ({sum(sel)}/{len(sel)})" if sel else "—")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.no_teacher:
+        return
+    print(f"\nthe teacher on each strategy's 16 frames: answered (a target grounded), accurate (within "
+          f"{ACCURATE_M} m of the object's box), target error of the answered ones")
+    print("| strategy | answered | accurate | median error (m) | p90 error (m) |")
+    print("|---|---|---|---|---|")
+    for name in STRATEGIES:
+        errors = [r[f"{name} error_m"] for r in all_rows]
+        answered = [e for e in errors if e is not None]
+        good = sum(e <= ACCURATE_M for e in answered)
+        med = f"{np.median(answered):.2f}" if answered else "—"
+        p90 = f"{np.percentile(answered, 90):.2f}" if answered else "—"
+        print(f"| {name} | {100 * len(answered) / len(errors):.0f} % | {100 * good / len(errors):.0f} % ({good}/{len(errors)}) "
+              f"| {med} | {p90} |")
 
 
 if __name__ == "__main__":
