@@ -53,6 +53,15 @@ def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
 
+def _rounded(value):
+    """Coordinates to 0.01 px for display (a 0–1000 family's conversion leaves float noise)."""
+    if isinstance(value, float):
+        return round(value, 2)
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def render_html(trace: Trace, title: str = "") -> str:
     """The page for a loaded trace (see the module docstring)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title or trace.question)}</title>"
@@ -75,7 +84,7 @@ def render_html(trace: Trace, title: str = "") -> str:
         calls = [("box", b) for b in turn.boxes] + [("line", ln) for ln in turn.lines]
         if calls:
             rows = "".join(f"<tr><td>{kind}</td><td>{_e(item.get('index'))}</td><td>{_e(item.get('label'))}</td>"
-                           f"<td>{_e(item.get('bbox_2d') or [item.get('start_point_2d'), item.get('end_point_2d')])}</td></tr>"
+                           f"<td>{_e(_rounded(item.get('bbox_2d') or [item.get('start_point_2d'), item.get('end_point_2d')]))}</td></tr>"
                            for kind, item in calls)
             parts.append("<table><tr><th>tool</th><th>on image</th><th>label</th><th>coordinates (pixels of the image "
                          "the model saw; the text above is in the model's own convention)</th>"
