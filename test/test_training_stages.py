@@ -199,7 +199,7 @@ def test_stage3_grpo_trains_on_multi_turn_drawing_rollouts(sim_dataset, tiny_mod
         examples.append(example_from_trace(trace, paths))
     train_sft({"model": str(tiny_model_dir), "max_pixels": SMALL,
                "args": {**SFT_ARGS, "output_dir": str(tmp_path / "format"), "max_steps": 80,
-                        "per_device_train_batch_size": 4, "learning_rate": 3e-3}}, examples * 4)
+                        "per_device_train_batch_size": 2, "learning_rate": 3e-3}}, examples * 4)
 
     summary, trainer = train_grpo({
         "model": str(tmp_path / "format"), "items": spec, "max_pixels": SMALL, "max_tokens_per_turn": 64,
