@@ -38,8 +38,8 @@ def load_policy(model: str | Path, *, bf16: bool = False, freeze_vision: bool = 
         bf16: Load in bfloat16 (else float32).
         freeze_vision: ``requires_grad=False`` on ``model.visual`` (vision tower + merger/projector;
             the same attribute in Qwen2.5-VL and Qwen3-VL).
-        family: The model family (its ``model_class`` loads the weights); None: from the folder's
-            ``config.json`` (:func:`vilasr_ros.families.resolve_family`).
+        family: The model family, a name or a profile (its ``model_class`` loads the weights); None:
+            from the folder's ``config.json`` (:func:`vilasr_ros.families.resolve_family`).
 
     Raises:
         ModelNotFoundError: No weights there.
@@ -51,7 +51,7 @@ def load_policy(model: str | Path, *, bf16: bool = False, freeze_vision: bool = 
     from vilasr_ros.families import resolve_family
 
     path = resolve_model_path(model)
-    family = resolve_family(family.name if hasattr(family, "name") else family, path)
+    family = resolve_family(family, path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     image_processor = transformers.AutoImageProcessor.from_pretrained(path, local_files_only=True)
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if bf16 else torch.float32, "local_files_only": True}

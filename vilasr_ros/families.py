@@ -180,8 +180,8 @@ def detect_family(model_dir: str | Path) -> ModelFamily | None:
                       "set the family explicitly (--model-family) if it is one of them")
 
 
-def resolve_family(name: str | None, model_dir: str | Path | None = None) -> ModelFamily:
-    """An explicit ``name`` wins; else the family detected from ``model_dir``; else the default."""
+def resolve_family(name: str | ModelFamily | None, model_dir: str | Path | None = None) -> ModelFamily:
+    """An explicit ``name`` (or profile) wins; else the family detected from ``model_dir``; else the default."""
     if name:
         return model_family(name)
     if model_dir is not None:

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vilasr_ros.families import DEFAULT_FAMILY
 from vilasr_ros.trace import Trace
 
 CSS = """
@@ -71,7 +72,7 @@ def render_html(trace: Trace, title: str = "") -> str:
     parts.append(f"<p class='meta'>type: {_e(trace.problem_type)} · layout: {_e(trace.kind)} · engine: "
                  f"{_e(engine.get('engine'))} ({_e(engine.get('model', ''))}) · {len(trace.turns)} turns · "
                  f"{len(trace.images)} images · {trace.total_s:.2f} s · model family: "
-                 f"{_e((trace.settings or {}).get('model_family', 'qwen2_5_vl'))}</p>")
+                 f"{_e((trace.settings or {}).get('model_family', DEFAULT_FAMILY))}</p>")
     if trace.options:
         parts.append("<p><b>Options:</b><br>" + "<br>".join(_e(o) for o in trace.options) + "</p>")
     inputs = [img.index for img in trace.images if img.drawn_from is None]
