@@ -32,7 +32,7 @@ EXTRAS = {
     "bags": ["rosbags>=0.10", "mcap>=1.2"],         # bag: sources, vilasr train site
     "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],  # vilasr serve
     "remote": ["requests>=2.28"],                   # --engine remote (a robot using a vilasr serve)
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "requests>=2.28", "fastapi>=0.110", "uvicorn>=0.29",
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "hypothesis>=6.100", "requests>=2.28", "fastapi>=0.110", "uvicorn>=0.29",
              "python-multipart>=0.0.9"],
     # ROS 2 Jazzy from PyPI wheels, pinned to Jazzy (unpinned names resolve to newer distributions);
     # with apt/colcon ROS (/opt/ros/jazzy) skip this extra.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -119,11 +120,29 @@ def tiny_engine(tiny_model_dir):
     return TransformersEngine(str(tiny_model_dir))
 
 
+def shared_dir(tmp_path_factory, name: str, build) -> Path:
+    """A folder that ``build(folder)`` fills once per test run, shared read-only by the pytest-xdist
+    workers (the pattern of pytest-xdist's docs: the run's common base temp folder and a file lock;
+    without xdist, an ordinary session temp folder). Tests write their outputs elsewhere."""
+    from filelock import FileLock
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        root = tmp_path_factory.mktemp(name)
+        build(root)
+        return root
+    root = tmp_path_factory.getbasetemp().parent / name
+    with FileLock(str(root) + ".lock"):
+        if not (root / ".complete").is_file():
+            shutil.rmtree(root, ignore_errors=True)  # a worker that died while building left half of it
+            root.mkdir()
+            build(root)
+            (root / ".complete").touch()
+    return root
+
+
 @pytest.fixture(scope="session")
 def sim_dataset(tmp_path_factory) -> Path:
-    """A generated sim dataset: 3 rooms (16-frame walkthroughs, seed 7) and one maze."""
+    """A generated sim dataset: 3 rooms (16-frame walkthroughs, seed 7) and one maze (built once per run)."""
     from vilasr_ros_sim.dataset import generate_dataset
 
-    root = tmp_path_factory.mktemp("sim_dataset")
-    generate_dataset(root, scenes=3, seed=7, mazes=1)
-    return root
+    return shared_dir(tmp_path_factory, "sim_dataset", lambda root: generate_dataset(root, scenes=3, seed=7, mazes=1))

@@ -35,12 +35,11 @@ SFT_ARGS = {"report_to": "none", "save_strategy": "no", "use_cpu": True, "bf16":
 
 @pytest.fixture(scope="module")
 def teacher_dir(sim_dataset, tmp_path_factory) -> Path:
-    """Teacher trajectories (reflect 0.5) of the shared sim dataset, run once."""
+    """Teacher trajectories (reflect 0.5) of the shared sim dataset, run once per test run."""
+    from conftest import shared_dir
     from vilasr_ros_training.data import teacher_trajectories
 
-    out = tmp_path_factory.mktemp("teacher")
-    teacher_trajectories(sim_dataset, out, reflect=0.5, seed=0)
-    return out
+    return shared_dir(tmp_path_factory, "teacher", lambda out: teacher_trajectories(sim_dataset, out, reflect=0.5, seed=0))
 
 
 def _traces(folder: Path) -> list[tuple[Trace, list[Path]]]:
