@@ -110,6 +110,21 @@ def test_background_leaking_into_the_box_is_ignored(frames):
     assert abs(wide.depth_m - tight.depth_m) < 0.05
 
 
+def test_a_part_hidden_by_something_in_front_does_not_take_the_target(frames):
+    """A bin at 3 m fills its tight box; a box at 1.5 m in front hides its lower-left corner (a fifth
+    of the pixels: enough to be a cluster of its own). The object is what reaches across the box —
+    the bin — not the nearer part; with the preference off the older rule takes the nearest."""
+    f = frames[0]
+    depth = np.full(f.depth_m.shape, 3.0, np.float32)
+    depth[150:200, 80:120] = 1.5  # the occluder: 40 % of the box's width, half its height
+    frame = type(f)(f.rgb, depth, f.intrinsics, None)
+    box = np.array([80, 100, 179, 199], float)
+    assert surface_in_box(frame, box, min_box_span=GroundingConfig().min_box_span).depth_m == pytest.approx(3.0, abs=0.01)
+    assert surface_in_box(frame, box, min_box_span=0.0).depth_m == pytest.approx(1.5, abs=0.01)
+    with pytest.raises(ValueError, match="min_box_span"):
+        GroundingConfig(min_box_span=1.5)
+
+
 def test_vilasr_ask_with_source_and_target_writes_the_target(tmp_path):
     turn = ("<think> box it </think> Action: Object Mapper\n```json\n"
             + json.dumps([{"index": 1, "bbox_2d": to_model(BACKREST[0]), "label": "chair"}]) + "\n```")

@@ -207,6 +207,7 @@ def surface_in_box(
     voxel_m: float = 0.01,
     cluster_eps_m: float = 0.10,
     min_cluster_fraction: float = 0.15,
+    min_box_span: float = 0.0,
     floor_z_m: float | None = None,
     floor_margin_m: float = 0.03,
     max_points: int = 20000,
@@ -222,7 +223,11 @@ def surface_in_box(
     3. DBSCAN (Ester et al. 1996; open3d ``cluster_dbscan`` on voxel centroids, ``eps`` =
        max(``cluster_eps_m``, 3 pixel footprints at the median depth)) splits what is left; the nearest cluster (median
        depth) holding at least ``min_cluster_fraction`` of the points is the object (things seen
-       through or behind it are farther clusters), else the largest.
+       through or behind it are farther clusters), else the largest. With ``min_box_span`` > 0 the
+       nearest such cluster whose pixels span at least that share of the box's width and of its
+       height comes first: a box is drawn tight around its object, so the object reaches across it,
+       while something in front that hides a part of it (a box before a bin, a chair before a table)
+       covers only that part. When no cluster spans the box, the rule above decides.
 
     The position is the per-axis median of that cluster, taken in the world frame when the frame
     has a pose (a per-axis median depends on the axes; the world's are the natural ones).
@@ -258,7 +263,19 @@ def surface_in_box(
     if not groups:  # too few points for any cluster: take them all
         groups, clustered = [np.arange(len(points))], len(points)
     groups.sort(key=lambda g: float(np.median(depth[g])))
-    chosen = next((g for g in groups if g.size >= min_cluster_fraction * clustered), max(groups, key=len))
+    big = [g for g in groups if g.size >= min_cluster_fraction * clustered]
+    if min_box_span > 0 and len(big) > 1:
+        K = frame.intrinsics  # pinhole pixel positions of the points (enough to measure a cluster's extent)
+        u = K.fx * points[:, 0] / depth + K.cx
+        v = K.fy * points[:, 1] / depth + K.cy
+        x1, y1, x2, y2 = np.asarray(box_px, float)
+
+        def spans(g: np.ndarray) -> bool:
+            (u0, u1), (v0, v1) = np.percentile(u[g], [2, 98]), np.percentile(v[g], [2, 98])
+            return u1 - u0 >= min_box_span * (x2 - x1) and v1 - v0 >= min_box_span * (y2 - y1)
+
+        big = [g for g in big if spans(g)] or big
+    chosen = big[0] if big else max(groups, key=len)
     z = float(np.median(depth[chosen]))
     if T is None:
         position = np.median(points[chosen], axis=0)

@@ -68,6 +68,8 @@ class GroundingConfig:
     views: ``all`` (fuse every box of the target) or ``last`` (the last box alone).
     voxel_m: Voxel size of each view's cloud (m); the fused cloud uses twice this.
     cluster_eps_m: Smallest DBSCAN neighbourhood (m).
+    min_box_span: Share of a box's width and height the object's cluster must reach across to be
+        preferred over a nearer one (``geometry.surface_in_box``); 0 turns the preference off.
     agree_touch_m, agree_centre_m: When two views see the same object (module docstring), metres.
     robot_radius_m: Floor around the approach position that must be seen free (m).
     """
@@ -81,6 +83,7 @@ class GroundingConfig:
     views: str = "all"
     voxel_m: float = 0.01
     cluster_eps_m: float = 0.10
+    min_box_span: float = 0.6
     agree_touch_m: float = 0.03
     agree_centre_m: float = 0.4
     robot_radius_m: float = 0.25
@@ -94,6 +97,8 @@ class GroundingConfig:
             raise ValueError(f"views must be one of {VIEW_MODES}, got {self.views!r}")
         if min(self.voxel_m, self.cluster_eps_m, self.agree_touch_m, self.agree_centre_m) <= 0 or self.robot_radius_m < 0:
             raise ValueError("voxel_m, cluster_eps_m, agree_touch_m, agree_centre_m must be > 0 and robot_radius_m >= 0")
+        if not 0.0 <= self.min_box_span <= 1.0:
+            raise ValueError(f"min_box_span must be in [0, 1], got {self.min_box_span}")
 
 
 @dataclass
@@ -328,7 +333,8 @@ def fuse_views(views: list[BoxView], target: str, config: GroundingConfig | None
     for view in views:
         try:
             est = surface_in_box(view.frame, view.box_px, min_depth_m=config.min_depth_m, max_depth_m=config.max_depth_m,
-                                 voxel_m=config.voxel_m, cluster_eps_m=config.cluster_eps_m, floor_z_m=floor_z_m)
+                                 voxel_m=config.voxel_m, cluster_eps_m=config.cluster_eps_m, floor_z_m=floor_z_m,
+                                 min_box_span=config.min_box_span)
         except GroundingError as exc:
             last_error = str(exc)
             result.views_rejected.append({**view.describe(), "reason": last_error})
