@@ -13,11 +13,21 @@ for scoring).
 Strategies and the signals they use (never the sim's ground truth):
 
 - ``buffer uniform`` / ``buffer coverage``: today's agent (stamps; poses);
-- ``memory, no hint``: all remembered keyframes, viewpoint coverage (poses); with ``--embedder-model``
-  real SigLIP/CLIP weights, also the object's name ranked by text-image similarity (its own embeddings);
-- ``memory + region``: the room's polygon as a ``region`` (poses) — what "in the kitchen" gives;
-- ``memory + since``: ``since`` = now minus the time since the object's last sighting rounded up to
-  5 minutes (stamps) — what "in the last 15 minutes" gives.
+- ``memory, no hint``: all remembered keyframes, the 16 that together see the most map voxels (their
+  depth and poses: :func:`vilasr_ros.retrieval.space_coverage`); with ``--embedder-model`` real
+  SigLIP/CLIP weights, up to 8 of them ranked by the similarity of the object's name to each keyframe
+  (its own embeddings);
+- ``memory + region``: the same inside the room's polygon as a ``region`` (poses) — what "in the
+  kitchen" gives;
+- ``memory + since``: the same after ``since`` = now minus the time since the object's last sighting
+  rounded up to 5 minutes (stamps) — what "in the last 15 minutes" gives.
+
+Beside them, a bound that is not a strategy: ``ceiling`` — the 16 keyframes a selector that knows
+which objects every keyframe shows whole (the renderer's segmentation, i.e. ground truth) but not the
+question would pick (greedy maximum coverage of the question objects), over all remembered keyframes
+(``no hint``) and over the ``since`` window. About the most a question-blind selection (poses,
+depth, stamps) can reach (greedy coverage: near the best set, not provably it); the gap above it
+needs the question — ranking by the embedder's text-image similarity.
 
 Then the teacher on each strategy's 16 frames (``--no-teacher`` skips it): the drawing loop runs over
 them with a scripted model that does what the ``teacher`` engine does — it boxes the object on the
@@ -29,8 +39,9 @@ its oriented bounding box, as ``SimSource.target_error``) and the median / p90 t
 answered ones. With no frame showing the object the teacher cannot box it: that question is
 unanswered, as a model shown the wrong frames would fail it.
 
-Run: ``MUJOCO_GL=egl python benchmarks/long_horizon.py [--houses 3] [--minutes 20] [--embedder-model DIR]
-[--no-teacher]``.
+Run: ``MUJOCO_GL=egl python benchmarks/long_horizon.py [--houses 3] [--first-house 0] [--minutes 20]
+[--embedder-model DIR] [--no-teacher] [--rows FILE]`` (``--first-house 3``: houses the retrieval was
+not tuned on; ``--rows``: every question's row as JSON).
 """
 
 from __future__ import annotations
@@ -62,6 +73,7 @@ from vilasr_ros_sim.render import RenderConfig, SceneRenderer  # noqa: E402
 
 T0 = 1.7e9
 STRATEGIES = ("buffer uniform", "buffer coverage", "memory, no hint", "memory + region", "memory + since")
+CEILINGS = ("ceiling, no hint", "ceiling + since")
 
 
 class _Rec:
@@ -111,6 +123,18 @@ def teacher_target(poses: list, key: tuple[int, int], obj: dict, render, cfg) ->
     return point_box_distance(np.asarray(result.position_world), obj["centre"], obj["size"], obj["yaw"])
 
 
+def ceiling(shown: list[set], wanted: set, k: int = 16) -> set:
+    """The question objects (``wanted``) that the best ``k`` of these keyframes show, chosen without the
+    question: greedy maximum coverage of ``wanted`` over each keyframe's ground-truth ``shown`` set."""
+    left = set(wanted)
+    for _ in range(k):
+        best = max(shown, key=lambda s: len(s & left), default=set())
+        if not best & left:
+            break
+        left -= best
+    return set(wanted) - left
+
+
 def run_house(seed: int, minutes: float, embedder_model: str | None, tmp: Path, teacher: bool = True
               ) -> tuple[list[dict], dict]:
     house = generate_house(seed)
@@ -153,6 +177,8 @@ def run_house(seed: int, minutes: float, embedder_model: str | None, tmp: Path, 
 
     by_memory_stamp = {T0 + p.stamp_s: p for p in memory_kf}  # as stored
     boxes = {(k, o.instance_id): (o.size, o.yaw) for k, room in enumerate(house.rooms) for o in room.furniture()}
+    asked = {(o["room"], o["instance_id"]) for o in house.unique_objects()}
+    bound: dict[float | None, set] = {None: ceiling(list(stored.values()), asked)}  # since (None: all) -> covered
     for obj in house.unique_objects():
         key = (obj["room"], obj["instance_id"])
         seen = [p.stamp_s for p in memory_kf if key in shown[p.stamp_s]]
@@ -169,6 +195,9 @@ def run_house(seed: int, minutes: float, embedder_model: str | None, tmp: Path, 
             picks[name] = [by_stamp[r.stamp_s] for r in picked]
         last = seen[-1]
         since = now - math.ceil((now - (T0 + last)) / 300.0) * 300.0
+        if since not in bound:
+            bound[since] = ceiling([v for t, v in stored.items() if t >= since], asked)
+        row["ceiling, no hint"], row["ceiling + since"] = key in bound[None], key in bound[since]
         for name, kwargs in (("memory, no hint", {}),
                              ("memory + region", {"region": regions[house.names[obj["room"]]], "region_name": house.names[obj["room"]]}),
                              ("memory + since", {"since": since})):
@@ -197,27 +226,35 @@ def run_house(seed: int, minutes: float, embedder_model: str | None, tmp: Path, 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--houses", type=int, default=3)
+    parser.add_argument("--first-house", type=int, default=0, help="seed of the first house")
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--embedder-model", help="real SigLIP/CLIP weights for the semantic rows (not downloadable here)")
     parser.add_argument("--no-teacher", action="store_true", help="recall only: skip the teacher's answers and targets")
+    parser.add_argument("--rows", type=Path, help="write every question's row (object, phase, hit and error per strategy) as JSON")
     args = parser.parse_args()
     if not args.embedder_model:
-        print("semantic retrieval: not run (no --embedder-model with real weights); 'memory, no hint' uses poses only")
+        print("semantic retrieval: not run (no --embedder-model with real weights); memory rows use depth, poses and stamps")
+    else:
+        print(f"semantic retrieval: {args.embedder_model} ranks up to 8 of each memory row's 16 frames by the "
+              f"similarity of 'a photo of a <object>' to each keyframe (meaningful with real weights only)")
     all_rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(args.houses):
+        for seed in range(args.first_house, args.first_house + args.houses):
             rows, stats = run_house(seed, args.minutes, args.embedder_model, Path(tmp), not args.no_teacher)
             print(json.dumps(stats))
             all_rows += rows
-    print(f"\nrecall@16 over {len(all_rows)} questions ({args.houses} houses, {args.minutes:g}-minute walks)")
+    if args.rows:
+        args.rows.write_text(json.dumps(all_rows, indent=1))
+    print(f"\nrecall@16 over {len(all_rows)} questions ({args.houses} house{'s' * (args.houses != 1)} from seed {args.first_house}, {args.minutes:g}-minute walks)")
     print("| strategy | all | early | midway | late |")
     print("|---|---|---|---|---|")
-    for name in STRATEGIES:
+    for name in STRATEGIES + CEILINGS:
         cells = []
         for phase in (None, "early", "midway", "late"):
             sel = [r[name] for r in all_rows if phase is None or r["phase"] == phase]
             cells.append(f"{100 * sum(sel) / len(sel):.0f} % ({sum(sel)}/{len(sel)})" if sel else "—")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print("(ceiling: not a strategy — 16 frames chosen knowing from ground truth what each shows whole, but not the question)")
     if args.no_teacher:
         return
     print(f"\nthe teacher on each strategy's 16 frames: answered (a target grounded), accurate (within "
