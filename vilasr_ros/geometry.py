@@ -198,6 +198,12 @@ class SurfaceEstimate:
     world: bool = False
 
 
+MIN_BOX_SPAN = 0.6
+"""Share of a box's width and of its height the object's cluster must reach across to be taken
+before a nearer cluster (:func:`surface_in_box`; ``GroundingConfig.min_box_span``). Chosen on sim
+scenes 200–207, checked on 300–307 (``benchmarks/grounding_occlusion.py``)."""
+
+
 def surface_in_box(
     frame: Frame,
     box_px: np.ndarray,
@@ -207,7 +213,7 @@ def surface_in_box(
     voxel_m: float = 0.01,
     cluster_eps_m: float = 0.10,
     min_cluster_fraction: float = 0.15,
-    min_box_span: float = 0.0,
+    min_box_span: float = MIN_BOX_SPAN,
     floor_z_m: float | None = None,
     floor_margin_m: float = 0.03,
     max_points: int = 20000,
@@ -223,7 +229,7 @@ def surface_in_box(
     3. DBSCAN (Ester et al. 1996; open3d ``cluster_dbscan`` on voxel centroids, ``eps`` =
        max(``cluster_eps_m``, 3 pixel footprints at the median depth)) splits what is left; the nearest cluster (median
        depth) holding at least ``min_cluster_fraction`` of the points is the object (things seen
-       through or behind it are farther clusters), else the largest. With ``min_box_span`` > 0 the
+       through or behind it are farther clusters), else the largest. With ``min_box_span`` > 0 (the default) the
        nearest such cluster whose pixels span at least that share of the box's width and of its
        height comes first: a box is drawn tight around its object, so the object reaches across it,
        while something in front that hides a part of it (a box before a bin, a chair before a table)

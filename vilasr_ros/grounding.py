@@ -38,6 +38,7 @@ import numpy as np
 
 from vilasr_ros.frames import Frame
 from vilasr_ros.geometry import (
+    MIN_BOX_SPAN,
     GroundingError,
     SurfaceEstimate,
     check_box_meaningful,
@@ -83,7 +84,7 @@ class GroundingConfig:
     views: str = "all"
     voxel_m: float = 0.01
     cluster_eps_m: float = 0.10
-    min_box_span: float = 0.6
+    min_box_span: float = MIN_BOX_SPAN
     agree_touch_m: float = 0.03
     agree_centre_m: float = 0.4
     robot_radius_m: float = 0.25
